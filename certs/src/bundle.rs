@@ -1,0 +1,399 @@
+//! The on-disk certificate layout, and what `tunnel-server certs init|agent` write into it.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::issue::{
+    CertificateAuthority, IssuedCert, DEFAULT_CA_VALIDITY, DEFAULT_CERT_VALIDITY,
+    DEFAULT_PROXY_CLIENT_CN,
+};
+use crate::node::{validate_node_name, NodeIdentity};
+use crate::CertError;
+
+/// CA certificate file name in a certificate directory.
+pub const CA_CERT_FILE: &str = "ca.crt";
+/// CA private key file name in a certificate directory.
+pub const CA_KEY_FILE: &str = "ca.key";
+/// Tunnel server certificate file name.
+pub const SERVER_CERT_FILE: &str = "server.crt";
+/// Tunnel server private key file name.
+pub const SERVER_KEY_FILE: &str = "server.key";
+/// Certificate kube-apiserver presents to the server's proxy listener.
+pub const PROXY_CLIENT_CERT_FILE: &str = "proxy-client.crt";
+/// Private key for [`PROXY_CLIENT_CERT_FILE`].
+pub const PROXY_CLIENT_KEY_FILE: &str = "proxy-client.key";
+
+/// File name of a node's agent certificate: `agent-<node>.crt`.
+pub fn agent_cert_file(node_name: &str) -> String {
+    format!("agent-{node_name}.crt")
+}
+
+/// File name of a node's agent private key: `agent-<node>.key`.
+pub fn agent_key_file(node_name: &str) -> String {
+    format!("agent-{node_name}.key")
+}
+
+/// Creates a new CA plus server and proxy-client certificates in `dir` (created if needed).
+///
+/// Writes `ca.crt ca.key server.crt server.key proxy-client.crt proxy-client.key` and returns
+/// their paths. If any of them exists and `force` is false, fails with
+/// [`CertError::WouldOverwrite`] and writes nothing.
+pub fn init_cluster(
+    dir: &Path,
+    server_name: &str,
+    server_ips: &[std::net::IpAddr],
+    force: bool,
+) -> Result<Vec<PathBuf>, CertError> {
+    let names = [
+        CA_CERT_FILE,
+        CA_KEY_FILE,
+        SERVER_CERT_FILE,
+        SERVER_KEY_FILE,
+        PROXY_CLIENT_CERT_FILE,
+        PROXY_CLIENT_KEY_FILE,
+    ];
+    refuse_overwrite(dir, &names, force)?;
+    let ca = CertificateAuthority::generate(DEFAULT_CA_VALIDITY)?;
+    let server = ca.issue_server(server_name, server_ips, DEFAULT_CERT_VALIDITY)?;
+    let proxy = ca.issue_client(DEFAULT_PROXY_CLIENT_CN, DEFAULT_CERT_VALIDITY)?;
+    let ca_pair = IssuedCert {
+        cert_pem: ca.cert_pem().to_owned(),
+        key_pem: ca.key_pem(),
+    };
+    write_files(
+        dir,
+        &[
+            (CA_CERT_FILE, CA_KEY_FILE, &ca_pair),
+            (SERVER_CERT_FILE, SERVER_KEY_FILE, &server),
+            (PROXY_CLIENT_CERT_FILE, PROXY_CLIENT_KEY_FILE, &proxy),
+        ],
+        force,
+    )
+}
+
+/// Issues `agent-<node>.crt` and `agent-<node>.key` in `dir`, signed by the CA found there.
+///
+/// Same overwrite rule as [`init_cluster`]; returns the written paths.
+pub fn issue_agent_files(
+    dir: &Path,
+    identity: &NodeIdentity,
+    force: bool,
+) -> Result<Vec<PathBuf>, CertError> {
+    // Validate first: the name becomes part of the file names.
+    validate_node_name(&identity.node_name)?;
+    let cert_name = agent_cert_file(&identity.node_name);
+    let key_name = agent_key_file(&identity.node_name);
+    refuse_overwrite(dir, &[&cert_name, &key_name], force)?;
+    let ca = CertificateAuthority::from_files(&dir.join(CA_CERT_FILE), &dir.join(CA_KEY_FILE))?;
+    let agent = ca.issue_agent(identity, DEFAULT_CERT_VALIDITY)?;
+    write_files(dir, &[(&cert_name, &key_name, &agent)], force)
+}
+
+/// Fails with [`CertError::WouldOverwrite`] naming the first of `names` already in `dir`.
+fn refuse_overwrite(dir: &Path, names: &[&str], force: bool) -> Result<(), CertError> {
+    if force {
+        return Ok(());
+    }
+    for name in names {
+        let path = dir.join(name);
+        // symlink_metadata: a dangling symlink still counts as "exists".
+        if fs::symlink_metadata(&path).is_ok() {
+            return Err(CertError::WouldOverwrite(path));
+        }
+    }
+    Ok(())
+}
+
+/// Writes each (cert name, key name, PEMs) into `dir`: certs 0644, keys 0600, atomically.
+///
+/// Without `force`, files written before a failure are removed again, so a failed run
+/// leaves nothing behind.
+fn write_files(
+    dir: &Path,
+    pairs: &[(&str, &str, &IssuedCert)],
+    force: bool,
+) -> Result<Vec<PathBuf>, CertError> {
+    fs::create_dir_all(dir).map_err(|source| CertError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut files = Vec::with_capacity(pairs.len() * 2);
+    for (cert_name, key_name, issued) in pairs {
+        files.push((*cert_name, issued.cert_pem.as_str(), CERT_MODE));
+        files.push((*key_name, issued.key_pem.as_str(), KEY_MODE));
+    }
+    let names: Vec<&str> = files.iter().map(|(name, _, _)| *name).collect();
+    refuse_overwrite(dir, &names, force)?;
+
+    let mut written = Vec::with_capacity(files.len());
+    for (name, contents, mode) in files {
+        let path = dir.join(name);
+        if let Err(e) = write_atomic(&path, contents.as_bytes(), mode) {
+            if !force {
+                for done in &written {
+                    // Best effort: we are already reporting the original failure.
+                    let _ = fs::remove_file(done);
+                }
+            }
+            return Err(e);
+        }
+        tracing::info!(path = %path.display(), "wrote");
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// Permission bits for certificate files (world-readable).
+const CERT_MODE: u32 = 0o644;
+/// Permission bits for private key files (owner only).
+const KEY_MODE: u32 = 0o600;
+
+/// Writes `contents` to a temporary file next to `path`, then renames it into place.
+///
+/// Readers never see a half-written file, and a key is never readable by others, even
+/// briefly: the temp file is created with `mode` already applied.
+fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertError> {
+    let write_err = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| CertError::Write { path: p, source }
+    };
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{file_name}.tmp.{}", std::process::id()));
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(write_err(&tmp)(e)),
+    }
+    let result = (|| {
+        let mut file = create_with_mode(&tmp, mode).map_err(write_err(&tmp))?;
+        file.write_all(contents).map_err(write_err(&tmp))?;
+        // The umask may have narrowed `mode` at creation; state it exactly.
+        set_mode(&file, mode).map_err(write_err(&tmp))?;
+        file.sync_all().map_err(write_err(&tmp))?;
+        fs::rename(&tmp, path).map_err(write_err(path))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Creates a new file that is never, even momentarily, more permissive than `mode`.
+#[cfg(unix)]
+fn create_with_mode(path: &Path, mode: u32) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+}
+
+/// Creates a new file (no Unix permissions on this platform).
+#[cfg(not(unix))]
+fn create_with_mode(path: &Path, _mode: u32) -> std::io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+}
+
+/// Sets the exact permission bits, regardless of umask.
+#[cfg(unix)]
+fn set_mode(file: &fs::File, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(fs::Permissions::from_mode(mode))
+}
+
+/// No-op where Unix permissions do not exist.
+#[cfg(not(unix))]
+fn set_mode(_file: &fs::File, _mode: u32) -> std::io::Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::agent_identity;
+    use crate::load::{load_cert_chain, load_private_key, load_root_store};
+    use crate::test_util::TempDir;
+
+    const ALL: [&str; 6] = [
+        CA_CERT_FILE,
+        CA_KEY_FILE,
+        SERVER_CERT_FILE,
+        SERVER_KEY_FILE,
+        PROXY_CLIENT_CERT_FILE,
+        PROXY_CLIENT_KEY_FILE,
+    ];
+
+    fn init(dir: &Path, force: bool) -> Result<Vec<PathBuf>, CertError> {
+        init_cluster(
+            dir,
+            "tunnel.example.com",
+            &["10.0.0.1".parse().unwrap()],
+            force,
+        )
+    }
+
+    #[cfg(unix)]
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn init_writes_six_loadable_files() {
+        let tmp = TempDir::new();
+        let dir = tmp.path().join("pki/nested");
+        let written = init(&dir, false).unwrap();
+        let expected: Vec<PathBuf> = ALL.iter().map(|n| dir.join(n)).collect();
+        assert_eq!(written, expected);
+        for path in &written {
+            assert!(path.is_file(), "{}", path.display());
+        }
+        assert_eq!(load_root_store(&dir.join(CA_CERT_FILE)).unwrap().len(), 1);
+        load_cert_chain(&dir.join(SERVER_CERT_FILE)).unwrap();
+        load_private_key(&dir.join(SERVER_KEY_FILE)).unwrap();
+        load_private_key(&dir.join(PROXY_CLIENT_KEY_FILE)).unwrap();
+        CertificateAuthority::from_files(&dir.join(CA_CERT_FILE), &dir.join(CA_KEY_FILE)).unwrap();
+        // No temp files left behind.
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 6);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn key_files_are_0600_and_certs_0644() {
+        let tmp = TempDir::new();
+        let dir = tmp.path().join("pki");
+        init(&dir, false).unwrap();
+        for name in [CA_KEY_FILE, SERVER_KEY_FILE, PROXY_CLIENT_KEY_FILE] {
+            assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
+        }
+        for name in [CA_CERT_FILE, SERVER_CERT_FILE, PROXY_CLIENT_CERT_FILE] {
+            assert_eq!(mode(&dir.join(name)), 0o644, "{name}");
+        }
+    }
+
+    #[test]
+    fn init_refuses_to_overwrite_and_writes_nothing() {
+        let tmp = TempDir::new();
+        let dir = tmp.path().join("pki");
+        fs::create_dir_all(&dir).unwrap();
+        let existing = dir.join(SERVER_KEY_FILE);
+        fs::write(&existing, "precious").unwrap();
+
+        match init(&dir, false) {
+            Err(CertError::WouldOverwrite(path)) => assert_eq!(path, existing),
+            other => panic!("expected WouldOverwrite, got {other:?}"),
+        }
+        assert_eq!(fs::read_to_string(&existing).unwrap(), "precious");
+        assert_eq!(
+            fs::read_dir(&dir).unwrap().count(),
+            1,
+            "nothing else written"
+        );
+    }
+
+    #[test]
+    fn init_overwrites_with_force() {
+        let tmp = TempDir::new();
+        let dir = tmp.path().join("pki");
+        init(&dir, false).unwrap();
+        let old_ca = fs::read_to_string(dir.join(CA_CERT_FILE)).unwrap();
+        assert!(matches!(
+            init(&dir, false),
+            Err(CertError::WouldOverwrite(_))
+        ));
+        assert_eq!(init(&dir, true).unwrap().len(), 6);
+        assert_ne!(fs::read_to_string(dir.join(CA_CERT_FILE)).unwrap(), old_ca);
+        #[cfg(unix)]
+        assert_eq!(mode(&dir.join(CA_KEY_FILE)), 0o600);
+    }
+
+    #[test]
+    fn init_with_bad_server_name_writes_nothing() {
+        let tmp = TempDir::new();
+        let dir = tmp.path().join("pki");
+        assert!(matches!(
+            init_cluster(&dir, "not a name", &[], false),
+            Err(CertError::InvalidServerName { .. })
+        ));
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn agent_files_are_signed_by_the_directory_ca() {
+        let tmp = TempDir::new();
+        let dir = tmp.path().join("pki");
+        init(&dir, false).unwrap();
+        let identity = NodeIdentity::new("edge-7", vec!["10.9.0.7".parse().unwrap()]).unwrap();
+        let written = issue_agent_files(&dir, &identity, false).unwrap();
+        assert_eq!(
+            written,
+            vec![dir.join("agent-edge-7.crt"), dir.join("agent-edge-7.key")]
+        );
+        let chain = load_cert_chain(&written[0]).unwrap();
+        assert_eq!(agent_identity(&chain[0]).unwrap(), identity);
+        load_private_key(&written[1]).unwrap();
+        #[cfg(unix)]
+        {
+            assert_eq!(mode(&written[0]), 0o644);
+            assert_eq!(mode(&written[1]), 0o600);
+        }
+
+        let before = fs::read(&written[0]).unwrap();
+        assert!(matches!(
+            issue_agent_files(&dir, &identity, false),
+            Err(CertError::WouldOverwrite(p)) if p == written[0]
+        ));
+        assert_eq!(fs::read(&written[0]).unwrap(), before);
+        issue_agent_files(&dir, &identity, true).unwrap();
+        assert_ne!(fs::read(&written[0]).unwrap(), before);
+    }
+
+    #[test]
+    fn agent_files_need_a_ca_and_a_valid_name() {
+        let tmp = TempDir::new();
+        let dir = tmp.path().join("empty");
+        fs::create_dir_all(&dir).unwrap();
+        let identity = NodeIdentity::new("edge-1", vec![]).unwrap();
+        let err = issue_agent_files(&dir, &identity, false).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&dir.join(CA_CERT_FILE).display().to_string()),
+            "{err}"
+        );
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+
+        let bad = NodeIdentity {
+            node_name: "../escape".into(),
+            node_ips: vec![],
+        };
+        assert!(matches!(
+            issue_agent_files(&dir, &bad, false),
+            Err(CertError::InvalidNodeName { .. })
+        ));
+    }
+
+    #[test]
+    fn mismatched_ca_key_is_reported_with_paths() {
+        let tmp = TempDir::new();
+        let dir = tmp.path().join("pki");
+        init(&dir, false).unwrap();
+        // Replace the CA key with the server's key.
+        fs::copy(dir.join(SERVER_KEY_FILE), dir.join(CA_KEY_FILE)).unwrap();
+        let identity = NodeIdentity::new("edge-1", vec![]).unwrap();
+        let err = issue_agent_files(&dir, &identity, false).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&dir.join(CA_KEY_FILE).display().to_string()),
+            "{msg}"
+        );
+        assert!(msg.contains("does not match"), "{msg}");
+    }
+}

@@ -1,0 +1,18 @@
+//! The async edges of the tunnel, shared by `tunnel-server` and `tunnel-agent`.
+//!
+//! `proto` decides what bytes mean; this crate moves them: it tunes QUIC for
+//! NAT'd edge links ([`quic`]), reads and writes control frames on a stream
+//! ([`framed`]), abstracts a tunnel stream over transports ([`stream`]), and
+//! splices a local socket to a tunnel stream keeping TCP half-close and reset
+//! semantics ([`splice`]). [`admin`] is the tiny HTTP server both binaries
+//! use for `/metrics` and health endpoints.
+
+pub mod admin;
+pub mod cli;
+pub mod framed;
+pub mod quic;
+pub mod socket;
+pub mod splice;
+pub mod stream;
+
+pub use stream::{StreamError, TransportKind, TunnelConnection, TunnelRecv, TunnelSend};

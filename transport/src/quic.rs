@@ -1,0 +1,127 @@
+//! QUIC endpoints tuned for edge links.
+//!
+//! Keep-alives hold NAT bindings open; the idle timeout decides how fast a
+//! silently dead peer is noticed; flow-control windows are large enough for
+//! throughput on long links yet capped per connection, because quinn's
+//! default connection window is unbounded and thousands of agents must fit.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+
+/// Knobs of one QUIC connection; defaults suit NAT'd edge nodes.
+#[derive(Debug, Clone, Copy)]
+pub struct QuicTuning {
+    /// How often an idle connection sends a PING (keeps NAT bindings alive).
+    pub keep_alive: Duration,
+    /// Silence after which the connection is declared dead.
+    pub idle_timeout: Duration,
+    /// Per-stream receive window in bytes.
+    pub stream_window: u32,
+    /// Per-connection receive window (all streams) in bytes.
+    pub connection_window: u32,
+    /// Per-connection send buffer bound in bytes.
+    pub send_window: u32,
+    /// Most concurrent bidirectional streams the peer may open towards us.
+    pub max_incoming_streams: u32,
+}
+
+impl Default for QuicTuning {
+    fn default() -> Self {
+        Self {
+            keep_alive: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(15),
+            stream_window: 1024 * 1024,
+            connection_window: 8 * 1024 * 1024,
+            send_window: 8 * 1024 * 1024,
+            max_incoming_streams: 4096,
+        }
+    }
+}
+
+/// Errors building an endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum QuicSetupError {
+    #[error("TLS configuration cannot be used for QUIC: {0}")]
+    Crypto(String),
+    #[error("idle timeout {0:?} is out of range")]
+    IdleTimeout(Duration),
+    #[error("binding UDP {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl QuicTuning {
+    /// The quinn transport configuration for these knobs.
+    pub fn transport_config(&self) -> Result<TransportConfig, QuicSetupError> {
+        let mut t = TransportConfig::default();
+        let idle = IdleTimeout::try_from(self.idle_timeout)
+            .map_err(|_| QuicSetupError::IdleTimeout(self.idle_timeout))?;
+        t.max_idle_timeout(Some(idle))
+            .keep_alive_interval(Some(self.keep_alive))
+            .stream_receive_window(VarInt::from_u32(self.stream_window))
+            .receive_window(VarInt::from_u32(self.connection_window))
+            .send_window(u64::from(self.send_window))
+            .max_concurrent_bidi_streams(VarInt::from_u32(self.max_incoming_streams))
+            .max_concurrent_uni_streams(VarInt::from_u32(0))
+            .datagram_receive_buffer_size(None);
+        Ok(t)
+    }
+}
+
+/// A server endpoint accepting agents on `addr` (UDP).
+///
+/// `reset_secret` (the server's private key bytes) seeds the stateless-reset
+/// key, so a *restarted* server can tell agents that their old connection is
+/// gone; they reconnect at their next keep-alive instead of waiting for the
+/// idle timeout.
+pub fn server_endpoint(
+    addr: SocketAddr,
+    tls: rustls::ServerConfig,
+    tuning: &QuicTuning,
+    reset_secret: &[u8],
+) -> Result<quinn::Endpoint, QuicSetupError> {
+    let crypto =
+        QuicServerConfig::try_from(tls).map_err(|e| QuicSetupError::Crypto(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(Arc::new(tuning.transport_config()?));
+    let salt = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"edgetunnel stateless reset v1");
+    let derived = ring::hmac::sign(&salt, reset_secret);
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref());
+    let endpoint_cfg = quinn::EndpointConfig::new(Arc::new(reset_key));
+    let socket =
+        std::net::UdpSocket::bind(addr).map_err(|source| QuicSetupError::Bind { addr, source })?;
+    quinn::Endpoint::new(
+        endpoint_cfg,
+        Some(cfg),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| QuicSetupError::Bind { addr, source })
+}
+
+/// A client endpoint for dialing `server` (binds an ephemeral UDP port of the same family).
+pub fn client_endpoint(
+    server: SocketAddr,
+    tls: rustls::ClientConfig,
+    tuning: &QuicTuning,
+) -> Result<quinn::Endpoint, QuicSetupError> {
+    let crypto =
+        QuicClientConfig::try_from(tls).map_err(|e| QuicSetupError::Crypto(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(Arc::new(tuning.transport_config()?));
+    let bind: SocketAddr = if server.is_ipv6() {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+    };
+    let mut ep = quinn::Endpoint::client(bind)
+        .map_err(|source| QuicSetupError::Bind { addr: bind, source })?;
+    ep.set_default_client_config(cfg);
+    Ok(ep)
+}

@@ -1,0 +1,173 @@
+//! Joins a local byte stream (TCP, Unix socket, TLS) to a tunnel stream.
+//!
+//! The two directions run independently so TCP half-close survives the
+//! tunnel: EOF on one side becomes FIN on the other while the opposite
+//! direction keeps flowing (`kubectl exec` with stdin closed still gets its
+//! output). An abnormal end in either direction (TCP RST, QUIC reset,
+//! connection loss) aborts both, and the caller learns which side broke so it
+//! can reset the local TCP socket in turn.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::stream::{StreamError, TunnelRecv, TunnelSend};
+
+/// Read size for the local side; also the most we buffer per direction.
+const LOCAL_READ_CHUNK: usize = 32 * 1024;
+
+/// Which way bytes moved, for byte counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Local socket → tunnel.
+    ToTunnel,
+    /// Tunnel → local socket.
+    FromTunnel,
+}
+
+/// How a splice ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpliceEnd {
+    /// Both directions reached EOF.
+    Clean,
+    /// The local socket was reset or failed; the tunnel stream was reset.
+    LocalReset,
+    /// The tunnel peer reset or stopped the stream; reset the local socket.
+    TunnelReset,
+    /// The tunnel connection died; reset the local socket.
+    TunnelLost,
+}
+
+/// Byte totals and the way the splice ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpliceOutcome {
+    pub to_tunnel: u64,
+    pub from_tunnel: u64,
+    pub end: SpliceEnd,
+}
+
+fn stream_end(e: &StreamError) -> SpliceEnd {
+    match e {
+        StreamError::Reset(_) => SpliceEnd::TunnelReset,
+        StreamError::ConnectionLost(_) | StreamError::Other(_) => SpliceEnd::TunnelLost,
+    }
+}
+
+/// Copies bytes both ways until both directions end or one aborts.
+///
+/// `on_bytes` is called as data moves (for live metrics). The local stream is
+/// borrowed so the caller can still reset it (e.g. `SO_LINGER 0`) afterwards.
+pub async fn splice<L, F>(
+    local: &mut L,
+    mut send: TunnelSend,
+    mut recv: TunnelRecv,
+    on_bytes: F,
+) -> SpliceOutcome
+where
+    L: AsyncRead + AsyncWrite + Unpin,
+    F: Fn(Direction, usize),
+{
+    let (mut rd, mut wr) = tokio::io::split(local);
+    let (abort_tx, abort_rx) = watch::channel(None::<SpliceEnd>);
+    let on_bytes = &on_bytes;
+
+    let up = {
+        let abort_tx = &abort_tx;
+        let mut abort_rx = abort_rx.clone();
+        async move {
+            let mut total = 0u64;
+            let mut buf = BytesMut::new();
+            loop {
+                buf.reserve(LOCAL_READ_CHUNK);
+                let read = tokio::select! {
+                    r = rd.read_buf(&mut buf) => r,
+                    _ = abort_rx.changed() => {
+                        send.reset(proto::codes::STREAM_CANCELLED);
+                        return total;
+                    }
+                };
+                match read {
+                    Ok(0) => {
+                        send.finish();
+                        return total;
+                    }
+                    Ok(n) => {
+                        let chunk = buf.split().freeze();
+                        let wrote = tokio::select! {
+                            w = send.write_chunk(chunk) => w,
+                            _ = abort_rx.changed() => {
+                                send.reset(proto::codes::STREAM_CANCELLED);
+                                return total;
+                            }
+                        };
+                        if let Err(e) = wrote {
+                            abort_tx.send_replace(Some(stream_end(&e)));
+                            return total;
+                        }
+                        total += n as u64;
+                        on_bytes(Direction::ToTunnel, n);
+                    }
+                    Err(_) => {
+                        send.reset(proto::codes::STREAM_TCP_RESET);
+                        abort_tx.send_replace(Some(SpliceEnd::LocalReset));
+                        return total;
+                    }
+                }
+            }
+        }
+    };
+
+    let down = {
+        let abort_tx = &abort_tx;
+        let mut abort_rx = abort_rx.clone();
+        async move {
+            let mut total = 0u64;
+            loop {
+                let chunk = tokio::select! {
+                    c = recv.read_chunk() => c,
+                    _ = abort_rx.changed() => {
+                        recv.stop(proto::codes::STREAM_CANCELLED);
+                        return total;
+                    }
+                };
+                match chunk {
+                    Ok(Some(bytes)) => {
+                        let n = bytes.len();
+                        let wrote = tokio::select! {
+                            w = wr.write_all(&bytes) => w,
+                            _ = abort_rx.changed() => {
+                                recv.stop(proto::codes::STREAM_CANCELLED);
+                                return total;
+                            }
+                        };
+                        if wrote.is_err() {
+                            recv.stop(proto::codes::STREAM_TCP_RESET);
+                            abort_tx.send_replace(Some(SpliceEnd::LocalReset));
+                            return total;
+                        }
+                        total += n as u64;
+                        on_bytes(Direction::FromTunnel, n);
+                    }
+                    Ok(None) => {
+                        // Peer half-closed: pass the FIN on. A failure here
+                        // only means the local side is already gone.
+                        let _ = wr.shutdown().await;
+                        return total;
+                    }
+                    Err(e) => {
+                        abort_tx.send_replace(Some(stream_end(&e)));
+                        return total;
+                    }
+                }
+            }
+        }
+    };
+
+    let (to_tunnel, from_tunnel) = tokio::join!(up, down);
+    let end = abort_rx.borrow().unwrap_or(SpliceEnd::Clean);
+    SpliceOutcome {
+        to_tunnel,
+        from_tunnel,
+        end,
+    }
+}

@@ -1,0 +1,228 @@
+//! One tunneled connection's two halves, independent of the transport.
+//!
+//! QUIC streams are the first implementation; the WebSocket transport adds a
+//! variant here, and everything above (splice, front ends, dialer) stays the
+//! same. Enum dispatch keeps it allocation-free and easy to follow.
+
+use std::io;
+
+use bytes::Bytes;
+use quinn::VarInt;
+
+/// Largest chunk handed up from a receive half at once.
+pub const MAX_CHUNK: usize = 64 * 1024;
+
+/// The sending half of a tunnel stream.
+#[derive(Debug)]
+pub enum TunnelSend {
+    Quic(quinn::SendStream),
+}
+
+/// The receiving half of a tunnel stream.
+#[derive(Debug)]
+pub enum TunnelRecv {
+    Quic(quinn::RecvStream),
+}
+
+/// What the peer did to a stream that was not a clean end of data.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The peer reset (receive side) or stopped (send side) the stream with a code.
+    #[error("stream reset by peer (code {0})")]
+    Reset(u32),
+    /// The whole tunnel connection is gone.
+    #[error("tunnel connection lost: {0}")]
+    ConnectionLost(String),
+    /// Anything else the transport reported.
+    #[error("tunnel stream error: {0}")]
+    Other(String),
+}
+
+impl From<StreamError> for io::Error {
+    fn from(e: StreamError) -> Self {
+        let kind = match e {
+            StreamError::Reset(_) => io::ErrorKind::ConnectionReset,
+            StreamError::ConnectionLost(_) => io::ErrorKind::ConnectionAborted,
+            StreamError::Other(_) => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+fn code(c: VarInt) -> u32 {
+    u32::try_from(c.into_inner()).unwrap_or(u32::MAX)
+}
+
+fn quic_conn_err(e: quinn::ConnectionError) -> StreamError {
+    StreamError::ConnectionLost(e.to_string())
+}
+
+impl TunnelSend {
+    /// Sends a chunk, waiting for flow-control credit.
+    pub async fn write_chunk(&mut self, data: Bytes) -> Result<(), StreamError> {
+        match self {
+            TunnelSend::Quic(s) => s.write_chunk(data).await.map_err(|e| match e {
+                quinn::WriteError::Stopped(c) => StreamError::Reset(code(c)),
+                quinn::WriteError::ConnectionLost(c) => quic_conn_err(c),
+                other => StreamError::Other(other.to_string()),
+            }),
+        }
+    }
+
+    /// Sends all of `data` (used for small control frames).
+    pub async fn write_all(&mut self, data: &[u8]) -> Result<(), StreamError> {
+        self.write_chunk(Bytes::copy_from_slice(data)).await
+    }
+
+    /// Half-close: no more data from us (TCP FIN). Idempotent.
+    pub fn finish(&mut self) {
+        match self {
+            TunnelSend::Quic(s) => {
+                let _ = s.finish();
+            }
+        }
+    }
+
+    /// Half-closes and waits (up to `limit`) until the peer has received
+    /// everything, e.g. before closing a connection after a final frame.
+    pub async fn finish_and_wait(&mut self, limit: std::time::Duration) {
+        match self {
+            TunnelSend::Quic(s) => {
+                let _ = s.finish();
+                let _ = tokio::time::timeout(limit, s.stopped()).await;
+            }
+        }
+    }
+
+    /// Abort our direction with an application code (TCP RST semantics).
+    pub fn reset(&mut self, code: u32) {
+        match self {
+            TunnelSend::Quic(s) => {
+                let _ = s.reset(VarInt::from_u32(code));
+            }
+        }
+    }
+}
+
+impl TunnelRecv {
+    /// Next chunk of data; `Ok(None)` is a clean end (the peer half-closed).
+    pub async fn read_chunk(&mut self) -> Result<Option<Bytes>, StreamError> {
+        match self {
+            TunnelRecv::Quic(r) => match r.read_chunk(MAX_CHUNK, true).await {
+                Ok(c) => Ok(c.map(|c| c.bytes)),
+                Err(quinn::ReadError::Reset(c)) => Err(StreamError::Reset(code(c))),
+                Err(quinn::ReadError::ConnectionLost(c)) => Err(quic_conn_err(c)),
+                Err(other) => Err(StreamError::Other(other.to_string())),
+            },
+        }
+    }
+
+    /// Reads into `buf`, returning 0 at a clean end. Used for control frames,
+    /// where reading exactly to a frame boundary matters.
+    pub async fn read(&mut self, buf: &mut [u8]) -> Result<usize, StreamError> {
+        match self {
+            TunnelRecv::Quic(r) => match r.read(buf).await {
+                Ok(n) => Ok(n.unwrap_or(0)),
+                Err(quinn::ReadError::Reset(c)) => Err(StreamError::Reset(code(c))),
+                Err(quinn::ReadError::ConnectionLost(c)) => Err(quic_conn_err(c)),
+                Err(other) => Err(StreamError::Other(other.to_string())),
+            },
+        }
+    }
+
+    /// Tell the peer we will not read any more (it sees its sends stopped).
+    pub fn stop(&mut self, code: u32) {
+        match self {
+            TunnelRecv::Quic(r) => {
+                let _ = r.stop(VarInt::from_u32(code));
+            }
+        }
+    }
+}
+
+/// Which transport carries a tunnel connection (a label in `/agents` and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransportKind {
+    Quic,
+}
+
+impl TransportKind {
+    /// Every transport, for exporting a zero gauge for the ones not in use.
+    pub const ALL: &'static [TransportKind] = &[TransportKind::Quic];
+
+    /// Stable label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::Quic => "quic",
+        }
+    }
+}
+
+/// One agent↔server connection that carries many streams.
+#[derive(Debug, Clone)]
+pub enum TunnelConnection {
+    Quic(quinn::Connection),
+}
+
+impl TunnelConnection {
+    /// Which transport this is.
+    pub fn kind(&self) -> TransportKind {
+        match self {
+            TunnelConnection::Quic(_) => TransportKind::Quic,
+        }
+    }
+
+    /// Opens a new bidirectional stream (waits for stream credit).
+    pub async fn open_stream(&self) -> Result<(TunnelSend, TunnelRecv), StreamError> {
+        match self {
+            TunnelConnection::Quic(c) => {
+                let (s, r) = c.open_bi().await.map_err(quic_conn_err)?;
+                Ok((TunnelSend::Quic(s), TunnelRecv::Quic(r)))
+            }
+        }
+    }
+
+    /// Accepts the next stream the peer opened.
+    pub async fn accept_stream(&self) -> Result<(TunnelSend, TunnelRecv), StreamError> {
+        match self {
+            TunnelConnection::Quic(c) => {
+                let (s, r) = c.accept_bi().await.map_err(quic_conn_err)?;
+                Ok((TunnelSend::Quic(s), TunnelRecv::Quic(r)))
+            }
+        }
+    }
+
+    /// Closes the whole connection with an application code and reason.
+    pub fn close(&self, code: u32, reason: &str) {
+        match self {
+            TunnelConnection::Quic(c) => c.close(VarInt::from_u32(code), reason.as_bytes()),
+        }
+    }
+
+    /// Resolves when the connection is gone, with a description of why.
+    pub async fn closed(&self) -> String {
+        match self {
+            TunnelConnection::Quic(c) => c.closed().await.to_string(),
+        }
+    }
+
+    /// The certificate chain the peer presented in the TLS handshake.
+    pub fn peer_certificates(&self) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+        match self {
+            TunnelConnection::Quic(c) => c
+                .peer_identity()
+                .and_then(|any| {
+                    any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                        .ok()
+                })
+                .map(|b| *b),
+        }
+    }
+
+    /// The peer's socket address (after NAT, as the server sees it).
+    pub fn remote_address(&self) -> std::net::SocketAddr {
+        match self {
+            TunnelConnection::Quic(c) => c.remote_address(),
+        }
+    }
+}

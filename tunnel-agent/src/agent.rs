@@ -1,0 +1,127 @@
+//! Starting the agent from a validated configuration.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use transport::admin::{AdminResponse, StatusCode};
+use transport::quic::QuicTuning;
+
+use crate::allowlist::Allowlist;
+use crate::config::AgentConfig;
+use crate::connector::Connector;
+use crate::edge::EdgeDialer;
+use crate::metrics::AgentMetrics;
+
+/// A running agent; [`RunningAgent::shutdown`] closes the connection gracefully.
+pub struct RunningAgent {
+    stop: watch::Sender<bool>,
+    connector: tokio::task::JoinHandle<()>,
+    admin: tokio::task::JoinHandle<()>,
+}
+
+impl RunningAgent {
+    /// Tells the server we are leaving (so it fails our streams at once) and stops.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), self.connector).await;
+        self.admin.abort();
+    }
+}
+
+/// Loads certificates, binds the admin endpoint and starts connecting.
+pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunningAgent> {
+    let chain = certs::load_cert_chain(&cfg.tls_cert)?;
+    let key = certs::load_private_key(&cfg.tls_key)?;
+    let roots = certs::load_root_store(&cfg.server_ca)?;
+    let leaf = chain
+        .first()
+        .with_context(|| format!("{} holds no certificate", cfg.tls_cert.display()))?;
+    let identity = certs::agent_identity(leaf)
+        .with_context(|| format!("reading the node identity in {}", cfg.tls_cert.display()))?;
+    let node_name = match cfg.node_name.clone() {
+        Some(n) => n,
+        None => hostname().unwrap_or_else(|| identity.node_name.clone()),
+    };
+    if node_name != identity.node_name {
+        tracing::warn!(%node_name, certificate_node = %identity.node_name,
+            "--node-name differs from the certificate; the server will refuse this agent");
+    }
+    let node_ips = if cfg.node_ips.is_empty() {
+        identity.node_ips.clone()
+    } else {
+        cfg.node_ips.clone()
+    };
+    let allow = if cfg.allow.is_empty() {
+        Allowlist::default_for(&node_ips)
+    } else {
+        Allowlist::new(cfg.allow.clone())
+    };
+    let rules: Vec<String> = allow.rules().iter().map(ToString::to_string).collect();
+    tracing::info!(node = %node_name, ips = ?node_ips, allow = ?rules, "agent starting");
+
+    let metrics = AgentMetrics::new().context("registering metrics")?;
+    let connected = Arc::new(AtomicBool::new(false));
+    let tls = certs::agent_client_config(roots, chain, key, vec![proto::ALPN_QUIC.to_vec()])?;
+    let connector = Connector {
+        server_host: cfg.server_host.clone(),
+        server_port: cfg.server_port,
+        node_name,
+        node_ips,
+        tls,
+        tuning: QuicTuning {
+            keep_alive: cfg.keepalive,
+            idle_timeout: cfg.idle_timeout,
+            ..QuicTuning::default()
+        },
+        connect_timeout: cfg.connect_timeout,
+        dialer: Arc::new(EdgeDialer {
+            allow,
+            dial_timeout: cfg.dial_timeout,
+            metrics: metrics.clone(),
+        }),
+        metrics: metrics.clone(),
+        connected: connected.clone(),
+    };
+
+    let admin_listener = transport::admin::bind(cfg.admin_addr)
+        .await
+        .with_context(|| format!("binding --admin-addr {}", cfg.admin_addr))?;
+    let admin_metrics = metrics.clone();
+    let admin_connected = connected.clone();
+    let handler: transport::admin::AdminHandler = Arc::new(move |path, _query| match path {
+        "/healthz" => AdminResponse::text(StatusCode::OK, "ok\n"),
+        "/readyz" if admin_connected.load(Ordering::Acquire) => {
+            AdminResponse::text(StatusCode::OK, "connected to the server\n")
+        }
+        "/readyz" => AdminResponse::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not connected to the server\n",
+        ),
+        "/metrics" => {
+            let mut r = AdminResponse::text(StatusCode::OK, admin_metrics.render());
+            r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+            r
+        }
+        _ => AdminResponse::text(
+            StatusCode::NOT_FOUND,
+            "not found; try /metrics /healthz /readyz\n",
+        ),
+    });
+    let admin = tokio::spawn(transport::admin::serve(admin_listener, handler));
+    let (stop, stop_rx) = watch::channel(false);
+    let connector = tokio::spawn(connector.run(stop_rx));
+    Ok(RunningAgent {
+        stop,
+        connector,
+        admin,
+    })
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_lowercase())
+        .filter(|s| !s.is_empty())
+}

@@ -1,0 +1,207 @@
+//! Command line and config file, parsed once into a typed [`AgentConfig`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use transport::cli::parse_duration;
+
+use crate::allowlist::AllowRule;
+
+/// `tunnel-agent`: the edge end of the tunnel.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tunnel-agent",
+    version,
+    about = "Edge end of the tunnel: dials out to tunnel-server and dials allowed local destinations for it.",
+    args_override_self = true
+)]
+pub struct Cli {
+    /// YAML file whose keys are these flags' long names; command-line flags win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where to dial out (HOST:PORT; HOST is also the TLS server name).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub server: Option<String>,
+    /// Node name; must match the certificate (default: the hostname).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// Addresses this agent answers for (default: the IPs in the certificate).
+    #[arg(long = "node-ip", value_name = "IP")]
+    pub node_ips: Vec<IpAddr>,
+    /// Transport to the server.
+    #[arg(long, value_enum, default_value_t = TransportChoice::Auto)]
+    pub transport: TransportChoice,
+    /// Agent certificate (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// CA that signed the server's certificate.
+    #[arg(long, value_name = "FILE")]
+    pub server_ca: Option<PathBuf>,
+    /// Destinations the server may ask for, HOST:PORT or HOST:PORT-PORT, repeatable
+    /// (default: each node IP and 127.0.0.1 at 10250 and 10255).
+    #[arg(long = "allow", value_name = "HOST:PORT[-PORT]")]
+    pub allow: Vec<AllowRule>,
+    /// Admin endpoints: /metrics, /healthz, /readyz.
+    #[arg(long, default_value = "127.0.0.1:8134")]
+    pub admin_addr: SocketAddr,
+    /// How long the agent tries to connect to a destination before reporting a timeout.
+    #[arg(long, default_value = "8s", value_parser = parse_duration)]
+    pub dial_timeout: Duration,
+    /// How long one attempt to reach the server may take.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// QUIC keep-alive interval (holds NAT bindings open).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub keepalive: Duration,
+    /// Silence after which the server connection is declared dead.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+}
+
+/// `--transport` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransportChoice {
+    /// QUIC, falling back to WebSocket when QUIC fails.
+    Auto,
+    /// QUIC only.
+    Quic,
+    /// WebSocket over TLS only.
+    Websocket,
+}
+
+/// Everything the agent needs, validated.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub server_host: String,
+    pub server_port: u16,
+    pub node_name: Option<String>,
+    pub node_ips: Vec<IpAddr>,
+    pub transport: TransportChoice,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub server_ca: PathBuf,
+    pub allow: Vec<AllowRule>,
+    pub admin_addr: SocketAddr,
+    pub dial_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub keepalive: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// A required flag is missing or a value is unusable.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("--{0} is required")]
+    Missing(&'static str),
+    #[error("--server {0:?} must be HOST:PORT")]
+    BadServer(String),
+    #[error("--transport websocket is not available in this build: the WebSocket fallback is not implemented yet")]
+    WebsocketUnavailable,
+    #[error("--keepalive ({keepalive:?}) must be shorter than --idle-timeout ({idle:?})")]
+    KeepaliveTooLong { keepalive: Duration, idle: Duration },
+}
+
+impl TryFrom<Cli> for AgentConfig {
+    type Error = ConfigError;
+
+    fn try_from(c: Cli) -> Result<Self, Self::Error> {
+        let server = c.server.ok_or(ConfigError::Missing("server"))?;
+        let (host, port) =
+            split_host_port(&server).ok_or(ConfigError::BadServer(server.clone()))?;
+        if c.transport == TransportChoice::Websocket {
+            return Err(ConfigError::WebsocketUnavailable);
+        }
+        if c.keepalive >= c.idle_timeout {
+            return Err(ConfigError::KeepaliveTooLong {
+                keepalive: c.keepalive,
+                idle: c.idle_timeout,
+            });
+        }
+        Ok(AgentConfig {
+            server_host: host,
+            server_port: port,
+            node_name: c.node_name,
+            node_ips: c.node_ips,
+            transport: c.transport,
+            tls_cert: c.tls_cert.ok_or(ConfigError::Missing("tls-cert"))?,
+            tls_key: c.tls_key.ok_or(ConfigError::Missing("tls-key"))?,
+            server_ca: c.server_ca.ok_or(ConfigError::Missing("server-ca"))?,
+            allow: c.allow,
+            admin_addr: c.admin_addr,
+            dial_timeout: c.dial_timeout,
+            connect_timeout: c.connect_timeout,
+            keepalive: c.keepalive,
+            idle_timeout: c.idle_timeout,
+        })
+    }
+}
+
+/// Splits `host:port` / `[v6]:port` into a host (no brackets) and port.
+fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() || host.contains(' ') {
+        return None;
+    }
+    Some((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<AgentConfig, String> {
+        let cli = Cli::try_parse_from(std::iter::once("tunnel-agent").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        AgentConfig::try_from(cli).map_err(|e| e.to_string())
+    }
+
+    const BASE: &[&str] = &[
+        "--server",
+        "tunnel.example:8132",
+        "--tls-cert",
+        "a.crt",
+        "--tls-key",
+        "a.key",
+        "--server-ca",
+        "ca.crt",
+    ];
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let c = parse(BASE).unwrap();
+        assert_eq!(c.server_host, "tunnel.example");
+        assert_eq!(c.server_port, 8132);
+        assert_eq!(c.admin_addr, "127.0.0.1:8134".parse().unwrap());
+        assert_eq!(c.transport, TransportChoice::Auto);
+        assert!(c.allow.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        assert_eq!(parse(&[]).unwrap_err(), "--server is required");
+        let mut a = BASE.to_vec();
+        a[1] = "nocolon";
+        assert!(parse(&a).unwrap_err().contains("HOST:PORT"));
+        let mut a = BASE.to_vec();
+        a.extend(["--allow", "10.0.0.1"]);
+        assert!(parse(&a).unwrap_err().contains("invalid --allow"));
+    }
+
+    #[test]
+    fn ipv6_server_address() {
+        let mut a = BASE.to_vec();
+        a[1] = "[::1]:8132";
+        let c = parse(&a).unwrap();
+        assert_eq!(c.server_host, "::1");
+    }
+}

@@ -1,0 +1,13 @@
+//! The edge end of the tunnel.
+//!
+//! The [`connector`] keeps one registered connection to the server; for each
+//! stream the server opens, [`edge`] checks the [`allowlist`] and dials the
+//! destination. [`agent`] wires it together from a [`config::AgentConfig`].
+
+pub mod agent;
+pub mod allowlist;
+pub mod backoff;
+pub mod config;
+pub mod connector;
+pub mod edge;
+pub mod metrics;

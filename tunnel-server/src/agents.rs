@@ -1,0 +1,174 @@
+//! The agent-facing listener: accepts QUIC connections, checks each agent's
+//! hello against its certificate, registers it, and unregisters it when the
+//! connection ends.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use proto::{HelloAck, Message};
+use transport::framed::{read_message, read_message_timeout, write_message};
+use transport::TunnelConnection;
+
+use crate::handshake::{check_hello, Rejection};
+use crate::metrics::ServerMetrics;
+use crate::registry::{AgentEntry, AgentRegistry};
+
+/// How long an agent has, after connecting, to open its control stream and say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Shared state of the agent listener.
+pub struct AgentListener {
+    pub registry: Arc<AgentRegistry>,
+    pub metrics: ServerMetrics,
+    pub server_version: String,
+}
+
+impl AgentListener {
+    /// Accepts agents until the endpoint is closed.
+    pub async fn serve_quic(self: Arc<Self>, endpoint: quinn::Endpoint) {
+        while let Some(incoming) = endpoint.accept().await {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                match tokio::time::timeout(HELLO_TIMEOUT, incoming).await {
+                    Ok(Ok(conn)) => this.serve_connection(TunnelConnection::Quic(conn)).await,
+                    Ok(Err(e)) => {
+                        tracing::info!(%remote, error = %e, "agent QUIC handshake failed")
+                    }
+                    Err(_) => tracing::info!(%remote, "agent QUIC handshake timed out"),
+                }
+            });
+        }
+    }
+
+    /// Runs one authenticated connection from hello to disconnect.
+    async fn serve_connection(&self, link: TunnelConnection) {
+        let remote = link.remote_address();
+        let identity = match peer_identity(&link) {
+            Ok(id) => id,
+            Err(reason) => {
+                tracing::warn!(%remote, %reason, "refusing agent: bad certificate");
+                self.reject_metric(proto::RejectReason::BadCertificate);
+                link.close(proto::codes::CONN_REJECTED, &reason);
+                return;
+            }
+        };
+        let node = identity.node_name.clone();
+        let (mut send, mut recv) = match tokio::time::timeout(HELLO_TIMEOUT, link.accept_stream())
+            .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::info!(%node, %remote, error = %e, "agent left before saying hello");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(%node, %remote, "agent opened no control stream in time; closing");
+                link.close(proto::codes::CONN_PROTOCOL_ERROR, "no hello");
+                return;
+            }
+        };
+        let hello = match read_message_timeout(&mut recv, HELLO_TIMEOUT).await {
+            Ok(Message::Hello(h)) => h,
+            Ok(other) => {
+                tracing::warn!(%node, %remote, message = ?other, "agent's first message is not a hello; closing");
+                link.close(proto::codes::CONN_PROTOCOL_ERROR, "expected hello");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(%node, %remote, error = %e, "reading agent hello failed; closing");
+                link.close(proto::codes::CONN_PROTOCOL_ERROR, "bad hello");
+                return;
+            }
+        };
+        let reg = match check_hello(&hello, &identity) {
+            Ok(r) => r,
+            Err(Rejection { reason, message }) => {
+                tracing::warn!(%node, %remote, reason = reason.as_str(), "refusing agent: {message}");
+                self.reject_metric(reason);
+                let ack = Message::HelloAck(HelloAck::Rejected {
+                    reason,
+                    message: message.clone(),
+                });
+                if write_message(&mut send, &ack).await.is_ok() {
+                    send.finish_and_wait(Duration::from_secs(2)).await;
+                }
+                link.close(proto::codes::CONN_REJECTED, &message);
+                return;
+            }
+        };
+        let conn_id = self.registry.next_conn_id();
+        let entry = Arc::new(AgentEntry {
+            node: reg.node.clone(),
+            ips: reg.ips.clone(),
+            conn_id,
+            agent_version: reg.agent_version.clone(),
+            connected_since: SystemTime::now(),
+            streams: AtomicU64::new(0),
+            link: link.clone(),
+        });
+        if let Some(old) = self.registry.register(entry) {
+            tracing::info!(%node, old_remote = %old.link.remote_address(), "replacing previous connection of this node");
+            old.link.close(
+                proto::codes::CONN_REPLACED,
+                "replaced by a newer connection",
+            );
+        }
+        let ack = Message::HelloAck(HelloAck::Accepted {
+            server_version: self.server_version.clone(),
+        });
+        if let Err(e) = write_message(&mut send, &ack).await {
+            tracing::info!(%node, error = %e, "agent left during handshake");
+            self.registry.unregister(&node, conn_id);
+            return;
+        }
+        tracing::info!(%node, ips = ?reg.ips, %remote, transport = link.kind().as_str(),
+            agent_version = %reg.agent_version, "agent registered");
+
+        // The control stream stays open for future messages; unknown ones are skipped.
+        let control = async {
+            loop {
+                match read_message(&mut recv).await {
+                    Ok(Message::Unknown { kind }) => {
+                        tracing::debug!(%node, kind, "ignoring unknown control message")
+                    }
+                    Ok(other) => {
+                        tracing::debug!(%node, message = ?other, "ignoring unexpected control message")
+                    }
+                    Err(_) => return,
+                }
+            }
+        };
+        let reason = tokio::select! {
+            r = link.closed() => r,
+            _ = control => {
+                link.close(proto::codes::CONN_SHUTDOWN, "control stream closed");
+                "control stream closed".to_string()
+            }
+        };
+        if self.registry.unregister(&node, conn_id) {
+            tracing::info!(%node, %remote, %reason, "agent disconnected");
+        } else {
+            tracing::info!(%node, %remote, %reason, "replaced agent connection closed");
+        }
+    }
+
+    fn reject_metric(&self, reason: proto::RejectReason) {
+        self.metrics
+            .agent_rejections
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+}
+
+/// The node identity in the verified client certificate of `link`.
+fn peer_identity(link: &TunnelConnection) -> Result<certs::NodeIdentity, String> {
+    let chain = link
+        .peer_certificates()
+        .ok_or_else(|| "no client certificate".to_string())?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| "empty client certificate chain".to_string())?;
+    certs::agent_identity(leaf).map_err(|e| e.to_string())
+}

@@ -1,0 +1,210 @@
+//! Command line and config file, parsed once into a typed [`ServerConfig`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use transport::cli::parse_duration;
+
+/// `tunnel-server`: the cloud end of the edge tunnel.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tunnel-server",
+    version,
+    about = "Cloud end of the edge tunnel: agents dial in, kube-apiserver and operators reach edge nodes through them.",
+    args_override_self = true,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands besides serving.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the certificates a cluster needs (PEM files).
+    #[command(subcommand)]
+    Certs(crate::certs_cmd::CertsCommand),
+}
+
+/// Flags of the serving mode (see the spec's tunnel-server table).
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// YAML file whose keys are these flags' long names; command-line flags win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Agents connect here: QUIC on UDP (and WebSocket on TCP, same port).
+    #[arg(long, default_value = "0.0.0.0:8132")]
+    pub agent_addr: SocketAddr,
+    /// Front end for kube-apiserver on a Unix socket (mode 0600).
+    #[arg(long, value_name = "PATH")]
+    pub uds: Option<PathBuf>,
+    /// The same front end on TCP with mutual TLS.
+    #[arg(long, value_name = "ADDR")]
+    pub proxy_addr: Option<SocketAddr>,
+    /// Admin endpoints: /metrics, /healthz, /readyz, /agents, /sd.
+    #[arg(long, default_value = "127.0.0.1:8133")]
+    pub admin_addr: SocketAddr,
+    /// Certificate shown to agents and on --proxy-addr.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// CA that signs agent certificates.
+    #[arg(long, value_name = "FILE")]
+    pub agent_ca: Option<PathBuf>,
+    /// CA for client certificates on --proxy-addr.
+    #[arg(long, value_name = "FILE")]
+    pub proxy_client_ca: Option<PathBuf>,
+    /// Common names allowed to use --proxy-addr (repeatable; default: any certificate the CA signed).
+    #[arg(long = "proxy-client-name", value_name = "CN")]
+    pub proxy_client_names: Vec<String>,
+    /// How long a front-end request waits for the agent's dial result.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub dial_timeout: Duration,
+    /// Most tunneled streams at once (beyond: 503).
+    #[arg(long, default_value_t = 20_000)]
+    pub max_streams: usize,
+    /// Most dials waiting for an agent's answer at once (beyond: 503).
+    #[arg(long, default_value_t = 2_000)]
+    pub max_pending_dials: usize,
+    /// A front-end client must finish its request header within this time.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// QUIC keep-alive interval towards agents (holds NAT bindings open).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub agent_keepalive: Duration,
+    /// Silence after which an agent connection is declared dead.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub agent_idle_timeout: Duration,
+}
+
+/// Everything the server needs, validated.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub agent_addr: SocketAddr,
+    pub uds: Option<PathBuf>,
+    pub proxy_addr: Option<SocketAddr>,
+    pub admin_addr: SocketAddr,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub agent_ca: PathBuf,
+    pub proxy_client_ca: Option<PathBuf>,
+    pub proxy_client_names: Vec<String>,
+    pub dial_timeout: Duration,
+    pub max_streams: usize,
+    pub max_pending_dials: usize,
+    pub header_timeout: Duration,
+    pub agent_keepalive: Duration,
+    pub agent_idle_timeout: Duration,
+}
+
+/// A required flag is missing or flags contradict each other.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("--{0} is required")]
+    Missing(&'static str),
+    #[error("--proxy-client-ca is required with --proxy-addr")]
+    ProxyNeedsClientCa,
+    #[error(
+        "--agent-keepalive ({keepalive:?}) must be shorter than --agent-idle-timeout ({idle:?})"
+    )]
+    KeepaliveTooLong { keepalive: Duration, idle: Duration },
+    #[error("--{0} must be greater than 0")]
+    Zero(&'static str),
+}
+
+impl TryFrom<RunArgs> for ServerConfig {
+    type Error = ConfigError;
+
+    fn try_from(a: RunArgs) -> Result<Self, Self::Error> {
+        if a.proxy_addr.is_some() && a.proxy_client_ca.is_none() {
+            return Err(ConfigError::ProxyNeedsClientCa);
+        }
+        if a.agent_keepalive >= a.agent_idle_timeout {
+            return Err(ConfigError::KeepaliveTooLong {
+                keepalive: a.agent_keepalive,
+                idle: a.agent_idle_timeout,
+            });
+        }
+        if a.max_streams == 0 {
+            return Err(ConfigError::Zero("max-streams"));
+        }
+        if a.max_pending_dials == 0 {
+            return Err(ConfigError::Zero("max-pending-dials"));
+        }
+        Ok(ServerConfig {
+            agent_addr: a.agent_addr,
+            uds: a.uds,
+            proxy_addr: a.proxy_addr,
+            admin_addr: a.admin_addr,
+            tls_cert: a.tls_cert.ok_or(ConfigError::Missing("tls-cert"))?,
+            tls_key: a.tls_key.ok_or(ConfigError::Missing("tls-key"))?,
+            agent_ca: a.agent_ca.ok_or(ConfigError::Missing("agent-ca"))?,
+            proxy_client_ca: a.proxy_client_ca,
+            proxy_client_names: a.proxy_client_names,
+            dial_timeout: a.dial_timeout,
+            max_streams: a.max_streams,
+            max_pending_dials: a.max_pending_dials,
+            header_timeout: a.header_timeout,
+            agent_keepalive: a.agent_keepalive,
+            agent_idle_timeout: a.agent_idle_timeout,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<ServerConfig, String> {
+        let cli = Cli::try_parse_from(std::iter::once("tunnel-server").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        ServerConfig::try_from(cli.run).map_err(|e| e.to_string())
+    }
+
+    const BASE: &[&str] = &[
+        "--tls-cert",
+        "s.crt",
+        "--tls-key",
+        "s.key",
+        "--agent-ca",
+        "ca.crt",
+    ];
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let c = parse(BASE).unwrap();
+        assert_eq!(c.agent_addr, "0.0.0.0:8132".parse().unwrap());
+        assert_eq!(c.admin_addr, "127.0.0.1:8133".parse().unwrap());
+        assert_eq!(c.dial_timeout, Duration::from_secs(10));
+        assert!(c.uds.is_none() && c.proxy_addr.is_none());
+    }
+
+    #[test]
+    fn missing_and_contradictory_flags_are_named() {
+        assert_eq!(parse(&[]).unwrap_err(), "--tls-cert is required");
+        let mut a = BASE.to_vec();
+        a.extend(["--proxy-addr", "127.0.0.1:8131"]);
+        assert_eq!(
+            parse(&a).unwrap_err(),
+            "--proxy-client-ca is required with --proxy-addr"
+        );
+        let mut a = BASE.to_vec();
+        a.extend(["--dial-timeout", "10"]);
+        assert!(parse(&a).unwrap_err().contains("invalid duration"));
+    }
+
+    #[test]
+    fn later_flags_override_earlier_ones() {
+        let mut a = vec!["--dial-timeout=1s"];
+        a.extend(BASE);
+        a.push("--dial-timeout=3s");
+        assert_eq!(parse(&a).unwrap().dial_timeout, Duration::from_secs(3));
+    }
+}

@@ -1,0 +1,329 @@
+//! Opening a tunneled connection to a destination at the edge.
+//!
+//! Every front end (HTTP CONNECT, gRPC, HTTP proxy, forwards) calls
+//! [`Dialer::dial`]: route the host to its agent, enforce the stream and
+//! pending-dial limits, ask the agent to dial, and wait for its answer. The
+//! error says which status the front end should answer with.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proto::{DialErrorKind, DialResult, DialTarget, Message, OpenStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use transport::framed::{read_message, write_message, FramedError};
+use transport::{TunnelRecv, TunnelSend};
+
+use crate::metrics::ServerMetrics;
+use crate::registry::{AgentEntry, AgentRegistry};
+
+/// Which front end a stream came through (the `frontend` metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frontend {
+    /// HTTP CONNECT on `--uds` / `--proxy-addr`.
+    Connect,
+}
+
+impl Frontend {
+    /// Stable label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Frontend::Connect => "connect",
+        }
+    }
+}
+
+/// Why a dial did not produce a stream; maps 1:1 to the spec's error table.
+#[derive(Debug, thiserror::Error)]
+pub enum DialFailure {
+    #[error("no agent is registered for {host}")]
+    NoAgent { host: String },
+    #[error("server is at its limit of {limit} concurrent streams")]
+    StreamLimit { limit: usize },
+    #[error("server is at its limit of {limit} pending dials")]
+    PendingLimit { limit: usize },
+    #[error("agent for node {node} refused {target}: {message}")]
+    NotAllowed {
+        node: String,
+        target: String,
+        message: String,
+    },
+    #[error("agent for node {node} could not dial {target} ({kind}): {message}")]
+    DialFailed {
+        node: String,
+        target: String,
+        kind: &'static str,
+        message: String,
+    },
+    #[error("agent for node {node} timed out dialing {target}: {message}")]
+    AgentTimeout {
+        node: String,
+        target: String,
+        message: String,
+    },
+    #[error("no dial result for {target} from node {node} within {after:?}")]
+    Timeout {
+        node: String,
+        target: String,
+        after: Duration,
+    },
+    #[error("agent for node {node} disconnected while dialing {target}: {reason}")]
+    AgentGone {
+        node: String,
+        target: String,
+        reason: String,
+    },
+    #[error(
+        "agent for node {node} answered the dial for {target} with an invalid message: {reason}"
+    )]
+    BadAnswer {
+        node: String,
+        target: String,
+        reason: String,
+    },
+}
+
+impl DialFailure {
+    /// The HTTP status the spec assigns to this failure.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            DialFailure::NoAgent { .. }
+            | DialFailure::StreamLimit { .. }
+            | DialFailure::PendingLimit { .. } => 503,
+            DialFailure::NotAllowed { .. } => 403,
+            DialFailure::DialFailed { .. } | DialFailure::BadAnswer { .. } => 502,
+            DialFailure::AgentTimeout { .. }
+            | DialFailure::Timeout { .. }
+            | DialFailure::AgentGone { .. } => 504,
+        }
+    }
+
+    /// The `result` label of `tunnel_server_streams_total`.
+    pub fn result_label(&self) -> &'static str {
+        match self {
+            DialFailure::NoAgent { .. } => "no_agent",
+            DialFailure::StreamLimit { .. } | DialFailure::PendingLimit { .. } => "limit",
+            DialFailure::NotAllowed { .. } => "not_allowed",
+            DialFailure::DialFailed { .. } | DialFailure::BadAnswer { .. } => "dial_failed",
+            DialFailure::AgentTimeout { .. } | DialFailure::Timeout { .. } => "timeout",
+            DialFailure::AgentGone { .. } => "agent_gone",
+        }
+    }
+}
+
+/// A dialed stream: raw bytes to and from the edge destination.
+///
+/// Dropping it releases the stream slot and the active-stream gauges.
+pub struct EdgeStream {
+    pub send: TunnelSend,
+    pub recv: TunnelRecv,
+    pub stream_id: u64,
+    pub node: String,
+    pub _active: ActiveStream,
+}
+
+/// Keeps the gauges and the limit slot of one open stream.
+pub struct ActiveStream {
+    agent: Arc<AgentEntry>,
+    gauge: prometheus::IntGauge,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        self.agent.streams.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.dec();
+    }
+}
+
+/// Routes and dials; shared by all front ends.
+pub struct Dialer {
+    registry: Arc<AgentRegistry>,
+    metrics: ServerMetrics,
+    dial_timeout: Duration,
+    streams: Arc<Semaphore>,
+    max_streams: usize,
+    pending: Arc<Semaphore>,
+    max_pending: usize,
+    next_stream_id: std::sync::atomic::AtomicU64,
+}
+
+impl Dialer {
+    /// A dialer with the given limits.
+    pub fn new(
+        registry: Arc<AgentRegistry>,
+        metrics: ServerMetrics,
+        dial_timeout: Duration,
+        max_streams: usize,
+        max_pending: usize,
+    ) -> Self {
+        Self {
+            registry,
+            metrics,
+            dial_timeout,
+            streams: Arc::new(Semaphore::new(max_streams)),
+            max_streams,
+            pending: Arc::new(Semaphore::new(max_pending)),
+            max_pending,
+            next_stream_id: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    /// The metrics this dialer records into (front ends add their own).
+    pub fn metrics(&self) -> &ServerMetrics {
+        &self.metrics
+    }
+
+    /// Asks the agent that answers for `target` to dial it.
+    pub async fn dial(
+        &self,
+        target: &DialTarget,
+        frontend: Frontend,
+    ) -> Result<EdgeStream, DialFailure> {
+        let started = Instant::now();
+        let result = self.dial_inner(target, frontend).await;
+        let label = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.result_label(),
+        };
+        self.metrics
+            .streams_total
+            .with_label_values(&[frontend.as_str(), label])
+            .inc();
+        self.metrics
+            .dial_duration
+            .with_label_values(&[label])
+            .observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(s) => tracing::debug!(node = %s.node, stream_id = s.stream_id, %target,
+                frontend = frontend.as_str(), elapsed_ms = started.elapsed().as_millis() as u64, "dial succeeded"),
+            Err(e) => {
+                tracing::info!(%target, frontend = frontend.as_str(), error = %e, "dial failed")
+            }
+        }
+        result
+    }
+
+    async fn dial_inner(
+        &self,
+        target: &DialTarget,
+        frontend: Frontend,
+    ) -> Result<EdgeStream, DialFailure> {
+        let agent = self
+            .registry
+            .lookup(target)
+            .ok_or_else(|| DialFailure::NoAgent {
+                host: target.host_string(),
+            })?;
+        let stream_permit =
+            self.streams
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| DialFailure::StreamLimit {
+                    limit: self.max_streams,
+                })?;
+        let _pending_permit =
+            self.pending
+                .try_acquire()
+                .map_err(|_| DialFailure::PendingLimit {
+                    limit: self.max_pending,
+                })?;
+        let stream_id = self.next_stream_id.fetch_add(1, Ordering::Relaxed);
+        let node = agent.node.clone();
+        let gone = |e: &dyn std::fmt::Display| DialFailure::AgentGone {
+            node: node.clone(),
+            target: target.to_string(),
+            reason: e.to_string(),
+        };
+        let deadline = tokio::time::Instant::now() + self.dial_timeout;
+        let timed_out = || DialFailure::Timeout {
+            node: node.clone(),
+            target: target.to_string(),
+            after: self.dial_timeout,
+        };
+
+        let (mut send, mut recv) = tokio::time::timeout_at(deadline, agent.link.open_stream())
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|e| gone(&e))?;
+        let open = Message::Open(OpenStream {
+            stream_id,
+            target: target.clone(),
+        });
+        let answer = tokio::time::timeout_at(deadline, async {
+            write_message(&mut send, &open).await?;
+            read_message(&mut recv).await
+        })
+        .await;
+        let answer = match answer {
+            Ok(a) => a,
+            Err(_) => {
+                send.reset(proto::codes::STREAM_CANCELLED);
+                recv.stop(proto::codes::STREAM_CANCELLED);
+                return Err(timed_out());
+            }
+        };
+        let target_s = target.to_string();
+        match answer {
+            Ok(Message::DialResult(DialResult::Connected)) => {
+                agent.streams.fetch_add(1, Ordering::Relaxed);
+                let gauge = self
+                    .metrics
+                    .streams_active
+                    .with_label_values(&[frontend.as_str()]);
+                gauge.inc();
+                Ok(EdgeStream {
+                    send,
+                    recv,
+                    stream_id,
+                    node,
+                    _active: ActiveStream {
+                        agent,
+                        gauge,
+                        _permit: stream_permit,
+                    },
+                })
+            }
+            Ok(Message::DialResult(DialResult::Failed { kind, message })) => Err(match kind {
+                DialErrorKind::NotAllowed => DialFailure::NotAllowed {
+                    node,
+                    target: target_s,
+                    message,
+                },
+                DialErrorKind::Timeout => DialFailure::AgentTimeout {
+                    node,
+                    target: target_s,
+                    message,
+                },
+                other => DialFailure::DialFailed {
+                    node,
+                    target: target_s,
+                    kind: other.as_str(),
+                    message,
+                },
+            }),
+            Ok(other) => Err(DialFailure::BadAnswer {
+                node,
+                target: target_s,
+                reason: format!("expected a dial result, got {other:?}"),
+            }),
+            Err(FramedError::Stream(e)) => Err(gone(&e)),
+            Err(FramedError::UnexpectedEof) => Err(gone(&"stream closed before the dial result")),
+            Err(e) => Err(DialFailure::BadAnswer {
+                node,
+                target: target_s,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Counts bytes moved through a stream into `tunnel_server_bytes_total`.
+    pub fn byte_counter(&self) -> impl Fn(transport::splice::Direction, usize) + Send + Sync {
+        let to_edge = self.metrics.bytes_total.with_label_values(&["to_edge"]);
+        let from_edge = self.metrics.bytes_total.with_label_values(&["from_edge"]);
+        move |dir, n| match dir {
+            transport::splice::Direction::ToTunnel => to_edge.inc_by(n as u64),
+            transport::splice::Direction::FromTunnel => from_edge.inc_by(n as u64),
+        }
+    }
+}

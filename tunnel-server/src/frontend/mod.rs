@@ -1,0 +1,144 @@
+//! The apiserver-facing front end: HTTP CONNECT on a Unix socket and on TCP
+//! with mutual TLS.
+//!
+//! A connection is read until its request head is complete (bounded in size
+//! and time), routed through the [`Dialer`], answered `200` only once the
+//! agent's dial succeeded, and then spliced byte for byte.
+
+pub mod connect;
+pub mod listeners;
+pub mod reply;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use transport::socket::AbortOnDrop;
+use transport::splice::{splice, SpliceEnd};
+
+use tracing::Instrument;
+
+use crate::dial::{Dialer, EdgeStream, Frontend};
+use connect::{parse_connect, HeadError, MAX_HEAD};
+
+/// What the front end needs from the rest of the server.
+pub struct FrontendContext {
+    pub dialer: Arc<Dialer>,
+    pub header_timeout: Duration,
+}
+
+/// The metric label for requests on this front end.
+const PROTOCOL: &str = "http-connect";
+
+/// Serves one client connection. `forbidden` is set when the TLS client
+/// certificate is not acceptable; the request is then answered 403.
+pub async fn serve_connection<IO>(mut io: IO, ctx: Arc<FrontendContext>, forbidden: Option<String>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + AbortOnDrop,
+{
+    let mut buf = BytesMut::with_capacity(1024);
+    let head = tokio::time::timeout(ctx.header_timeout, read_head(&mut io, &mut buf)).await;
+    let request = match head {
+        Err(_) => {
+            respond(&mut io, &ctx, 408, "request header not received in time").await;
+            return;
+        }
+        Ok(Err(ReadHead::Closed)) => return,
+        Ok(Err(ReadHead::Bad(e))) => {
+            respond(&mut io, &ctx, e.http_status(), &e.to_string()).await;
+            return;
+        }
+        Ok(Ok(r)) => r,
+    };
+    if let Some(reason) = forbidden {
+        respond(&mut io, &ctx, 403, &reason).await;
+        return;
+    }
+    let target = request.target;
+    let stream = match ctx.dialer.dial(&target, Frontend::Connect).await {
+        Ok(s) => s,
+        Err(e) => {
+            respond(&mut io, &ctx, e.http_status(), &e.to_string()).await;
+            return;
+        }
+    };
+    let span =
+        tracing::info_span!("stream", node = %stream.node, stream_id = stream.stream_id, %target);
+    let early = buf.split_off(request.head_len).freeze();
+    carry(io, &ctx, stream, early).instrument(span).await;
+}
+
+/// Answers 200 and splices the client to the edge stream until both ends close.
+async fn carry<IO>(mut io: IO, ctx: &FrontendContext, stream: EdgeStream, early: bytes::Bytes)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + AbortOnDrop,
+{
+    let EdgeStream {
+        mut send,
+        recv,
+        _active,
+        ..
+    } = stream;
+    if io.write_all(reply::ESTABLISHED).await.is_err() {
+        send.reset(proto::codes::STREAM_CANCELLED);
+        return;
+    }
+    count(ctx, 200);
+    // Bytes the client pipelined after its head belong to the tunnel.
+    if !early.is_empty() && send.write_chunk(early).await.is_err() {
+        let _ = io.abort_on_drop();
+        return;
+    }
+    let outcome = splice(&mut io, send, recv, ctx.dialer.byte_counter()).await;
+    tracing::debug!(to_edge = outcome.to_tunnel, from_edge = outcome.from_tunnel,
+        end = ?outcome.end, "stream closed");
+    if matches!(outcome.end, SpliceEnd::TunnelReset | SpliceEnd::TunnelLost) {
+        let _ = io.abort_on_drop();
+    }
+}
+
+enum ReadHead {
+    Closed,
+    Bad(HeadError),
+}
+
+async fn read_head<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+) -> Result<connect::ConnectRequest, ReadHead> {
+    loop {
+        if buf.capacity() - buf.len() < 512 {
+            buf.reserve(1024.min(MAX_HEAD + 1 - buf.len()).max(1));
+        }
+        let n = io.read_buf(buf).await.map_err(|_| ReadHead::Closed)?;
+        if n == 0 {
+            return Err(ReadHead::Closed);
+        }
+        match parse_connect(buf) {
+            Ok(Some(r)) => return Ok(r),
+            Ok(None) if buf.len() > MAX_HEAD => return Err(ReadHead::Bad(HeadError::TooLarge)),
+            Ok(None) => continue,
+            Err(e) => return Err(ReadHead::Bad(e)),
+        }
+    }
+}
+
+async fn respond<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    ctx: &FrontendContext,
+    status: u16,
+    msg: &str,
+) {
+    count(ctx, status);
+    let _ = io.write_all(&reply::error_response(status, msg)).await;
+    let _ = io.shutdown().await;
+}
+
+fn count(ctx: &FrontendContext, status: u16) {
+    ctx.dialer
+        .metrics()
+        .frontend_requests
+        .with_label_values(&[PROTOCOL, &status.to_string()])
+        .inc();
+}

@@ -1,0 +1,16 @@
+//! The cloud end of the edge tunnel.
+//!
+//! Agents dial in ([`agents`]) and are kept in the [`registry`]; front ends
+//! ([`frontend`]) turn apiserver requests into dials ([`dial`]) through the
+//! right agent. [`server`] wires it together from a [`config::ServerConfig`].
+
+pub mod admin;
+pub mod agents;
+pub mod certs_cmd;
+pub mod config;
+pub mod dial;
+pub mod frontend;
+pub mod handshake;
+pub mod metrics;
+pub mod registry;
+pub mod server;

@@ -1,0 +1,118 @@
+//! Starting every listener of the server from a validated configuration.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use transport::quic::QuicTuning;
+
+use crate::agents::AgentListener;
+use crate::config::ServerConfig;
+use crate::dial::Dialer;
+use crate::frontend::{listeners, FrontendContext};
+use crate::metrics::ServerMetrics;
+use crate::registry::AgentRegistry;
+
+/// A running server: its tasks and the handle to stop it gracefully.
+pub struct RunningServer {
+    pub registry: Arc<AgentRegistry>,
+    endpoint: quinn::Endpoint,
+    tasks: JoinSet<()>,
+}
+
+impl RunningServer {
+    /// Closes agent connections (they reconnect to the next server at once)
+    /// and stops all listeners.
+    pub async fn shutdown(mut self) {
+        self.endpoint.close(
+            quinn::VarInt::from_u32(proto::codes::CONN_SHUTDOWN),
+            b"server shutting down",
+        );
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.endpoint.wait_idle())
+            .await;
+        self.tasks.shutdown().await;
+    }
+}
+
+/// Binds every listener and starts serving.
+pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
+    let metrics = ServerMetrics::new().context("registering metrics")?;
+    let registry = Arc::new(AgentRegistry::new());
+    let chain = certs::load_cert_chain(&cfg.tls_cert)?;
+    let key = certs::load_private_key(&cfg.tls_key)?;
+    let agent_ca = certs::load_root_store(&cfg.agent_ca)?;
+    let mut tasks = JoinSet::new();
+
+    let agent_tls = certs::agent_facing_server_config(
+        chain.clone(),
+        key.clone_key(),
+        agent_ca,
+        vec![proto::ALPN_QUIC.to_vec()],
+    )?;
+    let tuning = QuicTuning {
+        keep_alive: cfg.agent_keepalive,
+        idle_timeout: cfg.agent_idle_timeout,
+        // The server opens streams; agents open only their control stream.
+        max_incoming_streams: 16,
+        ..QuicTuning::default()
+    };
+    let endpoint =
+        transport::quic::server_endpoint(cfg.agent_addr, agent_tls, &tuning, key.secret_der())
+            .with_context(|| format!("starting the agent listener on {} (UDP)", cfg.agent_addr))?;
+    let agents = Arc::new(AgentListener {
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        server_version: env!("CARGO_PKG_VERSION").to_string(),
+    });
+    tasks.spawn(agents.serve_quic(endpoint.clone()));
+    tracing::info!(addr = %endpoint.local_addr()?, "accepting agents over QUIC");
+
+    let dialer = Arc::new(Dialer::new(
+        registry.clone(),
+        metrics.clone(),
+        cfg.dial_timeout,
+        cfg.max_streams,
+        cfg.max_pending_dials,
+    ));
+    let ctx = Arc::new(FrontendContext {
+        dialer: dialer.clone(),
+        header_timeout: cfg.header_timeout,
+    });
+    if let Some(path) = &cfg.uds {
+        let l = listeners::bind_uds(path)?;
+        tracing::info!(path = %path.display(), "front end listening on Unix socket");
+        tasks.spawn(listeners::serve_uds(l, ctx.clone()));
+    }
+    if let (Some(addr), Some(ca)) = (cfg.proxy_addr, &cfg.proxy_client_ca) {
+        let client_ca = certs::load_root_store(ca)?;
+        let tls = certs::proxy_server_config(chain.clone(), key.clone_key(), client_ca)?;
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding --proxy-addr {addr}"))?;
+        tracing::info!(%addr, "front end listening on TCP with mutual TLS");
+        tasks.spawn(listeners::serve_tls(
+            l,
+            TlsAcceptor::from(Arc::new(tls)),
+            Arc::new(cfg.proxy_client_names.clone()),
+            ctx.clone(),
+        ));
+    }
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin = transport::admin::bind(cfg.admin_addr)
+        .await
+        .with_context(|| format!("binding --admin-addr {}", cfg.admin_addr))?;
+    tracing::info!(addr = %cfg.admin_addr, "admin endpoints listening");
+    tasks.spawn(transport::admin::serve(
+        admin,
+        crate::admin::handler(registry.clone(), metrics, ready.clone()),
+    ));
+    ready.store(true, Ordering::Release);
+    Ok(RunningServer {
+        registry,
+        endpoint,
+        tasks,
+    })
+}
