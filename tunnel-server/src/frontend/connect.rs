@@ -94,7 +94,7 @@ mod tests {
     fn statuses_for_bad_requests() {
         let cases: &[(&[u8], u16)] = &[
             (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 405),
-            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 405),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400),
             (b"CONNECT 10.0.0.5 HTTP/1.1\r\n\r\n", 400),
             (b"CONNECT [::1:80 HTTP/1.1\r\n\r\n", 400),
             (b"CONNECT a b c\r\n\r\n", 400),
