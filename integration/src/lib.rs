@@ -1,1 +1,16 @@
+//! Test harness: runs the real `tunnel-server` and `tunnel-agent` binaries
+//! with generated certificates on loopback, and talks to them like
+//! kube-apiserver, kubelet and operators would.
+//!
+//! The binaries are taken from the same target directory as the test
+//! executable, so the test command is `cargo build --bins && cargo test`.
 
+pub mod client;
+pub mod netns;
+pub mod pki;
+pub mod process;
+pub mod services;
+
+pub use client::{connect_uds, ConnectReply};
+pub use pki::Pki;
+pub use process::{AgentOptions, AgentProc, ServerOptions, ServerProc};

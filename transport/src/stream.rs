@@ -12,6 +12,11 @@ use quinn::VarInt;
 /// Largest chunk handed up from a receive half at once.
 pub const MAX_CHUNK: usize = 64 * 1024;
 
+/// Priority for streams while they carry control frames.
+pub const CONTROL_PRIORITY: i32 = 1;
+/// Priority for streams carrying data.
+pub const DATA_PRIORITY: i32 = 0;
+
 /// The sending half of a tunnel stream.
 #[derive(Debug)]
 pub enum TunnelSend {
@@ -90,6 +95,17 @@ impl TunnelSend {
             TunnelSend::Quic(s) => {
                 let _ = s.finish();
                 let _ = tokio::time::timeout(limit, s.stopped()).await;
+            }
+        }
+    }
+
+    /// Scheduling priority among this connection's streams (higher first).
+    /// Control frames (open, dial result) go out at [`CONTROL_PRIORITY`] so
+    /// a new dial is never queued behind another stream's bulk data.
+    pub fn set_priority(&self, priority: i32) {
+        match self {
+            TunnelSend::Quic(s) => {
+                let _ = s.set_priority(priority);
             }
         }
     }

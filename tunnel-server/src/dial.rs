@@ -246,6 +246,7 @@ impl Dialer {
             .await
             .map_err(|_| timed_out())?
             .map_err(|e| gone(&e))?;
+        send.set_priority(transport::stream::CONTROL_PRIORITY);
         let open = Message::Open(OpenStream {
             stream_id,
             target: target.clone(),
@@ -266,6 +267,7 @@ impl Dialer {
         let target_s = target.to_string();
         match answer {
             Ok(Message::DialResult(DialResult::Connected)) => {
+                send.set_priority(transport::stream::DATA_PRIORITY);
                 agent.streams.fetch_add(1, Ordering::Relaxed);
                 let gauge = self
                     .metrics

@@ -109,7 +109,7 @@ async fn read_head<IO: AsyncRead + Unpin>(
 ) -> Result<connect::ConnectRequest, ReadHead> {
     loop {
         if buf.capacity() - buf.len() < 512 {
-            buf.reserve(1024.min(MAX_HEAD + 1 - buf.len()).max(1));
+            buf.reserve(1024.min((MAX_HEAD + 1).saturating_sub(buf.len())).max(1));
         }
         let n = io.read_buf(buf).await.map_err(|_| ReadHead::Closed)?;
         if n == 0 {
@@ -124,7 +124,13 @@ async fn read_head<IO: AsyncRead + Unpin>(
     }
 }
 
-async fn respond<IO: AsyncWrite + Unpin>(
+/// Writes an error response and closes gracefully.
+///
+/// Unread request bytes at close make the kernel send a reset, and the client
+/// would see "connection reset" instead of our answer, so the rest of the
+/// request is drained first (bounded in bytes and time, like HTTP servers'
+/// lingering close).
+async fn respond<IO: AsyncRead + AsyncWrite + Unpin>(
     io: &mut IO,
     ctx: &FrontendContext,
     status: u16,
@@ -133,7 +139,23 @@ async fn respond<IO: AsyncWrite + Unpin>(
     count(ctx, status);
     let _ = io.write_all(&reply::error_response(status, msg)).await;
     let _ = io.shutdown().await;
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        let mut left = LINGER_MAX_BYTES;
+        while left > 0 {
+            match io.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_MAX_TIME, drain).await;
 }
+
+/// Most request bytes read and discarded after an error response.
+const LINGER_MAX_BYTES: usize = 256 * 1024;
+/// Longest wait for the client to close after an error response.
+const LINGER_MAX_TIME: Duration = Duration::from_millis(500);
 
 fn count(ctx: &FrontendContext, status: u16) {
     ctx.dialer
