@@ -158,6 +158,8 @@ pub struct ServerOptions {
     pub proxy: bool,
     /// Use this agent port instead of a free one (to restart on the same port).
     pub agent_port: Option<u16>,
+    /// Use this admin port instead of a free one (to restart on the same port).
+    pub admin_port: Option<u16>,
     /// Bind the agent listener on this address instead of 127.0.0.1.
     pub agent_host: Option<String>,
     /// Extra flags.
@@ -184,7 +186,8 @@ impl ServerProc {
             .clone()
             .unwrap_or_else(|| "127.0.0.1".into());
         let agent_addr: SocketAddr = format!("{host}:{agent_port}").parse()?;
-        let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let admin_port = opts.admin_port.unwrap_or_else(free_port);
+        let admin_addr: SocketAddr = format!("127.0.0.1:{admin_port}").parse()?;
         let mut args = vec![
             format!("--agent-addr={agent_addr}"),
             format!("--admin-addr={admin_addr}"),
@@ -233,9 +236,7 @@ impl ServerProc {
         };
         let mut opts = self.opts.clone();
         opts.agent_port = Some(self.agent_addr.port());
-        let mut args = opts.args.clone();
-        args.push(format!("--admin-addr={}", self.admin_addr));
-        opts.args = args;
+        opts.admin_port = Some(self.admin_addr.port());
         let fresh = Self::start(&pki, opts)?;
         *self = fresh;
         Ok(())

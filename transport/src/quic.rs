@@ -93,7 +93,16 @@ pub fn server_endpoint(
     let salt = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"edgetunnel stateless reset v1");
     let derived = ring::hmac::sign(&salt, reset_secret);
     let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref());
-    let endpoint_cfg = quinn::EndpointConfig::new(Arc::new(reset_key));
+    let mut endpoint_cfg = quinn::EndpointConfig::new(Arc::new(reset_key));
+    // quinn validates connection IDs with a per-process random key by default,
+    // so a restarted server would silently drop the agents' packets instead of
+    // answering with a stateless reset. Derive that key from the secret too.
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&derived.as_ref()[..8]);
+    let cid_key = u64::from_be_bytes(cid_key);
+    endpoint_cfg.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
     let socket =
         std::net::UdpSocket::bind(addr).map_err(|source| QuicSetupError::Bind { addr, source })?;
     quinn::Endpoint::new(
