@@ -103,8 +103,7 @@ pub fn server_endpoint(
     endpoint_cfg.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
-    let socket =
-        std::net::UdpSocket::bind(addr).map_err(|source| QuicSetupError::Bind { addr, source })?;
+    let socket = udp_socket(addr).map_err(|source| QuicSetupError::Bind { addr, source })?;
     quinn::Endpoint::new(
         endpoint_cfg,
         Some(cfg),
@@ -129,8 +128,48 @@ pub fn client_endpoint(
     } else {
         SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
     };
-    let mut ep = quinn::Endpoint::client(bind)
-        .map_err(|source| QuicSetupError::Bind { addr: bind, source })?;
+    let bind_err = |source| QuicSetupError::Bind { addr: bind, source };
+    let socket = udp_socket(bind).map_err(bind_err)?;
+    let mut ep = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(bind_err)?;
     ep.set_default_client_config(cfg);
     Ok(ep)
+}
+
+/// Socket buffer size asked for on QUIC sockets (the kernel caps it at
+/// `net.core.rmem_max` / `wmem_max`). The default (~200 KiB) overflows when
+/// hundreds of agents reconnect at once: dropped Initial packets then wait
+/// a full retransmission timeout, and a fleet takes a minute to come back.
+pub const UDP_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+
+/// A UDP socket bound to `addr` with large buffers.
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Accept IPv4-mapped peers too when bound to [::].
+        let _ = socket.set_only_v6(false);
+    }
+    if let Err(e) = socket.set_recv_buffer_size(UDP_BUFFER_BYTES) {
+        tracing::warn!(error = %e, "could not enlarge the UDP receive buffer");
+    }
+    if let Err(e) = socket.set_send_buffer_size(UDP_BUFFER_BYTES) {
+        tracing::warn!(error = %e, "could not enlarge the UDP send buffer");
+    }
+    socket.bind(&addr.into())?;
+    if let Ok(n) = socket.recv_buffer_size() {
+        if n < UDP_BUFFER_BYTES {
+            tracing::info!(
+                granted = n,
+                wanted = UDP_BUFFER_BYTES,
+                "UDP receive buffer capped by net.core.rmem_max; raise it for large fleets"
+            );
+        }
+    }
+    Ok(socket.into())
 }
