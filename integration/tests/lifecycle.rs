@@ -179,7 +179,7 @@ async fn a_new_connection_for_a_node_replaces_the_old_one() {
 async fn a_certificate_for_node_a_cannot_register_node_b_or_a_foreign_ip() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path()).unwrap();
-    let mut server = uds_server(&pki, &[]);
+    let server = uds_server(&pki, &[]);
     // Certificate for edge-a, agent claims edge-b.
     let claim_b = agent(
         &pki,
