@@ -9,6 +9,7 @@ pub mod client;
 pub mod netns;
 pub mod pki;
 pub mod process;
+pub mod scenarios;
 pub mod services;
 
 pub use client::{connect_uds, ConnectReply};

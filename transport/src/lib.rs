@@ -10,9 +10,11 @@
 pub mod admin;
 pub mod cli;
 pub mod framed;
+pub mod mux;
 pub mod quic;
 pub mod socket;
 pub mod splice;
 pub mod stream;
+pub mod ws;
 
 pub use stream::{StreamError, TransportKind, TunnelConnection, TunnelRecv, TunnelSend};

@@ -29,3 +29,17 @@ impl<T: AbortOnDrop> AbortOnDrop for tokio_rustls::server::TlsStream<T> {
         self.get_ref().0.abort_on_drop()
     }
 }
+
+/// TCP keep-alive for tunnel connections over TCP: holds NAT bindings open
+/// and detects a peer that vanished without a FIN within about 15 s.
+pub fn set_tcp_keepalive(tcp: &tokio::net::TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(5))
+        .with_interval(std::time::Duration::from_secs(2))
+        .with_retries(5);
+    let sock = socket2::SockRef::from(tcp);
+    if let Err(e) = sock.set_tcp_keepalive(&ka) {
+        tracing::debug!(error = %e, "could not enable TCP keep-alive");
+    }
+    let _ = sock.set_tcp_user_timeout(Some(std::time::Duration::from_secs(20)));
+}

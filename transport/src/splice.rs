@@ -88,7 +88,7 @@ where
                 };
                 match read {
                     Ok(0) => {
-                        send.finish();
+                        send.finish().await;
                         return total;
                     }
                     Ok(n) => {

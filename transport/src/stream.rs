@@ -21,12 +21,14 @@ pub const DATA_PRIORITY: i32 = 0;
 #[derive(Debug)]
 pub enum TunnelSend {
     Quic(quinn::SendStream),
+    Ws(crate::mux::MuxStream),
 }
 
 /// The receiving half of a tunnel stream.
 #[derive(Debug)]
 pub enum TunnelRecv {
     Quic(quinn::RecvStream),
+    Ws(crate::mux::MuxStream),
 }
 
 /// What the peer did to a stream that was not a clean end of data.
@@ -71,6 +73,7 @@ impl TunnelSend {
                 quinn::WriteError::ConnectionLost(c) => quic_conn_err(c),
                 other => StreamError::Other(other.to_string()),
             }),
+            TunnelSend::Ws(s) => s.write_all(&data).await,
         }
     }
 
@@ -80,11 +83,12 @@ impl TunnelSend {
     }
 
     /// Half-close: no more data from us (TCP FIN). Idempotent.
-    pub fn finish(&mut self) {
+    pub async fn finish(&mut self) {
         match self {
             TunnelSend::Quic(s) => {
                 let _ = s.finish();
             }
+            TunnelSend::Ws(s) => s.finish().await,
         }
     }
 
@@ -95,6 +99,10 @@ impl TunnelSend {
             TunnelSend::Quic(s) => {
                 let _ = s.finish();
                 let _ = tokio::time::timeout(limit, s.stopped()).await;
+            }
+            // yamux has no delivery acknowledgement; the FIN is queued in order.
+            TunnelSend::Ws(s) => {
+                let _ = tokio::time::timeout(limit, s.finish()).await;
             }
         }
     }
@@ -107,6 +115,8 @@ impl TunnelSend {
             TunnelSend::Quic(s) => {
                 let _ = s.set_priority(priority);
             }
+            // yamux has no priorities; its frames are small and interleaved.
+            TunnelSend::Ws(_) => {}
         }
     }
 
@@ -116,6 +126,9 @@ impl TunnelSend {
             TunnelSend::Quic(s) => {
                 let _ = s.reset(VarInt::from_u32(code));
             }
+            // yamux resets a stream that is dropped while open; both halves
+            // are dropped right after a reset.
+            TunnelSend::Ws(_) => {}
         }
     }
 }
@@ -130,6 +143,7 @@ impl TunnelRecv {
                 Err(quinn::ReadError::ConnectionLost(c)) => Err(quic_conn_err(c)),
                 Err(other) => Err(StreamError::Other(other.to_string())),
             },
+            TunnelRecv::Ws(s) => s.read_chunk(MAX_CHUNK).await,
         }
     }
 
@@ -143,6 +157,7 @@ impl TunnelRecv {
                 Err(quinn::ReadError::ConnectionLost(c)) => Err(quic_conn_err(c)),
                 Err(other) => Err(StreamError::Other(other.to_string())),
             },
+            TunnelRecv::Ws(s) => s.read(buf).await,
         }
     }
 
@@ -152,6 +167,7 @@ impl TunnelRecv {
             TunnelRecv::Quic(r) => {
                 let _ = r.stop(VarInt::from_u32(code));
             }
+            TunnelRecv::Ws(_) => {}
         }
     }
 }
@@ -160,16 +176,18 @@ impl TunnelRecv {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TransportKind {
     Quic,
+    Websocket,
 }
 
 impl TransportKind {
     /// Every transport, for exporting a zero gauge for the ones not in use.
-    pub const ALL: &'static [TransportKind] = &[TransportKind::Quic];
+    pub const ALL: &'static [TransportKind] = &[TransportKind::Quic, TransportKind::Websocket];
 
     /// Stable label value.
     pub fn as_str(self) -> &'static str {
         match self {
             TransportKind::Quic => "quic",
+            TransportKind::Websocket => "websocket",
         }
     }
 }
@@ -178,6 +196,11 @@ impl TransportKind {
 #[derive(Debug, Clone)]
 pub enum TunnelConnection {
     Quic(quinn::Connection),
+    /// yamux over WebSocket over TLS over TCP.
+    Ws {
+        mux: crate::mux::MuxHandle,
+        peer: crate::mux::PeerInfo,
+    },
 }
 
 impl TunnelConnection {
@@ -185,6 +208,7 @@ impl TunnelConnection {
     pub fn kind(&self) -> TransportKind {
         match self {
             TunnelConnection::Quic(_) => TransportKind::Quic,
+            TunnelConnection::Ws { .. } => TransportKind::Websocket,
         }
     }
 
@@ -194,6 +218,10 @@ impl TunnelConnection {
             TunnelConnection::Quic(c) => {
                 let (s, r) = c.open_bi().await.map_err(quic_conn_err)?;
                 Ok((TunnelSend::Quic(s), TunnelRecv::Quic(r)))
+            }
+            TunnelConnection::Ws { mux, .. } => {
+                let s = mux.open().await?;
+                Ok((TunnelSend::Ws(s.clone()), TunnelRecv::Ws(s)))
             }
         }
     }
@@ -205,6 +233,10 @@ impl TunnelConnection {
                 let (s, r) = c.accept_bi().await.map_err(quic_conn_err)?;
                 Ok((TunnelSend::Quic(s), TunnelRecv::Quic(r)))
             }
+            TunnelConnection::Ws { mux, .. } => {
+                let s = mux.accept().await?;
+                Ok((TunnelSend::Ws(s.clone()), TunnelRecv::Ws(s)))
+            }
         }
     }
 
@@ -212,6 +244,10 @@ impl TunnelConnection {
     pub fn close(&self, code: u32, reason: &str) {
         match self {
             TunnelConnection::Quic(c) => c.close(VarInt::from_u32(code), reason.as_bytes()),
+            TunnelConnection::Ws { mux, .. } => {
+                tracing::debug!(code, reason, "closing WebSocket tunnel");
+                mux.close()
+            }
         }
     }
 
@@ -219,6 +255,7 @@ impl TunnelConnection {
     pub async fn closed(&self) -> String {
         match self {
             TunnelConnection::Quic(c) => c.closed().await.to_string(),
+            TunnelConnection::Ws { mux, .. } => mux.closed().await,
         }
     }
 
@@ -232,6 +269,7 @@ impl TunnelConnection {
                         .ok()
                 })
                 .map(|b| *b),
+            TunnelConnection::Ws { peer, .. } => peer.certificates.clone(),
         }
     }
 
@@ -239,6 +277,7 @@ impl TunnelConnection {
     pub fn remote_address(&self) -> std::net::SocketAddr {
         match self {
             TunnelConnection::Quic(c) => c.remote_address(),
+            TunnelConnection::Ws { peer, .. } => peer.remote,
         }
     }
 }

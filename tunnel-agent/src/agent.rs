@@ -13,6 +13,7 @@ use crate::config::AgentConfig;
 use crate::connector::Connector;
 use crate::edge::EdgeDialer;
 use crate::metrics::AgentMetrics;
+use crate::proxy::HttpProxy;
 
 /// A running agent; [`RunningAgent::shutdown`] closes the connection gracefully.
 pub struct RunningAgent {
@@ -63,13 +64,32 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunningAgent> {
 
     let metrics = AgentMetrics::new().context("registering metrics")?;
     let connected = Arc::new(AtomicBool::new(false));
-    let tls = certs::agent_client_config(roots, chain, key, vec![proto::ALPN_QUIC.to_vec()])?;
+    let quic_tls = certs::agent_client_config(
+        roots.clone(),
+        chain.clone(),
+        key.clone_key(),
+        vec![proto::ALPN_QUIC.to_vec()],
+    )?;
+    let ws_tls = certs::agent_client_config(roots, chain, key, vec![b"http/1.1".to_vec()])?;
+    let proxy = HttpProxy::select(
+        cfg.proxy.as_deref(),
+        |k| std::env::var(k).ok(),
+        &cfg.server_host,
+    )?;
+    if let Some(p) = &proxy {
+        tracing::info!(proxy = %format!("{}:{}", p.host, p.port), "WebSocket connections go through an HTTP proxy");
+    }
     let connector = Connector {
         server_host: cfg.server_host.clone(),
         server_port: cfg.server_port,
         node_name,
         node_ips,
-        tls,
+        transport: cfg.transport,
+        quic_tls,
+        ws_tls,
+        proxy,
+        quic_probe_interval: cfg.quic_probe_interval,
+        session: format!("{:016x}", rand::random::<u64>()),
         tuning: QuicTuning {
             keep_alive: cfg.keepalive,
             idle_timeout: cfg.idle_timeout,

@@ -55,6 +55,12 @@ pub struct Cli {
     /// How long one attempt to reach the server may take.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+    /// HTTP proxy for the WebSocket transport (default: HTTPS_PROXY unless NO_PROXY matches).
+    #[arg(long, value_name = "URL")]
+    pub proxy: Option<String>,
+    /// While on WebSocket with --transport auto, how often to try QUIC again (jittered).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub quic_probe_interval: Duration,
     /// QUIC keep-alive interval (holds NAT bindings open).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub keepalive: Duration,
@@ -91,6 +97,8 @@ pub struct AgentConfig {
     pub connect_timeout: Duration,
     pub keepalive: Duration,
     pub idle_timeout: Duration,
+    pub proxy: Option<String>,
+    pub quic_probe_interval: Duration,
 }
 
 /// A required flag is missing or a value is unusable.
@@ -100,8 +108,8 @@ pub enum ConfigError {
     Missing(&'static str),
     #[error("--server {0:?} must be HOST:PORT")]
     BadServer(String),
-    #[error("--transport websocket is not available in this build: the WebSocket fallback is not implemented yet")]
-    WebsocketUnavailable,
+    #[error("--quic-probe-interval must be at least 1s")]
+    ProbeTooShort,
     #[error("--keepalive ({keepalive:?}) must be shorter than --idle-timeout ({idle:?})")]
     KeepaliveTooLong { keepalive: Duration, idle: Duration },
 }
@@ -113,8 +121,8 @@ impl TryFrom<Cli> for AgentConfig {
         let server = c.server.ok_or(ConfigError::Missing("server"))?;
         let (host, port) =
             split_host_port(&server).ok_or(ConfigError::BadServer(server.clone()))?;
-        if c.transport == TransportChoice::Websocket {
-            return Err(ConfigError::WebsocketUnavailable);
+        if c.quic_probe_interval < Duration::from_secs(1) {
+            return Err(ConfigError::ProbeTooShort);
         }
         if c.keepalive >= c.idle_timeout {
             return Err(ConfigError::KeepaliveTooLong {
@@ -137,6 +145,8 @@ impl TryFrom<Cli> for AgentConfig {
             connect_timeout: c.connect_timeout,
             keepalive: c.keepalive,
             idle_timeout: c.idle_timeout,
+            proxy: c.proxy,
+            quic_probe_interval: c.quic_probe_interval,
         })
     }
 }

@@ -1,9 +1,13 @@
 //! Keeping one registered connection to the server, forever.
 //!
-//! Each attempt resolves the server, dials QUIC, opens the control stream,
+//! Each attempt dials the preferred transport (QUIC; with `--transport auto`
+//! WebSocket over TLS when QUIC does not complete), opens the control stream,
 //! says hello and waits for the server's verdict. While registered, every
-//! stream the server opens is served by the [`EdgeDialer`]. When the
-//! connection ends, the agent waits per its [`Backoff`] and tries again.
+//! stream the server opens is served by the [`EdgeDialer`]. On WebSocket in
+//! `auto` mode, QUIC is probed in the background; when it works the agent
+//! registers over QUIC (new streams go there) and lets the WebSocket
+//! connection finish its open streams. When the connection ends, the agent
+//! waits per its [`Backoff`] and tries again.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,12 +18,15 @@ use proto::{Hello, HelloAck, Message, RejectReason, PROTOCOL_VERSION};
 use rustls::pki_types::ServerName;
 use tokio::sync::watch;
 use transport::framed::{read_message, read_message_timeout, write_message, FramedError};
+use transport::mux::{MuxRole, PeerInfo};
 use transport::quic::QuicTuning;
-use transport::{TunnelConnection, TunnelRecv, TunnelSend};
+use transport::{TransportKind, TunnelConnection, TunnelRecv, TunnelSend};
 
 use crate::backoff::Backoff;
+use crate::config::TransportChoice;
 use crate::edge::EdgeDialer;
 use crate::metrics::AgentMetrics;
+use crate::proxy::{HttpProxy, ProxyError};
 
 /// What a connection attempt needs.
 pub struct Connector {
@@ -27,13 +34,22 @@ pub struct Connector {
     pub server_port: u16,
     pub node_name: String,
     pub node_ips: Vec<std::net::IpAddr>,
-    pub tls: rustls::ClientConfig,
+    pub transport: TransportChoice,
+    /// TLS for QUIC (ALPN `edgetunnel/1`).
+    pub quic_tls: rustls::ClientConfig,
+    /// TLS for WebSocket (ALPN `http/1.1`).
+    pub ws_tls: rustls::ClientConfig,
+    pub proxy: Option<HttpProxy>,
     pub tuning: QuicTuning,
     pub connect_timeout: Duration,
+    pub quic_probe_interval: Duration,
     pub dialer: Arc<EdgeDialer>,
     pub metrics: AgentMetrics,
     /// True while registered (drives `/readyz`).
     pub connected: Arc<AtomicBool>,
+    /// Random per process; lets the server tell a transport switch of this
+    /// agent from a second agent claiming the same node.
+    pub session: String,
 }
 
 /// Why one attempt did not produce a registered connection.
@@ -46,9 +62,15 @@ pub enum ConnectError {
     #[error("QUIC setup: {0}")]
     Setup(#[from] transport::quic::QuicSetupError),
     #[error("connecting to {addr}: {reason}")]
-    Connect { addr: SocketAddr, reason: String },
-    #[error("no QUIC handshake with {addr} within {after:?}")]
-    Timeout { addr: SocketAddr, after: Duration },
+    Connect { addr: String, reason: String },
+    #[error("no {what} with {addr} within {after:?}")]
+    Timeout {
+        what: &'static str,
+        addr: String,
+        after: Duration,
+    },
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
     #[error("handshake with the server failed: {0}")]
     Handshake(#[from] FramedError),
     #[error("server refused registration ({}): {message}", reason.as_str())]
@@ -62,9 +84,19 @@ pub enum ConnectError {
 
 /// A registered connection.
 struct Session {
-    endpoint: quinn::Endpoint,
+    endpoint: Option<quinn::Endpoint>,
     link: TunnelConnection,
     control: (TunnelSend, TunnelRecv),
+}
+
+/// How serving a session ended.
+enum ServeEnd {
+    /// The connection is gone; back off and reconnect.
+    Lost,
+    /// Shutting down.
+    Stopping,
+    /// A better transport registered; serve it next.
+    Upgraded(Box<Session>),
 }
 
 impl Connector {
@@ -78,14 +110,18 @@ impl Connector {
             }
             attempt += 1;
             let result = tokio::select! {
-                r = self.connect_once() => r,
+                r = self.connect_preferred() => r,
                 _ = shutdown.changed() => return,
             };
             match result {
-                Ok(session) => {
+                Ok(mut session) => {
                     backoff.reset();
-                    if self.serve(session, &mut shutdown).await {
-                        return;
+                    loop {
+                        match self.serve(session, &mut shutdown).await {
+                            ServeEnd::Stopping => return,
+                            ServeEnd::Lost => break,
+                            ServeEnd::Upgraded(next) => session = *next,
+                        }
                     }
                 }
                 Err(e @ ConnectError::Rejected { .. }) => {
@@ -104,34 +140,144 @@ impl Connector {
         }
     }
 
-    async fn connect_once(&self) -> Result<Session, ConnectError> {
+    /// One attempt over the configured transport(s).
+    async fn connect_preferred(&self) -> Result<Session, ConnectError> {
+        match self.transport {
+            TransportChoice::Quic => self.connect(TransportKind::Quic).await,
+            TransportChoice::Websocket => self.connect(TransportKind::Websocket).await,
+            TransportChoice::Auto => match self.connect(TransportKind::Quic).await {
+                Ok(s) => Ok(s),
+                Err(e @ ConnectError::Rejected { .. }) => Err(e),
+                Err(e) => {
+                    tracing::warn!(node = %self.node_name, error = %e, "QUIC failed; trying WebSocket");
+                    self.connect(TransportKind::Websocket).await
+                }
+            },
+        }
+    }
+
+    async fn connect(&self, kind: TransportKind) -> Result<Session, ConnectError> {
+        let (link, endpoint) = match kind {
+            TransportKind::Quic => {
+                let (link, ep) = self.dial_quic().await?;
+                (link, Some(ep))
+            }
+            TransportKind::Websocket => (self.dial_ws().await?, None),
+        };
+        let control = self.hello(&link).await?;
+        Ok(Session {
+            endpoint,
+            link,
+            control,
+        })
+    }
+
+    async fn dial_quic(&self) -> Result<(TunnelConnection, quinn::Endpoint), ConnectError> {
         let addr = self.resolve().await?;
-        let server_name = ServerName::try_from(self.server_host.clone())
-            .map_err(|_| ConnectError::ServerName(self.server_host.clone()))?;
-        let endpoint = transport::quic::client_endpoint(addr, self.tls.clone(), &self.tuning)?;
+        let endpoint = transport::quic::client_endpoint(addr, self.quic_tls.clone(), &self.tuning)?;
         let connecting =
             endpoint
-                .connect(addr, &server_name.to_str())
+                .connect(addr, &self.server_host)
                 .map_err(|e| ConnectError::Connect {
-                    addr,
+                    addr: addr.to_string(),
                     reason: e.to_string(),
                 })?;
-        let conn = match tokio::time::timeout(self.connect_timeout, connecting).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                return Err(ConnectError::Connect {
-                    addr,
+        match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Ok(Ok(c)) => Ok((TunnelConnection::Quic(c), endpoint)),
+            Ok(Err(e)) => Err(ConnectError::Connect {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            }),
+            Err(_) => Err(ConnectError::Timeout {
+                what: "QUIC handshake",
+                addr: addr.to_string(),
+                after: self.connect_timeout,
+            }),
+        }
+    }
+
+    async fn dial_ws(&self) -> Result<TunnelConnection, ConnectError> {
+        let t = self.connect_timeout;
+        let (tcp, remote) = match &self.proxy {
+            Some(p) => {
+                let tcp = p.connect(&self.server_host, self.server_port, t).await?;
+                let remote = tcp.peer_addr().map_err(|e| ConnectError::Connect {
+                    addr: format!("{}:{}", p.host, p.port),
                     reason: e.to_string(),
-                })
+                })?;
+                (tcp, remote)
             }
-            Err(_) => {
-                return Err(ConnectError::Timeout {
-                    addr,
-                    after: self.connect_timeout,
-                })
+            None => {
+                let addr = self.resolve().await?;
+                let tcp = tokio::time::timeout(t, tokio::net::TcpStream::connect(addr))
+                    .await
+                    .map_err(|_| ConnectError::Timeout {
+                        what: "TCP connection",
+                        addr: addr.to_string(),
+                        after: t,
+                    })?
+                    .map_err(|e| ConnectError::Connect {
+                        addr: addr.to_string(),
+                        reason: e.to_string(),
+                    })?;
+                (tcp, addr)
             }
         };
-        let link = TunnelConnection::Quic(conn);
+        let _ = tcp.set_nodelay(true);
+        transport::socket::set_tcp_keepalive(&tcp);
+        let name = ServerName::try_from(self.server_host.clone())
+            .map_err(|_| ConnectError::ServerName(self.server_host.clone()))?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(self.ws_tls.clone()));
+        let addr = remote.to_string();
+        let tls = tokio::time::timeout(t, connector.connect(name, tcp))
+            .await
+            .map_err(|_| ConnectError::Timeout {
+                what: "TLS handshake",
+                addr: addr.clone(),
+                after: t,
+            })?
+            .map_err(|e| ConnectError::Connect {
+                addr: addr.clone(),
+                reason: format!("TLS: {e}"),
+            })?;
+        let host = if self.server_host.contains(':') {
+            format!("[{}]", self.server_host)
+        } else {
+            self.server_host.clone()
+        };
+        let url = format!(
+            "wss://{host}:{}{}",
+            self.server_port,
+            transport::ws::TUNNEL_PATH
+        );
+        let upgrade =
+            tokio_tungstenite::client_async_with_config(url, tls, Some(transport::ws::ws_config()));
+        let (ws, _) = tokio::time::timeout(t, upgrade)
+            .await
+            .map_err(|_| ConnectError::Timeout {
+                what: "WebSocket upgrade",
+                addr: addr.clone(),
+                after: t,
+            })?
+            .map_err(|e| ConnectError::Connect {
+                addr: addr.clone(),
+                reason: format!("WebSocket upgrade: {e}"),
+            })?;
+        let mux = transport::mux::spawn(transport::ws::WsByteStream::new(ws), MuxRole::Client);
+        Ok(TunnelConnection::Ws {
+            mux,
+            peer: PeerInfo {
+                remote,
+                certificates: None,
+            },
+        })
+    }
+
+    /// Opens the control stream and registers.
+    async fn hello(
+        &self,
+        link: &TunnelConnection,
+    ) -> Result<(TunnelSend, TunnelRecv), ConnectError> {
         let (mut send, mut recv) = link
             .open_stream()
             .await
@@ -141,18 +287,14 @@ impl Connector {
             node_name: self.node_name.clone(),
             node_ips: self.node_ips.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            capabilities: Vec::new(),
+            capabilities: vec![format!("session={}", self.session)],
         });
         write_message(&mut send, &hello).await?;
         match read_message_timeout(&mut recv, self.connect_timeout * 3).await? {
             Message::HelloAck(HelloAck::Accepted { server_version }) => {
-                tracing::info!(node = %self.node_name, server = %addr, %server_version,
+                tracing::info!(node = %self.node_name, server = %link.remote_address(), %server_version,
                     transport = link.kind().as_str(), "registered with the server");
-                Ok(Session {
-                    endpoint,
-                    link,
-                    control: (send, recv),
-                })
+                Ok((send, recv))
             }
             Message::HelloAck(HelloAck::Rejected { reason, message }) => {
                 Err(ConnectError::Rejected { reason, message })
@@ -172,47 +314,82 @@ impl Connector {
         addrs.next().ok_or_else(|| err("no addresses".into()))
     }
 
-    /// Serves streams until the connection ends; true if we are shutting down.
-    async fn serve(&self, session: Session, shutdown: &mut watch::Receiver<bool>) -> bool {
+    /// Serves one session until it ends, we stop, or a QUIC probe succeeds.
+    async fn serve(&self, session: Session, shutdown: &mut watch::Receiver<bool>) -> ServeEnd {
         let Session {
             endpoint,
             link,
-            control: (_control_send, mut control_recv),
+            control: (control_send, mut control_recv),
         } = session;
-        let transport = link.kind().as_str();
-        self.metrics
-            .connected
-            .with_label_values(&[transport])
-            .set(1);
-        self.connected.store(true, Ordering::Release);
+        let transport = link.kind();
+        self.set_connected(transport, true);
         let node: Arc<str> = Arc::from(self.node_name.as_str());
+        let probing =
+            self.transport == TransportChoice::Auto && transport == TransportKind::Websocket;
 
-        let accept = async {
+        let accept = accept_streams(link.clone(), self.dialer.clone(), node.clone());
+        let control = async { while read_message(&mut control_recv).await.is_ok() {} };
+        let probe = async {
+            if !probing {
+                return std::future::pending().await;
+            }
             loop {
-                match link.accept_stream().await {
-                    Ok((send, recv)) => {
-                        tokio::spawn(self.dialer.clone().serve_stream(node.clone(), send, recv));
+                let jitter = 0.8 + 0.4 * rand::random::<f64>();
+                tokio::time::sleep(self.quic_probe_interval.mul_f64(jitter)).await;
+                match self.connect(TransportKind::Quic).await {
+                    Ok(s) => return s,
+                    Err(e) => {
+                        tracing::debug!(node = %self.node_name, error = %e, "QUIC probe failed")
                     }
-                    Err(e) => return e.to_string(),
                 }
             }
         };
-        let control = async { while read_message(&mut control_recv).await.is_ok() {} };
-        let (reason, stopping) = tokio::select! {
-            r = accept => (r, false),
-            _ = control => ("server closed the control stream".to_string(), false),
-            _ = shutdown.changed() => ("agent shutting down".to_string(), true),
+        let (reason, end) = tokio::select! {
+            r = accept => (r, ServeEnd::Lost),
+            _ = control => ("server closed the control stream".to_string(), ServeEnd::Lost),
+            _ = shutdown.changed() => ("agent shutting down".to_string(), ServeEnd::Stopping),
+            next = probe => {
+                tracing::info!(node = %self.node_name, from = transport.as_str(), to = "quic",
+                    "transport changed; open streams finish on the old connection");
+                self.set_connected(transport, false);
+                // Keep serving (and holding the control stream of) the old
+                // connection until the server closes it once drained.
+                let old = link.clone();
+                let dialer = self.dialer.clone();
+                tokio::spawn(async move {
+                    let _control = (control_send, control_recv);
+                    let why = accept_streams(old, dialer, node).await;
+                    tracing::info!(%why, "previous connection closed");
+                });
+                return ServeEnd::Upgraded(Box::new(next));
+            }
         };
+        self.set_connected(transport, false);
+        tracing::warn!(node = %self.node_name, %reason, transport = transport.as_str(), "disconnected from the server");
+        link.close(proto::codes::CONN_SHUTDOWN, &reason);
+        if let (ServeEnd::Stopping, Some(ep)) = (&end, &endpoint) {
+            let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
+        }
+        end
+    }
+
+    fn set_connected(&self, transport: TransportKind, up: bool) {
         self.metrics
             .connected
-            .with_label_values(&[transport])
-            .set(0);
-        self.connected.store(false, Ordering::Release);
-        tracing::warn!(node = %self.node_name, %reason, "disconnected from the server");
-        link.close(proto::codes::CONN_SHUTDOWN, &reason);
-        if stopping {
-            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+            .with_label_values(&[transport.as_str()])
+            .set(i64::from(up));
+        self.connected.store(up, Ordering::Release);
+    }
+}
+
+/// Serves every stream the server opens on `link`; returns why it stopped.
+async fn accept_streams(link: TunnelConnection, dialer: Arc<EdgeDialer>, node: Arc<str>) -> String {
+    loop {
+        match link.accept_stream().await {
+            Ok((send, recv)) => {
+                tokio::spawn(dialer.clone().serve_stream(node.clone(), send, recv));
+            }
+            Err(e) => return e.to_string(),
         }
-        stopping
     }
 }

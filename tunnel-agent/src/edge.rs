@@ -80,7 +80,7 @@ impl EdgeDialer {
                     message: e.message,
                 });
                 if write_message(&mut send, &msg).await.is_ok() {
-                    send.finish();
+                    send.finish().await;
                 }
                 return;
             }

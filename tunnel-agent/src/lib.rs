@@ -11,3 +11,4 @@ pub mod config;
 pub mod connector;
 pub mod edge;
 pub mod metrics;
+pub mod proxy;

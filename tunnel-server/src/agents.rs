@@ -43,7 +43,7 @@ impl AgentListener {
     }
 
     /// Runs one authenticated connection from hello to disconnect.
-    async fn serve_connection(&self, link: TunnelConnection) {
+    pub(crate) async fn serve_connection(&self, link: TunnelConnection) {
         let remote = link.remote_address();
         let identity = match peer_identity(&link) {
             Ok(id) => id,
@@ -104,16 +104,13 @@ impl AgentListener {
             ips: reg.ips.clone(),
             conn_id,
             agent_version: reg.agent_version.clone(),
+            session: reg.session.clone(),
             connected_since: SystemTime::now(),
             streams: AtomicU64::new(0),
             link: link.clone(),
         });
         if let Some(old) = self.registry.register(entry) {
-            tracing::info!(%node, old_remote = %old.link.remote_address(), "replacing previous connection of this node");
-            old.link.close(
-                proto::codes::CONN_REPLACED,
-                "replaced by a newer connection",
-            );
+            retire(old, reg.session.as_deref(), link.kind());
         }
         let ack = Message::HelloAck(HelloAck::Accepted {
             server_version: self.server_version.clone(),
@@ -171,4 +168,45 @@ fn peer_identity(link: &TunnelConnection) -> Result<certs::NodeIdentity, String>
         .first()
         .ok_or_else(|| "empty client certificate chain".to_string())?;
     certs::agent_identity(leaf).map_err(|e| e.to_string())
+}
+
+/// Longest time a connection replaced by its own agent's new transport may
+/// keep carrying its open streams.
+const DRAIN_LIMIT: Duration = Duration::from_secs(3600);
+
+/// Ends a connection that a newer one of the same node replaced. If the same
+/// agent process moved transports (same session), its open streams finish
+/// first; a different process (a duplicate agent) is cut off at once.
+fn retire(
+    old: Arc<AgentEntry>,
+    new_session: Option<&str>,
+    new_transport: transport::TransportKind,
+) {
+    let node = old.node.clone();
+    let same_agent = old.session.is_some() && old.session.as_deref() == new_session;
+    if !same_agent {
+        tracing::info!(%node, old_remote = %old.link.remote_address(), "replacing previous connection of this node");
+        old.link.close(
+            proto::codes::CONN_REPLACED,
+            "replaced by a newer connection",
+        );
+        return;
+    }
+    tracing::info!(%node, from = old.transport().as_str(), to = new_transport.as_str(),
+        open_streams = old.streams.load(std::sync::atomic::Ordering::Relaxed),
+        "agent changed transport; draining the previous connection");
+    tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        while old.streams.load(std::sync::atomic::Ordering::Relaxed) > 0
+            && started.elapsed() < DRAIN_LIMIT
+        {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = old.link.closed() => return,
+            }
+        }
+        tracing::info!(%node, "previous connection drained; closing it");
+        old.link
+            .close(proto::codes::CONN_REPLACED, "moved to a newer connection");
+    });
 }

@@ -14,6 +14,10 @@ pub struct Registration {
     pub node: String,
     pub ips: Vec<IpAddr>,
     pub agent_version: String,
+    /// The agent process's session id (capability `session=<id>`): the same
+    /// id on a new connection means the agent moved transports, not that a
+    /// second agent claims the node.
+    pub session: Option<String>,
 }
 
 /// Why a hello was refused: the code sent to the agent and a sentence for both logs.
@@ -63,6 +67,11 @@ pub fn check_hello(hello: &Hello, cert: &NodeIdentity) -> Result<Registration, R
         node: cert.node_name.clone(),
         ips,
         agent_version: hello.agent_version.clone(),
+        session: hello
+            .capabilities
+            .iter()
+            .find_map(|c| c.strip_prefix("session="))
+            .map(str::to_string),
     })
 }
 
@@ -102,6 +111,17 @@ mod tests {
         let r = check_hello(&hello("edge-a", &["fd00::5"]), &cert()).unwrap();
         assert_eq!(r.node, "edge-a");
         assert_eq!(r.ips, vec!["fd00::5".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn session_capability_is_recorded() {
+        let mut h = hello("edge-a", &[]);
+        assert_eq!(check_hello(&h, &cert()).unwrap().session, None);
+        h.capabilities = vec!["future-thing".into(), "session=abc123".into()];
+        assert_eq!(
+            check_hello(&h, &cert()).unwrap().session.as_deref(),
+            Some("abc123")
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod agents;
+pub mod agents_ws;
 pub mod certs_cmd;
 pub mod config;
 pub mod dial;

@@ -26,6 +26,8 @@ pub struct AgentEntry {
     pub conn_id: u64,
     /// Agent build version from its hello.
     pub agent_version: String,
+    /// The agent process's session id, if it sent one.
+    pub session: Option<String>,
     /// When the connection registered.
     pub connected_since: SystemTime,
     /// Open tunneled streams on this connection.

@@ -66,8 +66,21 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         metrics: metrics.clone(),
         server_version: env!("CARGO_PKG_VERSION").to_string(),
     });
-    tasks.spawn(agents.serve_quic(endpoint.clone()));
+    tasks.spawn(agents.clone().serve_quic(endpoint.clone()));
     tracing::info!(addr = %endpoint.local_addr()?, "accepting agents over QUIC");
+    // The same port number on TCP, for agents whose UDP is blocked.
+    let ws_tls = certs::agent_facing_server_config(
+        chain.clone(),
+        key.clone_key(),
+        certs::load_root_store(&cfg.agent_ca)?,
+        vec![b"http/1.1".to_vec()],
+    )?;
+    let ws_listener = tokio::net::TcpListener::bind(endpoint.local_addr()?)
+        .await
+        .with_context(|| format!("starting the agent listener on {} (TCP)", cfg.agent_addr))?;
+    tracing::info!(addr = %ws_listener.local_addr()?, path = transport::ws::TUNNEL_PATH,
+        "accepting agents over WebSocket");
+    tasks.spawn(agents.serve_ws(ws_listener, TlsAcceptor::from(Arc::new(ws_tls))));
 
     let dialer = Arc::new(Dialer::new(
         registry.clone(),

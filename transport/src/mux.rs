@@ -1,0 +1,262 @@
+//! Streams over one byte stream, for the WebSocket transport (yamux).
+//!
+//! yamux gives per-stream flow control (one slow reader never stalls the
+//! others), stream limits and half-close. Its connection must be polled by a
+//! single task: [`spawn`] starts that driver and returns a [`MuxHandle`]
+//! that opens, accepts and closes streams by message. A stream is shared by
+//! its two halves ([`MuxStream`]) so that a reset by the peer, which yamux
+//! reports as end-of-data, can still be told from a clean FIN.
+
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+
+use bytes::{Bytes, BytesMut};
+use futures::{AsyncRead as FAsyncRead, AsyncWrite as FAsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::compat::TokioAsyncReadCompatExt;
+
+use crate::stream::StreamError;
+
+/// Most streams one side may have open on a WebSocket connection.
+pub const MAX_STREAMS: usize = 1024;
+/// Receive window over all streams (yamux needs >= 256 KiB per stream).
+const MAX_CONNECTION_WINDOW: usize = MAX_STREAMS * 256 * 1024;
+/// Inbound streams waiting to be accepted before new ones are refused.
+const ACCEPT_BACKLOG: usize = 256;
+
+/// Which end of the multiplexer this is (yamux assigns odd/even stream ids).
+#[derive(Debug, Clone, Copy)]
+pub enum MuxRole {
+    /// The agent.
+    Client,
+    /// The server.
+    Server,
+}
+
+type OpenReply = oneshot::Sender<Result<yamux::Stream, StreamError>>;
+
+/// A running multiplexed connection.
+#[derive(Debug, Clone)]
+pub struct MuxHandle {
+    open_tx: mpsc::Sender<OpenReply>,
+    inbound: Arc<tokio::sync::Mutex<mpsc::Receiver<yamux::Stream>>>,
+    close_tx: mpsc::Sender<()>,
+    closed: watch::Receiver<Option<String>>,
+}
+
+/// Starts the driver task for `io` and returns its handle.
+pub fn spawn<T>(io: T, role: MuxRole) -> MuxHandle
+where
+    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let mut cfg = yamux::Config::default();
+    cfg.set_max_num_streams(MAX_STREAMS)
+        .set_max_connection_receive_window(Some(MAX_CONNECTION_WINDOW));
+    let mode = match role {
+        MuxRole::Client => yamux::Mode::Client,
+        MuxRole::Server => yamux::Mode::Server,
+    };
+    let mut conn = yamux::Connection::new(io.compat(), cfg, mode);
+    let (open_tx, mut open_rx) = mpsc::channel::<OpenReply>(64);
+    let (in_tx, in_rx) = mpsc::channel(ACCEPT_BACKLOG);
+    let (close_tx, mut close_rx) = mpsc::channel::<()>(1);
+    let (closed_tx, closed) = watch::channel(None);
+    tokio::spawn(async move {
+        let mut waiting: Option<OpenReply> = None;
+        let mut closing = false;
+        let reason = poll_fn(|cx| loop {
+            if closing {
+                return match conn.poll_close(cx) {
+                    Poll::Ready(_) => Poll::Ready("closed locally".to_string()),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+            if close_rx.poll_recv(cx).is_ready() {
+                closing = true;
+                continue;
+            }
+            if waiting.is_none() {
+                if let Poll::Ready(Some(reply)) = open_rx.poll_recv(cx) {
+                    waiting = Some(reply);
+                }
+            }
+            if let Some(reply) = waiting.take() {
+                match conn.poll_new_outbound(cx) {
+                    Poll::Ready(r) => {
+                        let _ =
+                            reply.send(r.map_err(|e| StreamError::ConnectionLost(e.to_string())));
+                        continue;
+                    }
+                    Poll::Pending => waiting = Some(reply),
+                }
+            }
+            match conn.poll_next_inbound(cx) {
+                Poll::Ready(Some(Ok(stream))) => {
+                    if in_tx.try_send(stream).is_err() {
+                        tracing::warn!("too many unaccepted streams; resetting a new one");
+                    }
+                    continue;
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(e.to_string()),
+                Poll::Ready(None) => return Poll::Ready("closed by peer".to_string()),
+                Poll::Pending => return Poll::Pending,
+            }
+        })
+        .await;
+        if let Some(reply) = waiting {
+            let _ = reply.send(Err(StreamError::ConnectionLost(reason.clone())));
+        }
+        let _ = closed_tx.send(Some(reason));
+    });
+    MuxHandle {
+        open_tx,
+        inbound: Arc::new(tokio::sync::Mutex::new(in_rx)),
+        close_tx,
+        closed,
+    }
+}
+
+impl MuxHandle {
+    /// Opens a new stream.
+    pub async fn open(&self) -> Result<MuxStream, StreamError> {
+        let (tx, rx) = oneshot::channel();
+        let lost = || StreamError::ConnectionLost(self.reason());
+        self.open_tx.send(tx).await.map_err(|_| lost())?;
+        let stream = rx.await.map_err(|_| lost())??;
+        Ok(MuxStream::new(stream))
+    }
+
+    /// Accepts the next stream the peer opened.
+    pub async fn accept(&self) -> Result<MuxStream, StreamError> {
+        let mut rx = self.inbound.lock().await;
+        match rx.recv().await {
+            Some(s) => Ok(MuxStream::new(s)),
+            None => Err(StreamError::ConnectionLost(self.reason())),
+        }
+    }
+
+    /// Closes the connection (streams end).
+    pub fn close(&self) {
+        let _ = self.close_tx.try_send(());
+    }
+
+    /// Resolves once the connection is gone, with the reason.
+    pub async fn closed(&self) -> String {
+        let mut rx = self.closed.clone();
+        loop {
+            if let Some(r) = rx.borrow().clone() {
+                return r;
+            }
+            if rx.changed().await.is_err() {
+                return "multiplexer stopped".into();
+            }
+        }
+    }
+
+    fn reason(&self) -> String {
+        self.closed
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| "multiplexer stopped".into())
+    }
+}
+
+/// One yamux stream shared by its send and receive halves.
+#[derive(Debug, Clone)]
+pub struct MuxStream {
+    inner: Arc<Mutex<yamux::Stream>>,
+    sent_fin: Arc<AtomicBool>,
+}
+
+impl MuxStream {
+    fn new(s: yamux::Stream) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(s)),
+            sent_fin: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, yamux::Stream> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Next chunk; `Ok(None)` at a clean end; a peer reset is an error.
+    pub async fn read_chunk(&self, max: usize) -> Result<Option<Bytes>, StreamError> {
+        let mut buf = BytesMut::zeroed(max.min(64 * 1024));
+        let n = self.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.truncate(n);
+        Ok(Some(buf.freeze()))
+    }
+
+    /// Reads into `buf`; 0 at a clean end; a peer reset is an error.
+    pub async fn read(&self, buf: &mut [u8]) -> Result<usize, StreamError> {
+        let n = poll_fn(|cx| {
+            let mut s = self.lock();
+            Pin::new(&mut *s).poll_read(cx, buf)
+        })
+        .await
+        .map_err(io_err)?;
+        if n == 0 && self.lock().is_closed() && !self.sent_fin.load(Ordering::Acquire) {
+            // yamux reports RST as end-of-data; the state tells them apart.
+            return Err(StreamError::Reset(proto::codes::STREAM_TCP_RESET));
+        }
+        Ok(n)
+    }
+
+    /// Writes all of `data`, waiting for the peer's window.
+    pub async fn write_all(&self, mut data: &[u8]) -> Result<(), StreamError> {
+        while !data.is_empty() {
+            let n = poll_fn(|cx| {
+                let mut s = self.lock();
+                Pin::new(&mut *s).poll_write(cx, data)
+            })
+            .await
+            .map_err(io_err)?;
+            if n == 0 {
+                return Err(StreamError::Reset(proto::codes::STREAM_TCP_RESET));
+            }
+            data = &data[n..];
+        }
+        poll_fn(|cx| {
+            let mut s = self.lock();
+            Pin::new(&mut *s).poll_flush(cx)
+        })
+        .await
+        .map_err(io_err)
+    }
+
+    /// Half-close (FIN).
+    pub async fn finish(&self) {
+        self.sent_fin.store(true, Ordering::Release);
+        let _ = poll_fn(|cx| {
+            let mut s = self.lock();
+            Pin::new(&mut *s).poll_close(cx)
+        })
+        .await;
+    }
+}
+
+fn io_err(e: io::Error) -> StreamError {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset | io::ErrorKind::WriteZero => {
+            StreamError::Reset(proto::codes::STREAM_TCP_RESET)
+        }
+        _ => StreamError::ConnectionLost(e.to_string()),
+    }
+}
+
+/// Remote address and certificates of the transport under a multiplexer.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub remote: SocketAddr,
+    pub certificates: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+}

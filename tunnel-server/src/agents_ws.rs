@@ -1,0 +1,106 @@
+//! The agent listener's WebSocket side: TCP on the same port number as QUIC,
+//! for edge sites that block UDP.
+//!
+//! TLS (client certificate required, same CA and identity rules as QUIC),
+//! then an HTTP/1.1 upgrade on [`TUNNEL_PATH`], then yamux streams; from there
+//! the connection is served exactly like a QUIC one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http;
+use transport::mux::{MuxRole, PeerInfo};
+use transport::ws::{ws_config, WsByteStream, TUNNEL_PATH};
+use transport::TunnelConnection;
+
+use crate::agents::AgentListener;
+
+/// Time for a TCP client to finish TLS and the WebSocket upgrade.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl AgentListener {
+    /// Accepts agents over WebSocket until the task is dropped.
+    pub async fn serve_ws(self: Arc<Self>, listener: TcpListener, acceptor: TlsAcceptor) {
+        loop {
+            let (tcp, remote) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "agent TCP accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let this = self.clone();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(UPGRADE_TIMEOUT, upgrade(tcp, remote, acceptor)).await {
+                    Ok(Ok(link)) => this.serve_connection(link).await,
+                    Ok(Err(reason)) => {
+                        tracing::info!(%remote, %reason, "agent WebSocket connection refused")
+                    }
+                    Err(_) => tracing::info!(%remote, "agent WebSocket upgrade timed out"),
+                }
+            });
+        }
+    }
+}
+
+/// TLS + WebSocket upgrade; returns the multiplexed connection or why not.
+// The path check's error type is tungstenite's callback signature, not ours.
+#[allow(clippy::result_large_err)]
+async fn upgrade(
+    mut tcp: TcpStream,
+    remote: std::net::SocketAddr,
+    acceptor: TlsAcceptor,
+) -> Result<TunnelConnection, String> {
+    let _ = tcp.set_nodelay(true);
+    transport::socket::set_tcp_keepalive(&tcp);
+    // A TLS connection starts with a handshake record (0x16). Anything else
+    // is most likely plain HTTP: say so instead of a TLS alert it cannot read.
+    let mut first = [0u8; 1];
+    match tcp.peek(&mut first).await {
+        Ok(1) if first[0] == 0x16 => {}
+        Ok(_) => {
+            let body = format!("this port speaks TLS: agents connect with wss://<server>{TUNNEL_PATH} and a client certificate\n");
+            let resp = format!(
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tcp.write_all(resp.as_bytes()).await;
+            let _ = tcp.shutdown().await;
+            return Err("not TLS (plain HTTP?)".into());
+        }
+        Err(e) => return Err(e.to_string()),
+    }
+    let tls = acceptor
+        .accept(tcp)
+        .await
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let certificates = tls.get_ref().1.peer_certificates().map(<[_]>::to_vec);
+    let check_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        if req.uri().path() == TUNNEL_PATH {
+            return Ok(resp);
+        }
+        let mut err = ErrorResponse::new(Some(format!(
+            "unknown path {}; agents connect to {TUNNEL_PATH}\n",
+            req.uri().path()
+        )));
+        *err.status_mut() = http::StatusCode::NOT_FOUND;
+        Err(err)
+    };
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(tls, check_path, Some(ws_config()))
+        .await
+        .map_err(|e| format!("WebSocket upgrade failed: {e}"))?;
+    let mux = transport::mux::spawn(WsByteStream::new(ws), MuxRole::Server);
+    Ok(TunnelConnection::Ws {
+        mux,
+        peer: PeerInfo {
+            remote,
+            certificates,
+        },
+    })
+}
