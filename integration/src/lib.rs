@@ -6,6 +6,7 @@
 //! executable, so the test command is `cargo build --bins && cargo test`.
 
 pub mod client;
+pub mod cluster;
 pub mod netns;
 pub mod pki;
 pub mod process;
@@ -13,5 +14,6 @@ pub mod scenarios;
 pub mod services;
 
 pub use client::{connect_uds, ConnectReply};
+pub use cluster::{Cluster, ClusterOptions};
 pub use pki::Pki;
 pub use process::{AgentOptions, AgentProc, ServerOptions, ServerProc};

@@ -52,9 +52,16 @@ pub async fn echo_server_on(addr: &str) -> std::io::Result<SocketAddr> {
 
 /// Sends `data` to every connection, then closes.
 pub async fn source_server(data: Vec<u8>) -> std::io::Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0").await?;
+    source_server_on("127.0.0.1:0", std::sync::Arc::new(data)).await
+}
+
+/// [`source_server`] on a chosen address (e.g. an edge namespace's IP).
+pub async fn source_server_on(
+    addr: &str,
+    data: std::sync::Arc<Vec<u8>>,
+) -> std::io::Result<SocketAddr> {
+    let l = TcpListener::bind(addr).await?;
     let addr = l.local_addr()?;
-    let data = std::sync::Arc::new(data);
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
             let data = data.clone();
@@ -74,10 +81,18 @@ pub async fn source_server(data: Vec<u8>) -> std::io::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// Writes `count` lines, one every `interval`, each with its send time in
-/// microseconds since `epoch` (a `follow`-style log).
+/// Writes `count` lines `line <i>\n`, one every `interval` (a `follow`-style log).
 pub async fn line_server(count: usize, interval: Duration) -> std::io::Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0").await?;
+    line_server_on("127.0.0.1:0", count, interval).await
+}
+
+/// [`line_server`] on a chosen address.
+pub async fn line_server_on(
+    addr: &str,
+    count: usize,
+    interval: Duration,
+) -> std::io::Result<SocketAddr> {
+    let l = TcpListener::bind(addr).await?;
     let addr = l.local_addr()?;
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {

@@ -8,52 +8,32 @@ use std::time::{Duration, Instant};
 
 use integration::process::{raise_fd_limit, rss_kib};
 use integration::services::echo_server;
-use integration::{connect_uds, AgentOptions, AgentProc, Pki, ServerOptions, ServerProc};
+use integration::{connect_uds, Cluster, ClusterOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const IDLE: usize = 5000;
 
+/// A cluster with both front ends and an echo service the agent may reach.
 struct Setup {
-    server: ServerProc,
-    _agent: AgentProc,
-    pki: Pki,
+    cluster: Cluster,
     echo: SocketAddr,
-    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Setup {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.cluster
+    }
 }
 
 async fn setup(args: &[&str]) -> Setup {
     raise_fd_limit();
     let echo = echo_server().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path()).unwrap();
-    let mut server = ServerProc::start(
-        &pki,
-        ServerOptions {
-            uds: true,
-            proxy: true,
-            args: args.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let agent = AgentProc::start(
-        &pki,
-        server.agent_addr,
-        "edge-1",
-        &["127.0.0.1".parse().unwrap()],
-        AgentOptions {
-            allow: vec![echo.to_string()],
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    server.wait_agents(1, Duration::from_secs(10)).unwrap();
+    let mut opts = ClusterOptions::allowing(&[echo.to_string()], &[]).server_args(args);
+    opts.server.proxy = true;
     Setup {
-        server,
-        _agent: agent,
-        pki,
+        cluster: Cluster::start(opts),
         echo,
-        _dir: dir,
     }
 }
 

@@ -5,53 +5,19 @@ use std::time::{Duration, Instant};
 
 use integration::client::{connect_tls, proxy_tls, send_connect};
 use integration::services::{echo_server, hanging_server};
-use integration::{connect_uds, AgentOptions, AgentProc, Pki, ServerOptions, ServerProc};
+use integration::{connect_uds, Cluster, ClusterOptions};
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Fields drop in order: processes first (their logs print on failure), then the directory.
-struct Setup {
-    server: ServerProc,
-    agent: Option<AgentProc>,
-    pki: Pki,
-    dir: tempfile::TempDir,
-}
-
-fn setup(extra_server_args: &[&str], allow: &[String]) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path()).unwrap();
-    let mut server = ServerProc::start(
-        &pki,
-        ServerOptions {
-            uds: true,
-            proxy: true,
-            args: extra_server_args.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let agent = AgentProc::start(
-        &pki,
-        server.agent_addr,
-        "edge-1",
-        &["127.0.0.1".parse().unwrap()],
-        AgentOptions {
-            allow: allow.to_vec(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    server.wait_agents(1, Duration::from_secs(10)).unwrap();
-    Setup {
-        dir,
-        pki,
-        server,
-        agent: Some(agent),
-    }
+/// A cluster with both front ends (UDS and mTLS TCP).
+fn setup(extra_server_args: &[&str], allow: &[String]) -> Cluster {
+    let mut opts = ClusterOptions::allowing(allow, &[]).server_args(extra_server_args);
+    opts.server.proxy = true;
+    Cluster::start(opts)
 }
 
 /// Sends raw bytes to the UDS front end and returns the whole response.
-async fn raw_uds(s: &Setup, request: &[u8]) -> String {
+async fn raw_uds(s: &Cluster, request: &[u8]) -> String {
     let mut sock = tokio::net::UnixStream::connect(s.server.uds.as_ref().unwrap())
         .await
         .unwrap();
@@ -273,7 +239,6 @@ async fn agent_vanishing_during_a_dial_gets_504_at_once_then_503() {
     let r = connect_uds(&uds, &hang.to_string()).await.unwrap();
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(started.elapsed() < Duration::from_millis(500));
-    let _ = &s.dir;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use integration::netns::{self, NatTopology};
-use integration::services::{echo_server_on, pattern, sha256_hex};
+use integration::services::{echo_server_on, pattern, sha256_hex, source_server_on};
 use integration::{connect_uds, AgentOptions, AgentProc, Pki, ServerOptions, ServerProc};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, UnixStream};
@@ -29,25 +29,6 @@ const FOLLOW_MAX_DELAY: Duration = Duration::from_millis(100);
 const EXEC_ROUNDS: usize = 10;
 const PF_CONNS: usize = 200;
 const PF_BYTES: usize = 1024 * 1024;
-
-/// Sends `data` to every connection, then closes (`kubectl logs`).
-async fn source_on(ip: IpAddr, data: Arc<Vec<u8>>) -> io::Result<SocketAddr> {
-    let l = TcpListener::bind((ip, 0)).await?;
-    let addr = l.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let data = data.clone();
-            tokio::spawn(async move {
-                let _ = s.write_all(&data).await;
-                let _ = s.shutdown().await;
-                // Drain until the client closes, so the close is orderly.
-                let mut sink = [0u8; 1024];
-                while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
-            });
-        }
-    });
-    Ok(addr)
-}
 
 /// Writes `count` lines, one every `interval`, each carrying the moment it
 /// was written in microseconds since `epoch` (`kubectl logs -f`). The service
@@ -158,7 +139,7 @@ async fn edge_behind_nat_serves_logs_exec_and_port_forward_through_the_tunnel() 
         let data = log_data.clone();
         edge.spawn(async move {
             Ok::<_, io::Error>(EdgeServices {
-                source: source_on(edge_ip, data).await?,
+                source: source_server_on(&format!("{edge_ip}:0"), data).await?,
                 follow: follow_on(edge_ip, epoch, FOLLOW_LINES, FOLLOW_INTERVAL).await?,
                 exec: exec_on(edge_ip).await?,
                 echo: echo_server_on(&format!("{edge_ip}:0")).await?,

@@ -7,54 +7,19 @@ use std::time::Duration;
 
 use integration::scenarios;
 use integration::services::{echo_server, line_server, pattern, source_server};
-use integration::{AgentOptions, AgentProc, Pki, ServerOptions, ServerProc};
+use integration::{Cluster, ClusterOptions};
 
-/// Fields drop in order: processes first (their logs print on failure), then the directory.
-struct Cluster {
-    server: ServerProc,
-    _agent: AgentProc,
-    _dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    fn uds(&self) -> std::path::PathBuf {
-        self.server.uds.clone().unwrap()
-    }
-}
-
-/// A server with a UDS front end and one agent for node `edge-1`
-/// (127.0.0.1) on `transport`, allowed to reach the given loopback ports.
+/// A cluster whose agent (`edge-1`, 127.0.0.1) uses `transport` and may
+/// reach the given loopback ports.
 fn cluster(transport: &str, ports: &[u16]) -> Cluster {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path()).unwrap();
-    let mut server = ServerProc::start(
-        &pki,
-        ServerOptions {
-            uds: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let agent = AgentProc::start(
-        &pki,
-        server.agent_addr,
-        "edge-1",
-        &["127.0.0.1".parse().unwrap()],
-        AgentOptions {
-            allow: ports.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
-            args: vec![format!("--transport={transport}")],
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    server.wait_agents(1, Duration::from_secs(10)).unwrap();
-    let agents = server.agents().unwrap();
+    let allow: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let c = Cluster::start(ClusterOptions::allowing(
+        &allow,
+        &[&format!("--transport={transport}")],
+    ));
+    let agents = c.server.agents().unwrap();
     assert_eq!(agents[0]["transport"], transport, "{agents}");
-    Cluster {
-        server,
-        _agent: agent,
-        _dir: dir,
-    }
+    c
 }
 
 async fn logs_bulk(transport: &str) {

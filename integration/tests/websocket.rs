@@ -10,8 +10,12 @@ use std::time::{Duration, Instant};
 
 use integration::netns::{self, NatTopology};
 use integration::scenarios;
-use integration::services::{echo_server, echo_server_on, pattern};
-use integration::{connect_uds, AgentOptions, AgentProc, Pki, ServerOptions, ServerProc};
+use integration::services::{
+    echo_server, echo_server_on, line_server_on, pattern, source_server_on,
+};
+use integration::{
+    connect_uds, AgentOptions, AgentProc, Cluster, ClusterOptions, Pki, ServerOptions, ServerProc,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -48,42 +52,6 @@ fn iptables(ns: &str, action: &str) {
     );
 }
 
-/// Serves `data` to each connection on `ip`, inside whatever namespace runs it.
-async fn source_on(ip: IpAddr, data: Arc<Vec<u8>>) -> std::io::Result<SocketAddr> {
-    let l = TcpListener::bind((ip, 0)).await?;
-    let addr = l.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let data = data.clone();
-            tokio::spawn(async move {
-                let _ = s.write_all(&data).await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    Ok(addr)
-}
-
-/// Writes numbered lines every `interval`, `count` of them (a long-lived stream).
-async fn lines_on(ip: IpAddr, count: usize, interval: Duration) -> std::io::Result<SocketAddr> {
-    let l = TcpListener::bind((ip, 0)).await?;
-    let addr = l.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                for i in 0..count {
-                    if s.write_all(format!("line {i}\n").as_bytes()).await.is_err() {
-                        return;
-                    }
-                    tokio::time::sleep(interval).await;
-                }
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    Ok(addr)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_uses_websocket_when_udp_is_blocked_and_returns_to_quic() {
     if netns::skip_unless_available("auto_uses_websocket_when_udp_is_blocked") {
@@ -98,9 +66,9 @@ async fn auto_uses_websocket_when_udp_is_blocked_and_returns_to_quic() {
         let data = data.clone();
         edge.spawn(async move {
             Ok::<_, std::io::Error>((
-                source_on(edge_ip, data).await?,
+                source_server_on(&format!("{edge_ip}:0"), data).await?,
                 echo_server_on(&format!("{edge_ip}:0")).await?,
-                lines_on(edge_ip, 80, Duration::from_millis(50)).await?,
+                line_server_on(&format!("{edge_ip}:0"), 80, Duration::from_millis(50)).await?,
             ))
         })
         .await
@@ -233,37 +201,15 @@ async fn connect_proxy() -> (SocketAddr, Arc<AtomicUsize>) {
 async fn agent_reaches_the_server_through_an_http_connect_proxy() {
     let echo = echo_server().await.unwrap();
     let (proxy, tunnels) = connect_proxy().await;
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path()).unwrap();
-    let mut server = ServerProc::start(
-        &pki,
-        ServerOptions {
-            uds: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let _agent = AgentProc::start(
-        &pki,
-        server.agent_addr,
-        "edge-1",
-        &["127.0.0.1".parse().unwrap()],
-        AgentOptions {
-            allow: vec![echo.to_string()],
-            args: vec![
-                "--transport=websocket".into(),
-                format!("--proxy=http://{proxy}"),
-            ],
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    server.wait_agents(1, Duration::from_secs(10)).unwrap();
+    let c = Cluster::start(ClusterOptions::allowing(
+        &[echo.to_string()],
+        &["--transport=websocket", &format!("--proxy=http://{proxy}")],
+    ));
     assert!(
         tunnels.load(Ordering::SeqCst) >= 1,
         "the proxy carried no tunnel"
     );
-    scenarios::exec_half_close(server.uds.as_ref().unwrap(), echo).await;
+    scenarios::exec_half_close(&c.uds(), echo).await;
 }
 
 /// TLS client config for the WebSocket listener, with or without the agent's certificate.
@@ -305,28 +251,8 @@ async fn hostile_input_on_the_websocket_listener_is_refused_cleanly() {
     use tokio_tungstenite::tungstenite::Message;
 
     let echo = echo_server().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path()).unwrap();
-    let mut server = ServerProc::start(
-        &pki,
-        ServerOptions {
-            uds: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let _agent = AgentProc::start(
-        &pki,
-        server.agent_addr,
-        "edge-1",
-        &["127.0.0.1".parse().unwrap()],
-        AgentOptions {
-            allow: vec![echo.to_string()],
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    server.wait_agents(1, Duration::from_secs(10)).unwrap();
+    let c = Cluster::start(ClusterOptions::allowing(&[echo.to_string()], &[]));
+    let (server, pki) = (&c.server, &c.pki);
     let addr = server.agent_addr;
     let read_all = |mut s: TcpStream| async move {
         let mut out = Vec::new();
@@ -346,7 +272,7 @@ async fn hostile_input_on_the_websocket_listener_is_refused_cleanly() {
     );
 
     // TLS without a client certificate: the handshake is refused.
-    let anon = ws_tls(&pki, false);
+    let anon = ws_tls(pki, false);
     let refused = match tls_to(addr, &anon).await {
         Err(_) => true,
         Ok(mut s) => {
@@ -359,7 +285,7 @@ async fn hostile_input_on_the_websocket_listener_is_refused_cleanly() {
     assert!(refused, "a client without a certificate got through");
 
     // Valid TLS, wrong path.
-    let agent_tls = ws_tls(&pki, true);
+    let agent_tls = ws_tls(pki, true);
     let tls = tls_to(addr, &agent_tls).await.unwrap();
     let err =
         tokio_tungstenite::client_async(format!("wss://localhost:{}/other", addr.port()), tls)

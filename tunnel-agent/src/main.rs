@@ -6,14 +6,7 @@ use tunnel_agent::config::{AgentConfig, Cli};
 fn main() -> anyhow::Result<()> {
     let args = transport::cli::expand_config_file(std::env::args_os().collect())?;
     let cfg = AgentConfig::try_from(Cli::parse_from(args))?;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    transport::cli::init_tracing();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -10,7 +10,7 @@ fn main() -> anyhow::Result<()> {
         return tunnel_server::certs_cmd::run(cmd);
     }
     let cfg = ServerConfig::try_from(cli.run)?;
-    init_tracing();
+    transport::cli::init_tracing();
     raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -22,17 +22,6 @@ fn main() -> anyhow::Result<()> {
         server.shutdown().await;
         Ok(())
     })
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }
 
 /// Thousands of agents and front-end connections need more than the usual 1024 descriptors.
