@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use integration::process::metric_value;
 use integration::services::echo_server;
-use integration::{connect_uds, AgentOptions, AgentProc, Pki, ServerOptions, ServerProc};
+use integration::{
+    connect_uds, AgentOptions, AgentProc, Cluster, ClusterOptions, Pki, ServerOptions, ServerProc,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn uds_server(pki: &Pki, args: &[&str]) -> ServerProc {
@@ -46,21 +48,9 @@ async fn echo_once(server: &ServerProc, target: &str) -> Result<(), String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_is_back_within_5s_of_a_killed_server_returning() {
     let echo = echo_server().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path()).unwrap();
-    let mut server = uds_server(&pki, &[]);
-    let _agent = agent(
-        &pki,
-        &server,
-        "edge-1",
-        "127.0.0.1",
-        AgentOptions {
-            allow: vec![echo.to_string()],
-            ..Default::default()
-        },
-    );
-    server.wait_agents(1, Duration::from_secs(10)).unwrap();
-    echo_once(&server, &echo.to_string()).await.unwrap();
+    let mut c = Cluster::start(ClusterOptions::allowing(&[echo.to_string()], &[]));
+    let server = &mut c.server;
+    echo_once(server, &echo.to_string()).await.unwrap();
 
     for (round, graceful) in [(1, false), (2, true)] {
         // A crash (SIGKILL: no goodbye to agents) and a clean stop.
@@ -81,7 +71,7 @@ async fn agent_is_back_within_5s_of_a_killed_server_returning() {
             "round {round} (graceful={graceful}): agent back {:?} after the server returned",
             back.elapsed()
         );
-        echo_once(&server, &echo.to_string()).await.unwrap();
+        echo_once(server, &echo.to_string()).await.unwrap();
     }
 }
 
@@ -254,21 +244,9 @@ async fn a_certificate_for_node_a_cannot_register_node_b_or_a_foreign_ip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_metrics_and_readiness_follow_the_connection() {
     let echo = echo_server().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path()).unwrap();
-    let mut server = uds_server(&pki, &[]);
-    let a = agent(
-        &pki,
-        &server,
-        "edge-1",
-        "127.0.0.1",
-        AgentOptions {
-            allow: vec![echo.to_string()],
-            ..Default::default()
-        },
-    );
-    server.wait_agents(1, Duration::from_secs(10)).unwrap();
-    echo_once(&server, &echo.to_string()).await.unwrap();
+    let mut c = Cluster::start(ClusterOptions::allowing(&[echo.to_string()], &[]));
+    let (server, a) = (&mut c.server, c.agent.as_ref().unwrap());
+    echo_once(server, &echo.to_string()).await.unwrap();
     let _ = connect_uds(server.uds.as_ref().unwrap(), "127.0.0.1:1")
         .await
         .unwrap();
