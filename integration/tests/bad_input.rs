@@ -240,3 +240,43 @@ async fn garbage_and_idle_connections_on_the_agent_port() {
     still_serves(&s).await;
     assert_no_panic(&s);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_idle_tcp_connections_on_the_agent_port() {
+    // The agent port also listens on TCP for the WebSocket transport.
+    let s = setup(&[]).await;
+    let before = server_rss(&s);
+    let mut idle = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        idle.push(
+            tokio::net::TcpStream::connect(s.server.agent_addr)
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = server_rss(&s);
+    still_serves(&s).await;
+    eprintln!(
+        "server RSS: {before} KiB before, {during} KiB with {IDLE} idle TCP connections on the agent port (+{} B each)",
+        during.saturating_sub(before) * 1024 / IDLE as u64
+    );
+    assert!(
+        during < before + 200 * 1024,
+        "server grew by {} KiB",
+        during - before
+    );
+    // The upgrade timeout (10 s) closes every one of them.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for mut sock in idle {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut out = Vec::new();
+        let r = tokio::time::timeout(left, sock.read_to_end(&mut out)).await;
+        assert!(
+            r.is_ok(),
+            "idle agent-port connection not closed by the server"
+        );
+    }
+    still_serves(&s).await;
+    assert_no_panic(&s);
+}
