@@ -230,7 +230,7 @@ async fn error_statuses_follow_the_spec() {
             "could not dial",
         ),
         (
-            format!("CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: x\r\n\r\n"),
+            "CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: x\r\n\r\n".into(),
             403,
             "refused",
         ),

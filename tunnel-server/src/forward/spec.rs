@@ -112,7 +112,8 @@ mod tests {
     #[test]
     fn errors_name_the_part_that_is_wrong() {
         use ForwardParseError::*;
-        let cases: &[(&str, fn(&ForwardParseError) -> bool)] = &[
+        type IsExpected = fn(&ForwardParseError) -> bool;
+        let cases: &[(&str, IsExpected)] = &[
             ("8443", |e| matches!(e, MissingEquals(_))),
             ("host:x=n/a:1", |e| matches!(e, BadListen { .. })),
             ("70000=n/a:1", |e| matches!(e, BadListen { .. })),
