@@ -81,7 +81,7 @@ async fn forwards_carry_traffic_refuse_disallowed_and_reload_on_sighup() {
         },
     )
     .unwrap();
-    let _agent = AgentProc::start(
+    let mut agent = AgentProc::start(
         &pki,
         server.agent_addr,
         "edge-1",
@@ -206,4 +206,22 @@ async fn forwards_carry_traffic_refuse_disallowed_and_reload_on_sighup() {
         m.contains("tunnel_server_streams_total{frontend=\"forward\",result=\"not_allowed\"} 1"),
         "{m}"
     );
+    let to_edge = integration::process::metric_value(
+        &m,
+        "tunnel_server_node_bytes_total{direction=\"to_edge\",node=\"edge-1\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(to_edge >= (CONNS * BYTES) as f64, "{m}");
+
+    // The node's series go away with the node.
+    agent.proc.stop(Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = server.metrics().unwrap();
+        if !m.contains("node=\"edge-1\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "series of a gone node remain:\n{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

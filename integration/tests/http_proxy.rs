@@ -158,7 +158,8 @@ async fn absolute_uri_requests_are_proxied_on_a_kept_alive_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_is_served_for_https_targets() {
     let echo = echo_server().await.unwrap();
-    let s = setup(&[], &[echo.to_string()]);
+    // Also: with per-node series off, only the fleet-wide ones are exported.
+    let s = setup(&["--per-node-metrics=false"], &[echo.to_string()]);
     let mut conn = proxy_conn(&s).await;
     conn.get_mut()
         .write_all(format!("CONNECT {echo} HTTP/1.1\r\nHost: {echo}\r\n\r\n").as_bytes())
@@ -186,6 +187,13 @@ async fn connect_is_served_for_https_targets() {
     };
     tokio::join!(send, recv);
     assert_eq!(sha256_hex(&back), sha256_hex(&data));
+
+    let m = s.server.metrics().unwrap();
+    assert!(
+        m.contains("tunnel_server_streams_total{frontend=\"http\",result=\"ok\"} 1"),
+        "{m}"
+    );
+    assert!(!m.contains("node=\"edge-1\""), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
