@@ -221,7 +221,10 @@ async fn forwards_carry_traffic_refuse_disallowed_and_reload_on_sighup() {
         if !m.contains("node=\"edge-1\"") {
             break;
         }
-        assert!(Instant::now() < deadline, "series of a gone node remain:\n{m}");
+        assert!(
+            Instant::now() < deadline,
+            "series of a gone node remain:\n{m}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
