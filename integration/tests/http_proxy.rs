@@ -153,6 +153,23 @@ async fn absolute_uri_requests_are_proxied_on_a_kept_alive_connection() {
     )
     .unwrap_or(0.0);
     assert!(from_edge > n as f64, "{m}");
+
+    // Every request's tunnel stream is released once its response is done,
+    // even while the client connection stays open.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = s.server.metrics().unwrap();
+        let active = integration::process::metric_value(
+            &m,
+            "tunnel_server_streams_active{frontend=\"http\"}",
+        );
+        if active == Some(0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "streams still active:\n{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(conn);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
