@@ -162,6 +162,8 @@ pub struct ServerOptions {
     pub admin_port: Option<u16>,
     /// Bind the agent listener on this address instead of 127.0.0.1.
     pub agent_host: Option<String>,
+    /// Serve the plain-HTTP proxy (`--http-proxy-addr`) on a free loopback port.
+    pub http_proxy: bool,
     /// Extra flags.
     pub args: Vec<String>,
 }
@@ -173,6 +175,7 @@ pub struct ServerProc {
     pub admin_addr: SocketAddr,
     pub uds: Option<PathBuf>,
     pub proxy_addr: Option<SocketAddr>,
+    pub http_proxy_addr: Option<SocketAddr>,
     opts: ServerOptions,
     pki_dir: PathBuf,
 }
@@ -213,6 +216,14 @@ impl ServerProc {
                 pki.path("ca.crt").display()
             ));
         }
+        let http_proxy_addr: Option<SocketAddr> = if opts.http_proxy {
+            Some(format!("127.0.0.1:{}", free_port()).parse()?)
+        } else {
+            None
+        };
+        if let Some(a) = http_proxy_addr {
+            args.push(format!("--http-proxy-addr={a}"));
+        }
         args.extend(opts.args.iter().cloned());
         let log = pki.path(&format!("server-{agent_port}-{}.log", unique()));
         let proc = Proc::spawn("tunnel-server", "tunnel-server", &args, log, None)?;
@@ -222,6 +233,7 @@ impl ServerProc {
             admin_addr,
             uds,
             proxy_addr,
+            http_proxy_addr,
             opts,
             pki_dir: pki.dir.clone(),
         };

@@ -5,7 +5,8 @@
 //! ([`framed`]), abstracts a tunnel stream over transports ([`stream`]), and
 //! splices a local socket to a tunnel stream keeping TCP half-close and reset
 //! semantics ([`splice`]). [`admin`] is the tiny HTTP server both binaries
-//! use for `/metrics` and health endpoints.
+//! use for `/metrics` and health endpoints; [`tunnel_io`] turns a
+//! tunnel stream into one I/O object for protocol libraries such as hyper.
 
 pub mod admin;
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod quic;
 pub mod socket;
 pub mod splice;
 pub mod stream;
+pub mod tunnel_io;
 pub mod ws;
 
 pub use stream::{StreamError, TransportKind, TunnelConnection, TunnelRecv, TunnelSend};

@@ -13,11 +13,11 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures::{AsyncRead as FAsyncRead, AsyncWrite as FAsyncWrite};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::compat::TokioAsyncReadCompatExt;
 
@@ -186,6 +186,39 @@ impl MuxStream {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Polls a read into `buf`. A clean end leaves `buf` unchanged; a peer
+    /// reset (which yamux reports as end-of-data) is `ConnectionReset`.
+    pub fn poll_read(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let mut s = self.lock();
+        let n = match Pin::new(&mut *s).poll_read(cx, buf.initialize_unfilled()) {
+            Poll::Ready(Ok(n)) => n,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        };
+        if n == 0 && s.is_closed() && !self.sent_fin.load(Ordering::Acquire) {
+            // Closed while our side is still open: the peer reset the stream.
+            return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
+        }
+        buf.advance(n);
+        Poll::Ready(Ok(()))
+    }
+
+    /// Polls a write of (part of) `data`, waiting for the peer's window.
+    pub fn poll_write(&self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.lock()).poll_write(cx, data)
+    }
+
+    /// Polls queued frames out to the connection.
+    pub fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.lock()).poll_flush(cx)
+    }
+
+    /// Polls a half-close (FIN).
+    pub fn poll_shutdown(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.sent_fin.store(true, Ordering::Release);
+        Pin::new(&mut *self.lock()).poll_close(cx)
+    }
+
     /// Next chunk; `Ok(None)` at a clean end; a peer reset is an error.
     pub async fn read_chunk(&self, max: usize) -> Result<Option<Bytes>, StreamError> {
         let mut buf = BytesMut::zeroed(max.min(64 * 1024));
@@ -199,49 +232,26 @@ impl MuxStream {
 
     /// Reads into `buf`; 0 at a clean end; a peer reset is an error.
     pub async fn read(&self, buf: &mut [u8]) -> Result<usize, StreamError> {
-        let n = poll_fn(|cx| {
-            let mut s = self.lock();
-            Pin::new(&mut *s).poll_read(cx, buf)
-        })
-        .await
-        .map_err(io_err)?;
-        if n == 0 && self.lock().is_closed() && !self.sent_fin.load(Ordering::Acquire) {
-            // yamux reports RST as end-of-data; the state tells them apart.
-            return Err(StreamError::Reset(proto::codes::STREAM_TCP_RESET));
-        }
-        Ok(n)
+        let mut rb = ReadBuf::new(buf);
+        poll_fn(|cx| self.poll_read(cx, &mut rb)).await.map_err(io_err)?;
+        Ok(rb.filled().len())
     }
 
     /// Writes all of `data`, waiting for the peer's window.
     pub async fn write_all(&self, mut data: &[u8]) -> Result<(), StreamError> {
         while !data.is_empty() {
-            let n = poll_fn(|cx| {
-                let mut s = self.lock();
-                Pin::new(&mut *s).poll_write(cx, data)
-            })
-            .await
-            .map_err(io_err)?;
+            let n = poll_fn(|cx| self.poll_write(cx, data)).await.map_err(io_err)?;
             if n == 0 {
                 return Err(StreamError::Reset(proto::codes::STREAM_TCP_RESET));
             }
             data = &data[n..];
         }
-        poll_fn(|cx| {
-            let mut s = self.lock();
-            Pin::new(&mut *s).poll_flush(cx)
-        })
-        .await
-        .map_err(io_err)
+        poll_fn(|cx| self.poll_flush(cx)).await.map_err(io_err)
     }
 
     /// Half-close (FIN).
     pub async fn finish(&self) {
-        self.sent_fin.store(true, Ordering::Release);
-        let _ = poll_fn(|cx| {
-            let mut s = self.lock();
-            Pin::new(&mut *s).poll_close(cx)
-        })
-        .await;
+        let _ = poll_fn(|cx| self.poll_shutdown(cx)).await;
     }
 }
 

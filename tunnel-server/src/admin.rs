@@ -7,9 +7,9 @@ use serde::Serialize;
 use transport::admin::{AdminHandler, AdminResponse, StatusCode};
 
 use crate::metrics::ServerMetrics;
-use crate::registry::AgentRegistry;
+use crate::registry::{AgentInfo, AgentRegistry};
 
-/// Port the `/sd` targets point at (kubelet).
+/// Default port of the `/sd` targets (kubelet); `--sd-port` overrides it.
 pub const SD_PORT: u16 = 10250;
 
 /// One Prometheus HTTP-SD target group.
@@ -30,6 +30,7 @@ pub fn handler(
     registry: Arc<AgentRegistry>,
     metrics: ServerMetrics,
     ready: Arc<AtomicBool>,
+    sd_ports: Arc<Vec<u16>>,
 ) -> AdminHandler {
     Arc::new(move |path, query| match path {
         "/healthz" => AdminResponse::text(StatusCode::OK, "ok\n"),
@@ -42,7 +43,9 @@ pub fn handler(
         "/agents" => {
             AdminResponse::json(serde_json::to_vec_pretty(&registry.snapshot()).unwrap_or_default())
         }
-        "/sd" => AdminResponse::json(serde_json::to_vec(&sd_groups(&registry)).unwrap_or_default()),
+        "/sd" => AdminResponse::json(
+            serde_json::to_vec(&sd_groups(&registry.snapshot(), &sd_ports)).unwrap_or_default(),
+        ),
         _ => AdminResponse::text(
             StatusCode::NOT_FOUND,
             "not found; try /metrics /healthz /readyz /agents /sd\n",
@@ -70,10 +73,11 @@ fn readyz(registry: &AgentRegistry, ready: &AtomicBool, query: Option<&str>) -> 
     AdminResponse::text(StatusCode::OK, format!("ready; {have} agents connected\n"))
 }
 
-fn sd_groups(registry: &AgentRegistry) -> Vec<TargetGroup> {
-    registry
-        .snapshot()
-        .into_iter()
+/// One target group per agent: its first node IP (or, without IPs, its node
+/// name, which the front ends route too) at each of `ports`.
+fn sd_groups(agents: &[AgentInfo], ports: &[u16]) -> Vec<TargetGroup> {
+    agents
+        .iter()
         .map(|a| {
             let host = match a.ips.first() {
                 Some(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
@@ -81,12 +85,47 @@ fn sd_groups(registry: &AgentRegistry) -> Vec<TargetGroup> {
                 None => a.node.clone(),
             };
             TargetGroup {
-                targets: vec![format!("{host}:{SD_PORT}")],
+                targets: ports.iter().map(|p| format!("{host}:{p}")).collect(),
                 labels: SdLabels {
-                    node: a.node,
+                    node: a.node.clone(),
                     transport: a.transport,
                 },
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(node: &str, ips: &[&str]) -> AgentInfo {
+        AgentInfo {
+            node: node.into(),
+            ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
+            transport: "quic",
+            connected_since: String::new(),
+            streams: 0,
+            agent_version: String::new(),
+            remote_addr: String::new(),
+        }
+    }
+
+    #[test]
+    fn one_group_per_node_and_one_target_per_port() {
+        let agents = [
+            agent("a", &["10.0.0.5", "10.0.0.6"]),
+            agent("b", &["fd00::7"]),
+            agent("c", &[]),
+        ];
+        let json = serde_json::to_value(sd_groups(&agents, &[9100, SD_PORT])).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([
+                {"targets": ["10.0.0.5:9100", "10.0.0.5:10250"], "labels": {"node": "a", "transport": "quic"}},
+                {"targets": ["[fd00::7]:9100", "[fd00::7]:10250"], "labels": {"node": "b", "transport": "quic"}},
+                {"targets": ["c:9100", "c:10250"], "labels": {"node": "c", "transport": "quic"}},
+            ])
+        );
+    }
 }

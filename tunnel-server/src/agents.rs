@@ -145,6 +145,7 @@ impl AgentListener {
             }
         };
         if self.registry.unregister(&node, conn_id) {
+            self.metrics.forget_node(&node);
             tracing::info!(%node, %remote, %reason, "agent disconnected");
         } else {
             tracing::info!(%node, %remote, %reason, "replaced agent connection closed");

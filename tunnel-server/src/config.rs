@@ -7,6 +7,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use transport::cli::parse_duration;
 
+use crate::forward::spec::{parse_forward, ForwardSpec};
+
 /// `tunnel-server`: the cloud end of the edge tunnel.
 #[derive(Debug, Parser)]
 #[command(
@@ -46,9 +48,23 @@ pub struct RunArgs {
     /// The same front end on TCP with mutual TLS.
     #[arg(long, value_name = "ADDR")]
     pub proxy_addr: Option<SocketAddr>,
+    /// Plain-HTTP proxy for Prometheus-style clients (absolute-URI requests and CONNECT); bind to a private address.
+    #[arg(long, value_name = "ADDR")]
+    pub http_proxy_addr: Option<SocketAddr>,
     /// Admin endpoints: /metrics, /healthz, /readyz, /agents, /sd.
     #[arg(long, default_value = "127.0.0.1:8133")]
     pub admin_addr: SocketAddr,
+    /// Port of each /sd target (repeatable: one target per port and node).
+    #[arg(long = "sd-port", value_name = "PORT", default_value = "10250",
+        value_parser = clap::value_parser!(u16).range(1..))]
+    pub sd_ports: Vec<u16>,
+    /// A cloud TCP port whose connections NODE's agent carries to HOST:PORT
+    /// (repeatable; re-read from the config file and command line on SIGHUP).
+    #[arg(long = "forward", value_name = "LISTEN=NODE/HOST:PORT", value_parser = parse_forward)]
+    pub forwards: Vec<ForwardSpec>,
+    /// Export byte and stream series per node (`--per-node-metrics=false` for very large fleets).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub per_node_metrics: bool,
     /// Certificate shown to agents and on --proxy-addr.
     #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
@@ -90,7 +106,11 @@ pub struct ServerConfig {
     pub agent_addr: SocketAddr,
     pub uds: Option<PathBuf>,
     pub proxy_addr: Option<SocketAddr>,
+    pub http_proxy_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
+    pub sd_ports: Vec<u16>,
+    pub forwards: Vec<ForwardSpec>,
+    pub per_node_metrics: bool,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
     pub agent_ca: PathBuf,
@@ -117,6 +137,8 @@ pub enum ConfigError {
     KeepaliveTooLong { keepalive: Duration, idle: Duration },
     #[error("--{0} must be greater than 0")]
     Zero(&'static str),
+    #[error("two --forward flags listen on {0}")]
+    DuplicateForwardListen(SocketAddr),
 }
 
 impl TryFrom<RunArgs> for ServerConfig {
@@ -138,11 +160,21 @@ impl TryFrom<RunArgs> for ServerConfig {
         if a.max_pending_dials == 0 {
             return Err(ConfigError::Zero("max-pending-dials"));
         }
+        let mut listens = std::collections::HashSet::new();
+        for f in &a.forwards {
+            if f.listen.port() != 0 && !listens.insert(f.listen) {
+                return Err(ConfigError::DuplicateForwardListen(f.listen));
+            }
+        }
         Ok(ServerConfig {
             agent_addr: a.agent_addr,
             uds: a.uds,
             proxy_addr: a.proxy_addr,
+            http_proxy_addr: a.http_proxy_addr,
             admin_addr: a.admin_addr,
+            sd_ports: a.sd_ports,
+            forwards: a.forwards,
+            per_node_metrics: a.per_node_metrics,
             tls_cert: a.tls_cert.ok_or(ConfigError::Missing("tls-cert"))?,
             tls_key: a.tls_key.ok_or(ConfigError::Missing("tls-key"))?,
             agent_ca: a.agent_ca.ok_or(ConfigError::Missing("agent-ca"))?,
@@ -184,6 +216,41 @@ mod tests {
         assert_eq!(c.admin_addr, "127.0.0.1:8133".parse().unwrap());
         assert_eq!(c.dial_timeout, Duration::from_secs(10));
         assert!(c.uds.is_none() && c.proxy_addr.is_none());
+        assert!(c.http_proxy_addr.is_none() && c.forwards.is_empty());
+        assert_eq!(c.sd_ports, vec![10250]);
+        assert!(c.per_node_metrics);
+    }
+
+    #[test]
+    fn prometheus_and_forward_flags() {
+        let mut a = BASE.to_vec();
+        a.extend([
+            "--http-proxy-addr=127.0.0.1:8135",
+            "--sd-port=9100",
+            "--sd-port=10250",
+            "--forward=9000=edge-1/127.0.0.1:22",
+            "--forward=9001=edge-2/10.0.0.5:80",
+            "--per-node-metrics=false",
+        ]);
+        let c = parse(&a).unwrap();
+        assert_eq!(c.http_proxy_addr, Some("127.0.0.1:8135".parse().unwrap()));
+        assert_eq!(c.sd_ports, vec![9100, 10250]);
+        assert_eq!(c.forwards.len(), 2);
+        assert_eq!(c.forwards[1].node, "edge-2");
+        assert!(!c.per_node_metrics);
+
+        let mut a = BASE.to_vec();
+        a.extend(["--forward=9000=edge-1"]);
+        assert!(parse(&a).unwrap_err().contains("missing '/'"));
+        let mut a = BASE.to_vec();
+        a.extend(["--forward=9000=a/b:1", "--forward=127.0.0.1:9000=c/d:2"]);
+        assert_eq!(
+            parse(&a).unwrap_err(),
+            "two --forward flags listen on 127.0.0.1:9000"
+        );
+        let mut a = BASE.to_vec();
+        a.extend(["--sd-port=0"]);
+        assert!(parse(&a).is_err());
     }
 
     #[test]

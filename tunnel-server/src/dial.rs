@@ -22,6 +22,10 @@ use crate::registry::{AgentEntry, AgentRegistry};
 pub enum Frontend {
     /// HTTP CONNECT on `--uds` / `--proxy-addr`.
     Connect,
+    /// Absolute-URI requests and CONNECT on `--http-proxy-addr` (Prometheus).
+    Http,
+    /// A `--forward` listener.
+    Forward,
 }
 
 impl Frontend {
@@ -29,6 +33,8 @@ impl Frontend {
     pub fn as_str(self) -> &'static str {
         match self {
             Frontend::Connect => "connect",
+            Frontend::Http => "http",
+            Frontend::Forward => "forward",
         }
     }
 }
@@ -126,6 +132,7 @@ pub struct EdgeStream {
 pub struct ActiveStream {
     agent: Arc<AgentEntry>,
     gauge: prometheus::IntGauge,
+    node_gauge: Option<prometheus::IntGauge>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -133,7 +140,19 @@ impl Drop for ActiveStream {
     fn drop(&mut self) {
         self.agent.streams.fetch_sub(1, Ordering::Relaxed);
         self.gauge.dec();
+        if let Some(g) = &self.node_gauge {
+            g.dec();
+        }
     }
+}
+
+/// How the dialer picks the agent.
+#[derive(Debug, Clone, Copy)]
+enum Route<'a> {
+    /// By the target's host (node IP or node name), as the front ends do.
+    ByTarget,
+    /// The named node's agent, whatever the target host is (`--forward`).
+    Node(&'a str),
 }
 
 /// Routes and dials; shared by all front ends.
@@ -180,8 +199,29 @@ impl Dialer {
         target: &DialTarget,
         frontend: Frontend,
     ) -> Result<EdgeStream, DialFailure> {
+        self.dial_routed(Route::ByTarget, target, frontend).await
+    }
+
+    /// Asks the agent of `node` to dial `target`, whatever host `target`
+    /// names (`--forward` reaches e.g. `127.0.0.1:6443` on one node). The
+    /// agent's allowlist still decides.
+    pub async fn dial_via(
+        &self,
+        node: &str,
+        target: &DialTarget,
+        frontend: Frontend,
+    ) -> Result<EdgeStream, DialFailure> {
+        self.dial_routed(Route::Node(node), target, frontend).await
+    }
+
+    async fn dial_routed(
+        &self,
+        route: Route<'_>,
+        target: &DialTarget,
+        frontend: Frontend,
+    ) -> Result<EdgeStream, DialFailure> {
         let started = Instant::now();
-        let result = self.dial_inner(target, frontend).await;
+        let result = self.dial_inner(route, target, frontend).await;
         let label = match &result {
             Ok(_) => "ok",
             Err(e) => e.result_label(),
@@ -206,15 +246,20 @@ impl Dialer {
 
     async fn dial_inner(
         &self,
+        route: Route<'_>,
         target: &DialTarget,
         frontend: Frontend,
     ) -> Result<EdgeStream, DialFailure> {
-        let agent = self
-            .registry
-            .lookup(target)
-            .ok_or_else(|| DialFailure::NoAgent {
-                host: target.host_string(),
-            })?;
+        let agent = match route {
+            Route::ByTarget => self.registry.lookup(target),
+            Route::Node(node) => self.registry.get(node),
+        }
+        .ok_or_else(|| DialFailure::NoAgent {
+            host: match route {
+                Route::ByTarget => target.host_string(),
+                Route::Node(node) => node.to_string(),
+            },
+        })?;
         let stream_permit =
             self.streams
                 .clone()
@@ -274,6 +319,7 @@ impl Dialer {
                     .streams_active
                     .with_label_values(&[frontend.as_str()]);
                 gauge.inc();
+                let node_gauge = self.metrics.node_stream_opened(&node);
                 Ok(EdgeStream {
                     send,
                     recv,
@@ -282,6 +328,7 @@ impl Dialer {
                     _active: ActiveStream {
                         agent,
                         gauge,
+                        node_gauge,
                         _permit: stream_permit,
                     },
                 })
@@ -319,13 +366,28 @@ impl Dialer {
         }
     }
 
-    /// Counts bytes moved through a stream into `tunnel_server_bytes_total`.
-    pub fn byte_counter(&self) -> impl Fn(transport::splice::Direction, usize) + Send + Sync {
+    /// Counts bytes moved through a stream of `node` into
+    /// `tunnel_server_bytes_total` (and the per-node series when enabled).
+    pub fn byte_counter(
+        &self,
+        node: &str,
+    ) -> impl Fn(transport::splice::Direction, usize) + Send + Sync + 'static {
         let to_edge = self.metrics.bytes_total.with_label_values(&["to_edge"]);
         let from_edge = self.metrics.bytes_total.with_label_values(&["from_edge"]);
-        move |dir, n| match dir {
-            transport::splice::Direction::ToTunnel => to_edge.inc_by(n as u64),
-            transport::splice::Direction::FromTunnel => from_edge.inc_by(n as u64),
+        let per_node = self.metrics.node_byte_counters(node);
+        move |dir, n| {
+            let (total, node) = match dir {
+                transport::splice::Direction::ToTunnel => {
+                    (&to_edge, per_node.as_ref().map(|(t, _)| t))
+                }
+                transport::splice::Direction::FromTunnel => {
+                    (&from_edge, per_node.as_ref().map(|(_, f)| f))
+                }
+            };
+            total.inc_by(n as u64);
+            if let Some(c) = node {
+                c.inc_by(n as u64);
+            }
         }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Agents dial in ([`agents`]) and are kept in the [`registry`]; front ends
 //! ([`frontend`]) turn apiserver requests into dials ([`dial`]) through the
-//! right agent. [`server`] wires it together from a [`config::ServerConfig`].
+//! right agent; [`forward`] carries fixed cloud ports to edge services. [`server`] wires it together from a [`config::ServerConfig`].
 
 pub mod admin;
 pub mod agents;
@@ -10,6 +10,7 @@ pub mod agents_ws;
 pub mod certs_cmd;
 pub mod config;
 pub mod dial;
+pub mod forward;
 pub mod frontend;
 pub mod handshake;
 pub mod metrics;

@@ -4,7 +4,8 @@ use clap::Parser;
 use tunnel_server::config::{Cli, Command, ServerConfig};
 
 fn main() -> anyhow::Result<()> {
-    let args = transport::cli::expand_config_file(std::env::args_os().collect())?;
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let args = transport::cli::expand_config_file(argv.clone())?;
     let cli = Cli::parse_from(args);
     if let Some(Command::Certs(cmd)) = cli.command {
         return tunnel_server::certs_cmd::run(cmd);
@@ -16,12 +17,43 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let server = tunnel_server::server::start(cfg).await?;
-        transport::cli::wait_for_shutdown_signal().await;
+        let mut server = tunnel_server::server::start(cfg).await?;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let shutdown = transport::cli::wait_for_shutdown_signal();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = hup.recv() => reload(&mut server, &argv).await,
+            }
+        }
         tracing::info!("shutting down: closing agent connections");
         server.shutdown().await;
         Ok(())
     })
+}
+
+/// SIGHUP: re-reads the config file and command line and applies the
+/// `--forward` set; other flags need a restart. A bad config is logged and
+/// the running forwards stay as they are.
+async fn reload(server: &mut tunnel_server::server::RunningServer, argv: &[std::ffi::OsString]) {
+    let parsed = transport::cli::expand_config_file(argv.to_vec())
+        .map_err(|e| e.to_string())
+        .and_then(|args| Cli::try_parse_from(args).map_err(|e| e.to_string()))
+        .and_then(|cli| ServerConfig::try_from(cli.run).map_err(|e| e.to_string()));
+    match parsed {
+        Ok(cfg) => {
+            let errors = server.reload_forwards(&cfg.forwards).await;
+            for e in &errors {
+                tracing::error!(error = %e, "SIGHUP: forward not started");
+            }
+            tracing::info!(forwards = cfg.forwards.len(), failed = errors.len(),
+                "SIGHUP: configuration reloaded (only --forward changes take effect without a restart)");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: configuration invalid; keeping the running forwards")
+        }
+    }
 }
 
 /// Thousands of agents and front-end connections need more than the usual 1024 descriptors.

@@ -1,7 +1,8 @@
 //! The server's Prometheus metrics, names as the spec fixes them.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::registry::AgentRegistry;
@@ -17,7 +18,19 @@ pub struct ServerMetrics {
     pub bytes_total: IntCounterVec,
     pub frontend_requests: IntCounterVec,
     pub agent_rejections: IntCounterVec,
+    /// Bytes by node and direction (only with per-node metrics on).
+    pub node_bytes: IntCounterVec,
+    /// Streams opened, by node (only with per-node metrics on).
+    pub node_streams_total: IntCounterVec,
+    /// Streams open now, by node (only with per-node metrics on).
+    pub node_streams_active: IntGaugeVec,
+    /// Whether the `node` label is used; off for fleets too large for one
+    /// series per node (`--per-node-metrics=false`).
+    per_node: bool,
 }
+
+/// Directions of the byte counters, as label values.
+const DIRECTIONS: [&str; 2] = ["to_edge", "from_edge"];
 
 /// Builds a metric and registers it, or fails with prometheus' error.
 macro_rules! registered {
@@ -107,8 +120,78 @@ impl ServerMetrics {
                     &["reason"]
                 )
             ),
+            node_bytes: registered!(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tunnel_server_node_bytes_total",
+                        "Bytes carried through tunnels, by node and direction (to_edge, from_edge)."
+                    ),
+                    &["node", "direction"]
+                )
+            ),
+            node_streams_total: registered!(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tunnel_server_node_streams_total",
+                        "Tunneled streams opened, by node."
+                    ),
+                    &["node"]
+                )
+            ),
+            node_streams_active: registered!(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tunnel_server_node_streams_active",
+                        "Tunneled streams open now, by node."
+                    ),
+                    &["node"]
+                )
+            ),
             registry: r,
+            per_node: true,
         })
+    }
+
+    /// Turns the per-node series on or off (on by default).
+    pub fn with_per_node(mut self, on: bool) -> Self {
+        self.per_node = on;
+        self
+    }
+
+    /// Records a newly opened stream of `node`; returns its active gauge
+    /// (to decrement when the stream ends) when per-node metrics are on.
+    pub fn node_stream_opened(&self, node: &str) -> Option<IntGauge> {
+        if !self.per_node {
+            return None;
+        }
+        self.node_streams_total.with_label_values(&[node]).inc();
+        let g = self.node_streams_active.with_label_values(&[node]);
+        g.inc();
+        Some(g)
+    }
+
+    /// The (to_edge, from_edge) byte counters of `node`, when per-node metrics are on.
+    pub fn node_byte_counters(&self, node: &str) -> Option<(IntCounter, IntCounter)> {
+        self.per_node.then(|| {
+            (
+                self.node_bytes.with_label_values(&[node, DIRECTIONS[0]]),
+                self.node_bytes.with_label_values(&[node, DIRECTIONS[1]]),
+            )
+        })
+    }
+
+    /// Drops every series of `node` once it disconnected, so a fleet's churn
+    /// does not grow the exposition forever. Streams still finishing update
+    /// detached series that are no longer exported.
+    pub fn forget_node(&self, node: &str) {
+        for d in DIRECTIONS {
+            let _ = self.node_bytes.remove_label_values(&[node, d]);
+        }
+        let _ = self.node_streams_total.remove_label_values(&[node]);
+        let _ = self.node_streams_active.remove_label_values(&[node]);
     }
 
     /// Prometheus text exposition, with gauges derived from the registry refreshed first.
@@ -125,5 +208,41 @@ impl ServerMetrics {
             tracing::warn!(error = %e, "encoding metrics failed");
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_series_appear_and_vanish_with_the_node() {
+        let m = ServerMetrics::new().unwrap();
+        let reg = AgentRegistry::new();
+        let g = m.node_stream_opened("edge-1").unwrap();
+        let (to, _) = m.node_byte_counters("edge-1").unwrap();
+        to.inc_by(5);
+        let text = m.render(&reg);
+        assert!(
+            text.contains("tunnel_server_node_streams_active{node=\"edge-1\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "tunnel_server_node_bytes_total{direction=\"to_edge\",node=\"edge-1\"} 5"
+            ),
+            "{text}"
+        );
+        g.dec();
+        m.forget_node("edge-1");
+        assert!(!m.render(&reg).contains("edge-1"));
+    }
+
+    #[test]
+    fn per_node_series_can_be_turned_off() {
+        let m = ServerMetrics::new().unwrap().with_per_node(false);
+        assert!(m.node_stream_opened("edge-1").is_none());
+        assert!(m.node_byte_counters("edge-1").is_none());
+        assert!(!m.render(&AgentRegistry::new()).contains("edge-1"));
     }
 }

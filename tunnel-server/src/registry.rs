@@ -144,6 +144,11 @@ impl AgentRegistry {
         }
     }
 
+    /// The agent of `node`, by exact node name (`--forward` names the node).
+    pub fn get(&self, node: &str) -> Option<Arc<AgentEntry>> {
+        self.read().by_node.get(node).cloned()
+    }
+
     /// Number of connected agents per transport.
     pub fn count_by_transport(&self) -> HashMap<TransportKind, usize> {
         let mut m = HashMap::new();

@@ -11,6 +11,7 @@ use transport::quic::QuicTuning;
 use crate::agents::AgentListener;
 use crate::config::ServerConfig;
 use crate::dial::Dialer;
+use crate::forward::{ForwardBindError, ForwardSpec, Forwards};
 use crate::frontend::{listeners, FrontendContext};
 use crate::metrics::ServerMetrics;
 use crate::registry::AgentRegistry;
@@ -20,9 +21,17 @@ pub struct RunningServer {
     pub registry: Arc<AgentRegistry>,
     endpoint: quinn::Endpoint,
     tasks: JoinSet<()>,
+    forwards: Forwards,
 }
 
 impl RunningServer {
+    /// Replaces the running `--forward` set (SIGHUP): new listeners start,
+    /// removed ones stop, open connections continue. Forwards that could not
+    /// be bound are returned (and not running).
+    pub async fn reload_forwards(&mut self, desired: &[ForwardSpec]) -> Vec<ForwardBindError> {
+        self.forwards.apply(desired).await
+    }
+
     /// Closes agent connections (they reconnect to the next server at once)
     /// and stops all listeners.
     pub async fn shutdown(mut self) {
@@ -38,7 +47,9 @@ impl RunningServer {
 
 /// Binds every listener and starts serving.
 pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
-    let metrics = ServerMetrics::new().context("registering metrics")?;
+    let metrics = ServerMetrics::new()
+        .context("registering metrics")?
+        .with_per_node(cfg.per_node_metrics);
     let registry = Arc::new(AgentRegistry::new());
     let chain = certs::load_cert_chain(&cfg.tls_cert)?;
     let key = certs::load_private_key(&cfg.tls_key)?;
@@ -113,6 +124,18 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         ));
     }
 
+    if let Some(addr) = cfg.http_proxy_addr {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding --http-proxy-addr {addr}"))?;
+        tracing::info!(%addr, "plain-HTTP proxy listening");
+        tasks.spawn(crate::frontend::http_proxy::serve(l, ctx.clone()));
+    }
+    let mut forwards = Forwards::new(dialer.clone());
+    if let Some(e) = forwards.apply(&cfg.forwards).await.into_iter().next() {
+        return Err(e.into());
+    }
+
     let ready = Arc::new(AtomicBool::new(false));
     let admin = transport::admin::bind(cfg.admin_addr)
         .await
@@ -120,12 +143,18 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
     tracing::info!(addr = %cfg.admin_addr, "admin endpoints listening");
     tasks.spawn(transport::admin::serve(
         admin,
-        crate::admin::handler(registry.clone(), metrics, ready.clone()),
+        crate::admin::handler(
+            registry.clone(),
+            metrics,
+            ready.clone(),
+            Arc::new(cfg.sd_ports.clone()),
+        ),
     ));
     ready.store(true, Ordering::Release);
     Ok(RunningServer {
         registry,
         endpoint,
         tasks,
+        forwards,
     })
 }

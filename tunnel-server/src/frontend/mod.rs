@@ -1,11 +1,12 @@
 //! The apiserver-facing front end: HTTP CONNECT on a Unix socket and on TCP
-//! with mutual TLS.
+//! with mutual TLS; [`http_proxy`] is the plain-HTTP proxy for Prometheus.
 //!
 //! A connection is read until its request head is complete (bounded in size
 //! and time), routed through the [`Dialer`], answered `200` only once the
 //! agent's dial succeeded, and then spliced byte for byte.
 
 pub mod connect;
+pub mod http_proxy;
 pub mod listeners;
 pub mod reply;
 
@@ -77,6 +78,7 @@ where
     let EdgeStream {
         mut send,
         recv,
+        node,
         _active,
         ..
     } = stream;
@@ -90,7 +92,7 @@ where
         let _ = io.abort_on_drop();
         return;
     }
-    let outcome = splice(&mut io, send, recv, ctx.dialer.byte_counter()).await;
+    let outcome = splice(&mut io, send, recv, ctx.dialer.byte_counter(&node)).await;
     tracing::debug!(to_edge = outcome.to_tunnel, from_edge = outcome.from_tunnel,
         end = ?outcome.end, "stream closed");
     if matches!(outcome.end, SpliceEnd::TunnelReset | SpliceEnd::TunnelLost) {

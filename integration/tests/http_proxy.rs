@@ -1,0 +1,289 @@
+//! `--http-proxy-addr` through the real binaries: absolute-URI requests on a
+//! kept-alive client connection, streaming bodies, hop-by-hop headers,
+//! CONNECT, and the spec's error statuses.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use integration::http::{read_head, read_response, web_server_on, HttpResponse};
+use integration::services::{echo_server, hanging_server, pattern, sha256_hex};
+use integration::{AgentOptions, AgentProc, Pki, ServerOptions, ServerProc};
+use nix::sys::signal::Signal;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// Fields drop in order: processes first (their logs print on failure), then the directory.
+struct Setup {
+    server: ServerProc,
+    agent: AgentProc,
+    _pki: Pki,
+    _dir: tempfile::TempDir,
+}
+
+fn setup(extra_server_args: &[&str], allow: &[String]) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path()).unwrap();
+    let mut server = ServerProc::start(
+        &pki,
+        ServerOptions {
+            http_proxy: true,
+            args: extra_server_args.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let agent = AgentProc::start(
+        &pki,
+        server.agent_addr,
+        "edge-1",
+        &["127.0.0.1".parse().unwrap()],
+        AgentOptions {
+            allow: allow.to_vec(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    server.wait_agents(1, Duration::from_secs(10)).unwrap();
+    Setup {
+        server,
+        agent,
+        _pki: pki,
+        _dir: dir,
+    }
+}
+
+/// Sends one request head on `conn` and reads the response.
+async fn request(conn: &mut BufReader<TcpStream>, head: &str) -> HttpResponse {
+    conn.get_mut().write_all(head.as_bytes()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(15), read_response(conn))
+        .await
+        .expect("response within 15 s")
+        .unwrap()
+}
+
+async fn proxy_conn(s: &Setup) -> BufReader<TcpStream> {
+    BufReader::new(
+        TcpStream::connect(s.server.http_proxy_addr.unwrap())
+            .await
+            .unwrap(),
+    )
+}
+
+fn get(target: SocketAddr, path: &str, extra: &str) -> String {
+    format!("GET http://{target}{path} HTTP/1.1\r\nHost: wrong.example\r\n{extra}\r\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_uri_requests_are_proxied_on_a_kept_alive_connection() {
+    let web = web_server_on("127.0.0.1:0").await.unwrap();
+    let s = setup(&[], &[web.to_string()]);
+    let mut conn = proxy_conn(&s).await;
+
+    let started = Instant::now();
+    let r = request(
+        &mut conn,
+        &get(
+            web,
+            "/metrics?x=1",
+            "Proxy-Connection: keep-alive\r\nProxy-Authorization: Basic eDp5\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nAccept: text/plain\r\n",
+        ),
+    )
+    .await;
+    let first = started.elapsed();
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = r.text();
+    // Origin-form towards the edge, Host from the URI, hop-by-hop headers gone.
+    assert!(seen.starts_with("GET /metrics?x=1 HTTP/1.1\r\n"), "{seen}");
+    assert!(seen.contains(&format!("host: {web}\r\n")), "{seen}");
+    assert!(seen.contains("accept: text/plain\r\n"), "{seen}");
+    for hop in [
+        "proxy-connection",
+        "proxy-authorization",
+        "x-hop",
+        "connection",
+    ] {
+        assert!(
+            !seen.contains(&format!("{hop}:")),
+            "{hop} forwarded: {seen}"
+        );
+    }
+    assert!(!r.head.contains("keep-alive: timeout"), "{}", r.head);
+
+    // The same client connection carries more requests, including a large
+    // streamed body.
+    let mut times = Vec::new();
+    for i in 0..20 {
+        let t = Instant::now();
+        let r = request(&mut conn, &get(web, &format!("/r{i}"), "")).await;
+        times.push(t.elapsed());
+        assert_eq!(r.status, 200);
+        assert!(r.text().starts_with(&format!("GET /r{i} ")), "{}", r.text());
+    }
+    let n = 8 * 1024 * 1024;
+    let t = Instant::now();
+    let r = request(&mut conn, &get(web, &format!("/big?n={n}"), "")).await;
+    let big = t.elapsed();
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256_hex(&r.body), sha256_hex(&pattern(n, 7)));
+    times.sort();
+    eprintln!(
+        "http proxy: first request {first:?}, per-request (new tunnel stream each) median {:?} max {:?}, 8 MiB body {big:?}",
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
+
+    let m = s.server.metrics().unwrap();
+    assert!(
+        m.contains("tunnel_server_streams_total{frontend=\"http\",result=\"ok\"} 22"),
+        "{m}"
+    );
+    assert!(
+        m.contains(
+            "tunnel_server_frontend_requests_total{code=\"200\",protocol=\"http-proxy\"} 22"
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains("tunnel_server_node_streams_total{node=\"edge-1\"} 22"),
+        "{m}"
+    );
+    let from_edge = integration::process::metric_value(
+        &m,
+        "tunnel_server_node_bytes_total{direction=\"from_edge\",node=\"edge-1\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(from_edge > n as f64, "{m}");
+
+    // Every request's tunnel stream is released once its response is done,
+    // even while the client connection stays open.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = s.server.metrics().unwrap();
+        let active = integration::process::metric_value(
+            &m,
+            "tunnel_server_streams_active{frontend=\"http\"}",
+        );
+        if active == Some(0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "streams still active:\n{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(conn);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_is_served_for_https_targets() {
+    let echo = echo_server().await.unwrap();
+    // Also: with per-node series off, only the fleet-wide ones are exported.
+    let s = setup(&["--per-node-metrics=false"], &[echo.to_string()]);
+    let mut conn = proxy_conn(&s).await;
+    conn.get_mut()
+        .write_all(format!("CONNECT {echo} HTTP/1.1\r\nHost: {echo}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (status, head) = tokio::time::timeout(Duration::from_secs(15), read_head(&mut conn))
+        .await
+        .expect("CONNECT answered within 15 s")
+        .unwrap();
+    assert_eq!(status, 200, "{head}");
+    assert!(conn.buffer().is_empty());
+    let mut sock = conn.into_inner();
+    let data = pattern(1024 * 1024, 3);
+    let (mut rd, mut wr) = sock.split();
+    let send = async {
+        wr.write_all(&data).await.unwrap();
+        wr.shutdown().await.unwrap();
+    };
+    let mut back = Vec::new();
+    let recv = async {
+        tokio::time::timeout(Duration::from_secs(15), rd.read_to_end(&mut back))
+            .await
+            .expect("echo within 15 s")
+            .unwrap();
+    };
+    tokio::join!(send, recv);
+    assert_eq!(sha256_hex(&back), sha256_hex(&data));
+
+    let m = s.server.metrics().unwrap();
+    assert!(
+        m.contains("tunnel_server_streams_total{frontend=\"http\",result=\"ok\"} 1"),
+        "{m}"
+    );
+    assert!(!m.contains("node=\"edge-1\""), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_statuses_follow_the_spec() {
+    let web = web_server_on("127.0.0.1:0").await.unwrap();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (hang, _guard) = hanging_server().await.unwrap();
+    let s = setup(
+        &["--dial-timeout=2s"],
+        &[web.to_string(), closed.to_string(), hang.to_string()],
+    );
+
+    let cases: Vec<(String, u16, &str)> = vec![
+        (
+            get("10.255.0.9:80".parse().unwrap(), "/", ""),
+            503,
+            "no agent",
+        ),
+        (
+            "GET http://other-node:80/ HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+            503,
+            "no agent",
+        ),
+        (get(closed, "/", ""), 502, "could not dial"),
+        (get("127.0.0.1:1".parse().unwrap(), "/", ""), 403, "refused"),
+        (
+            "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+            405,
+            "absolute URI",
+        ),
+        (
+            format!("GET https://{web}/ HTTP/1.1\r\nHost: x\r\n\r\n"),
+            400,
+            "CONNECT",
+        ),
+        (
+            format!("CONNECT {closed} HTTP/1.1\r\nHost: x\r\n\r\n"),
+            502,
+            "could not dial",
+        ),
+        (
+            "CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+            403,
+            "refused",
+        ),
+    ];
+    for (head, status, cause) in &cases {
+        let mut conn = proxy_conn(&s).await;
+        let r = request(&mut conn, head).await;
+        assert_eq!(r.status, *status, "{head:?}: {r:?}");
+        assert!(r.text().contains(cause), "{head:?}: {}", r.text());
+        assert!(r.head.contains("connection: close"), "{head:?}: {}", r.head);
+    }
+
+    // A destination whose dial never completes: 504 after --dial-timeout.
+    let t = Instant::now();
+    let mut conn = proxy_conn(&s).await;
+    let r = request(&mut conn, &get(hang, "/", "")).await;
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // A stopped agent never answers: 504 too.
+    s.agent.proc.signal(Signal::SIGSTOP);
+    let mut conn = proxy_conn(&s).await;
+    let r = request(&mut conn, &get(web, "/", "")).await;
+    s.agent.proc.signal(Signal::SIGCONT);
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(r.text().contains("within 2s"), "{}", r.text());
+}

@@ -1,0 +1,216 @@
+//! `--forward`: cloud TCP listeners whose connections a named node's agent
+//! carries to a fixed edge destination.
+//!
+//! The set of forwards can change at run time (SIGHUP re-reads the config):
+//! [`plan`] decides which listeners to stop and start, [`Forwards::apply`]
+//! does it. Stopping a listener closes only the listening socket; connections
+//! it accepted run in their own tasks and continue until their ends close.
+
+pub mod spec;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+use transport::socket::AbortOnDrop;
+use transport::splice::{splice, SpliceEnd};
+
+use crate::dial::{Dialer, EdgeStream, Frontend};
+pub use spec::{parse_forward, ForwardParseError, ForwardSpec};
+
+/// A forward listener could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("binding --forward {spec}: {source}")]
+pub struct ForwardBindError {
+    pub spec: ForwardSpec,
+    pub source: std::io::Error,
+}
+
+/// What to change to get from the running forwards to the desired ones.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Running forwards that are no longer wanted (stopped first, so a
+    /// changed destination on the same port can rebind it).
+    pub stop: Vec<ForwardSpec>,
+    /// Wanted forwards that are not running yet.
+    pub start: Vec<ForwardSpec>,
+}
+
+/// Diffs the running set against the desired list (duplicates ignored);
+/// the order of `desired` is kept for starting.
+pub fn plan<'a>(
+    running: impl IntoIterator<Item = &'a ForwardSpec>,
+    desired: &[ForwardSpec],
+) -> Plan {
+    let running: HashSet<&ForwardSpec> = running.into_iter().collect();
+    let wanted: HashSet<&ForwardSpec> = desired.iter().collect();
+    let mut stop: Vec<ForwardSpec> = running
+        .iter()
+        .filter(|f| !wanted.contains(*f))
+        .map(|f| (*f).clone())
+        .collect();
+    stop.sort_by_key(|f| f.to_string());
+    let mut seen = HashSet::new();
+    let start = desired
+        .iter()
+        .filter(|f| !running.contains(f) && seen.insert(*f))
+        .cloned()
+        .collect();
+    Plan { stop, start }
+}
+
+/// One running forward listener.
+struct Running {
+    task: JoinHandle<()>,
+    local: SocketAddr,
+}
+
+/// The running forward listeners.
+pub struct Forwards {
+    dialer: Arc<Dialer>,
+    running: HashMap<ForwardSpec, Running>,
+}
+
+impl Forwards {
+    /// No forwards yet.
+    pub fn new(dialer: Arc<Dialer>) -> Self {
+        Self {
+            dialer,
+            running: HashMap::new(),
+        }
+    }
+
+    /// Stops forwards not in `desired` and starts the new ones. Returns the
+    /// forwards that could not be bound (the others are applied regardless).
+    pub async fn apply(&mut self, desired: &[ForwardSpec]) -> Vec<ForwardBindError> {
+        let plan = plan(self.running.keys(), desired);
+        for spec in plan.stop {
+            if let Some(r) = self.running.remove(&spec) {
+                r.task.abort();
+                // Waiting for the task guarantees the socket is closed
+                // before a replacement binds the same address.
+                let _ = r.task.await;
+                tracing::info!(forward = %spec, "forward stopped (open connections continue)");
+            }
+        }
+        let mut errors = Vec::new();
+        for spec in plan.start {
+            match TcpListener::bind(spec.listen).await {
+                Ok(l) => {
+                    let local = l.local_addr().unwrap_or(spec.listen);
+                    tracing::info!(forward = %spec, %local, "forward listening");
+                    let task = tokio::spawn(serve(l, Arc::new(spec.clone()), self.dialer.clone()));
+                    self.running.insert(spec, Running { task, local });
+                }
+                Err(source) => errors.push(ForwardBindError { spec, source }),
+            }
+        }
+        errors
+    }
+
+    /// The bound address of each running forward (port 0 resolved).
+    pub fn local_addrs(&self) -> Vec<(ForwardSpec, SocketAddr)> {
+        self.running
+            .iter()
+            .map(|(s, r)| (s.clone(), r.local))
+            .collect()
+    }
+}
+
+impl Drop for Forwards {
+    fn drop(&mut self) {
+        for r in self.running.values() {
+            r.task.abort();
+        }
+    }
+}
+
+async fn serve(listener: TcpListener, spec: Arc<ForwardSpec>, dialer: Arc<Dialer>) {
+    loop {
+        match listener.accept().await {
+            Ok((sock, peer)) => {
+                let _ = sock.set_nodelay(true);
+                tokio::spawn(carry(sock, peer, spec.clone(), dialer.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(forward = %spec, error = %e, "forward accept failed; backing off");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Dials through the node's agent and splices; on failure the client
+/// connection is closed and the reason logged.
+async fn carry(mut sock: TcpStream, peer: SocketAddr, spec: Arc<ForwardSpec>, dialer: Arc<Dialer>) {
+    let stream = match dialer
+        .dial_via(&spec.node, &spec.target, Frontend::Forward)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(forward = %spec, %peer, node = %spec.node, reason = e.result_label(),
+                error = %e, "forward dial failed; closing the client connection");
+            return;
+        }
+    };
+    let EdgeStream {
+        send,
+        recv,
+        stream_id,
+        node,
+        _active,
+    } = stream;
+    let span = tracing::info_span!("stream", node = %node, stream_id, forward = %spec, %peer);
+    async {
+        let outcome = splice(&mut sock, send, recv, dialer.byte_counter(&node)).await;
+        tracing::debug!(to_edge = outcome.to_tunnel, from_edge = outcome.from_tunnel,
+            end = ?outcome.end, "forward connection closed");
+        if matches!(outcome.end, SpliceEnd::TunnelReset | SpliceEnd::TunnelLost) {
+            let _ = sock.abort_on_drop();
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(s: &str) -> ForwardSpec {
+        parse_forward(s).unwrap()
+    }
+
+    #[test]
+    fn plan_stops_removed_and_starts_new() {
+        let running = [f("9000=a/x:1"), f("9001=a/x:2")];
+        let desired = [f("9001=a/x:2"), f("9002=b/y:3")];
+        let p = plan(running.iter(), &desired);
+        assert_eq!(p.stop, vec![f("9000=a/x:1")]);
+        assert_eq!(p.start, vec![f("9002=b/y:3")]);
+    }
+
+    #[test]
+    fn a_changed_destination_is_a_stop_and_a_start() {
+        let running = [f("9000=a/x:1")];
+        let p = plan(running.iter(), &[f("9000=a/x:2")]);
+        assert_eq!(p.stop, vec![f("9000=a/x:1")]);
+        assert_eq!(p.start, vec![f("9000=a/x:2")]);
+    }
+
+    #[test]
+    fn unchanged_sets_and_duplicates_do_nothing() {
+        let running = [f("9000=a/x:1")];
+        assert_eq!(
+            plan(running.iter(), &[f("9000=a/x:1"), f("9000=a/x:1")]),
+            Plan::default()
+        );
+        let p = plan([].iter(), &[f("9000=a/x:1"), f("9000=a/x:1")]);
+        assert_eq!(p.start.len(), 1);
+    }
+}

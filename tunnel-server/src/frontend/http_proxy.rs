@@ -1,0 +1,379 @@
+//! `--http-proxy-addr`: a plain-HTTP forward proxy for Prometheus-style
+//! clients (`proxy_url`).
+//!
+//! - `GET http://<node-ip>:<port>/path` (absolute-URI) is dialed through the
+//!   node's agent and sent on as an origin-form HTTP/1.1 request; the
+//!   response streams back. The client connection is kept alive across
+//!   requests; each request gets its own tunnel stream (a dial costs one
+//!   round trip to the agent, and a scrape is one request every few seconds,
+//!   so a pool would save little and hold edge connections open).
+//! - `CONNECT host:port` (for `https://` targets) is answered `200` once the
+//!   agent's dial succeeded, then the bytes are spliced like on the CONNECT
+//!   front end.
+//!
+//! Routing, the allowlist and the error statuses are those of
+//! [`Dialer::dial`]; anything else than CONNECT or an absolute URI is 405.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use proto::DialTarget;
+use tokio::net::TcpListener;
+use tracing::Instrument;
+use transport::splice::splice;
+use transport::tunnel_io::TunnelIo;
+
+use super::FrontendContext;
+use crate::dial::{EdgeStream, Frontend};
+
+/// The metric label for requests on this front end.
+const PROTOCOL: &str = "http-proxy";
+
+/// Body type of every response this proxy writes.
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Why a request cannot be proxied, before any dial.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("method {0} with a path is not proxied here; send an absolute URI (GET http://host:port/path) or CONNECT host:port")]
+    NotAbsolute(String),
+    #[error("scheme {0:?} is not proxied as an absolute URI; use CONNECT for https")]
+    Scheme(String),
+    #[error("bad target: {0}")]
+    Bad(String),
+}
+
+impl TargetError {
+    /// The HTTP status the spec assigns.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            TargetError::NotAbsolute(_) => 405,
+            TargetError::Scheme(_) | TargetError::Bad(_) => 400,
+        }
+    }
+}
+
+/// Where a proxy request goes: CONNECT's authority, or an absolute `http://`
+/// URI's host and port (default 80).
+pub fn request_target(method: &Method, uri: &Uri) -> Result<DialTarget, TargetError> {
+    if method == Method::CONNECT {
+        let auth = uri
+            .authority()
+            .ok_or_else(|| TargetError::Bad(format!("CONNECT needs host:port, got {uri}")))?;
+        return auth
+            .as_str()
+            .parse()
+            .map_err(|e: proto::TargetParseError| TargetError::Bad(e.to_string()));
+    }
+    let (Some(scheme), Some(auth)) = (uri.scheme_str(), uri.authority()) else {
+        return Err(TargetError::NotAbsolute(method.to_string()));
+    };
+    if !scheme.eq_ignore_ascii_case("http") {
+        return Err(TargetError::Scheme(scheme.to_string()));
+    }
+    if auth.as_str().contains('@') {
+        return Err(TargetError::Bad(
+            "credentials in the URI are not forwarded".into(),
+        ));
+    }
+    let hostport = match auth.port_u16() {
+        Some(_) => auth.as_str().to_string(),
+        None => format!("{}:80", auth.host()),
+    };
+    hostport
+        .parse()
+        .map_err(|e: proto::TargetParseError| TargetError::Bad(e.to_string()))
+}
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus
+/// the proxy-specific ones a client addresses to this proxy.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers: the fixed list and every header the
+/// `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(*n);
+    }
+}
+
+/// Accepts plain-HTTP proxy clients until the task is dropped.
+pub async fn serve(listener: TcpListener, ctx: Arc<FrontendContext>) {
+    loop {
+        let (sock, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(listener = "http-proxy-addr", error = %e, "accept failed; backing off");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = sock.set_nodelay(true);
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(sock), svc)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "http proxy connection ended with error");
+            }
+        });
+    }
+}
+
+/// Time a client has for each request head, also between keep-alive
+/// requests (Prometheus reuses its connection every scrape interval).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(120);
+
+async fn handle(req: Request<Incoming>, ctx: &FrontendContext) -> Response<ProxyBody> {
+    let resp = match request_target(req.method(), req.uri()) {
+        Err(e) => error(e.http_status(), &e.to_string()),
+        Ok(target) if req.method() == Method::CONNECT => connect(req, target, ctx).await,
+        Ok(target) => forward(req, target, ctx).await,
+    };
+    ctx.dialer
+        .metrics()
+        .frontend_requests
+        .with_label_values(&[PROTOCOL, resp.status().as_str()])
+        .inc();
+    resp
+}
+
+/// CONNECT: dial, answer 200, splice the upgraded connection.
+async fn connect(
+    req: Request<Incoming>,
+    target: DialTarget,
+    ctx: &FrontendContext,
+) -> Response<ProxyBody> {
+    let stream = match ctx.dialer.dial(&target, Frontend::Http).await {
+        Ok(s) => s,
+        Err(e) => return error(e.http_status(), &e.to_string()),
+    };
+    let EdgeStream {
+        mut send,
+        recv,
+        stream_id,
+        node,
+        _active,
+    } = stream;
+    let counter = ctx.dialer.byte_counter(&node);
+    let span = tracing::info_span!("stream", node = %node, stream_id, %target);
+    tokio::spawn(
+        async move {
+            let _active = _active;
+            let upgraded = match hyper::upgrade::on(req).await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!(error = %e, "CONNECT client left before the tunnel started");
+                    send.reset(proto::codes::STREAM_CANCELLED);
+                    return;
+                }
+            };
+            let mut io = TokioIo::new(upgraded);
+            let outcome = splice(&mut io, send, recv, counter).await;
+            tracing::debug!(to_edge = outcome.to_tunnel, from_edge = outcome.from_tunnel,
+                end = ?outcome.end, "stream closed");
+        }
+        .instrument(span),
+    );
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = StatusCode::OK;
+    resp
+}
+
+/// Absolute URI: dial, send the request as origin-form HTTP/1.1 over the
+/// tunnel stream, stream the response back.
+async fn forward(
+    req: Request<Incoming>,
+    target: DialTarget,
+    ctx: &FrontendContext,
+) -> Response<ProxyBody> {
+    let stream = match ctx.dialer.dial(&target, Frontend::Http).await {
+        Ok(s) => s,
+        Err(e) => return error(e.http_status(), &e.to_string()),
+    };
+    let EdgeStream {
+        send,
+        recv,
+        stream_id,
+        node,
+        _active,
+    } = stream;
+    let span = tracing::info_span!("stream", node = %node, stream_id, %target);
+    let io = TunnelIo::with_counter(send, recv, Box::new(ctx.dialer.byte_counter(&node)));
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(io)).await {
+        Ok(x) => x,
+        Err(e) => return error(502, &format!("HTTP to {target} via node {node}: {e}")),
+    };
+    // The connection task owns the stream slot until the response body is done.
+    tokio::spawn(
+        async move {
+            let _active = _active;
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "edge HTTP connection ended with error");
+            }
+        }
+        .instrument(span.clone()),
+    );
+
+    let (mut parts, body) = req.into_parts();
+    let host = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .unwrap_or_default();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    parts.uri = match path.parse() {
+        Ok(u) => u,
+        Err(e) => return error(400, &format!("bad request path: {e}")),
+    };
+    parts.version = Version::HTTP_11;
+    parts.extensions = Default::default();
+    strip_hop_by_hop(&mut parts.headers);
+    // An absolute URI's authority replaces any Host header (RFC 9112 §3.2.2).
+    match HeaderValue::from_str(&host) {
+        Ok(v) => {
+            parts.headers.insert(hyper::header::HOST, v);
+        }
+        Err(_) => return error(400, "bad host in request URI"),
+    }
+    let outgoing = Request::from_parts(parts, body);
+    match sender.send_request(outgoing).instrument(span).await {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, body.boxed())
+        }
+        Err(e) => error(
+            502,
+            &format!("edge service {target} on node {node} did not answer: {e}"),
+        ),
+    }
+}
+
+fn empty() -> ProxyBody {
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A plain-text error naming the cause; the connection closes after it.
+fn error(status: u16, message: &str) -> Response<ProxyBody> {
+    let body = Full::new(Bytes::from(format!("{message}\n")))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut resp = Response::new(body);
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = resp.headers_mut();
+    h.insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(method: &str, uri: &str) -> Result<String, u16> {
+        let m: Method = method.parse().unwrap();
+        let u: Uri = uri.parse().unwrap();
+        request_target(&m, &u)
+            .map(|t| t.to_string())
+            .map_err(|e| e.http_status())
+    }
+
+    #[test]
+    fn absolute_uris_and_connect_name_the_target() {
+        assert_eq!(
+            target("GET", "http://10.0.0.5:9100/metrics"),
+            Ok("10.0.0.5:9100".into())
+        );
+        assert_eq!(
+            target("GET", "http://10.0.0.5/x?y=1"),
+            Ok("10.0.0.5:80".into())
+        );
+        assert_eq!(
+            target("POST", "http://[fd00::1]:8080/"),
+            Ok("[fd00::1]:8080".into())
+        );
+        assert_eq!(
+            target("GET", "HTTP://edge-1:10255/"),
+            Ok("edge-1:10255".into())
+        );
+        assert_eq!(
+            target("CONNECT", "10.0.0.5:10250"),
+            Ok("10.0.0.5:10250".into())
+        );
+    }
+
+    #[test]
+    fn other_forms_get_the_spec_statuses() {
+        assert_eq!(target("GET", "/metrics"), Err(405));
+        assert_eq!(target("OPTIONS", "*"), Err(405));
+        assert_eq!(target("GET", "https://10.0.0.5:10250/"), Err(400));
+        assert_eq!(target("GET", "http://u:p@10.0.0.5:1/"), Err(400));
+        assert_eq!(target("CONNECT", "10.0.0.5"), Err(400));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, X-Trace"),
+            ("keep-alive", "timeout=5"),
+            ("x-trace", "1"),
+            ("proxy-authorization", "Basic x"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("accept", "text/plain"),
+            ("authorization", "Bearer t"),
+        ] {
+            h.append(k, HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, vec!["accept", "authorization"]);
+    }
+}
