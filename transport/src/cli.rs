@@ -101,8 +101,9 @@ pub fn yaml_to_flags(path: &Path, text: &str) -> Result<Vec<OsString>, ConfigFil
         };
         for item in items {
             match item {
-                Value::Bool(true) => flags.push(OsString::from(format!("--{key}"))),
-                Value::Bool(false) => {}
+                // Boolean flags take a value (`--per-node-metrics=false`),
+                // so both values are passed through explicitly.
+                Value::Bool(b) => flags.push(OsString::from(format!("--{key}={b}"))),
                 Value::String(s) => flags.push(OsString::from(format!("--{key}={s}"))),
                 Value::Number(n) => flags.push(OsString::from(format!("--{key}={n}"))),
                 _ => return Err(bad()),
@@ -252,7 +253,8 @@ mod tests {
                 "--agent-addr=0.0.0.0:9000",
                 "--forward=1=a/b:2",
                 "--forward=3=c/d:4",
-                "--verbose",
+                "--verbose=true",
+                "--quiet=false",
                 "--dial-timeout=5s",
                 "--config",
                 f.to_str().unwrap(),

@@ -140,7 +140,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
     let admin = transport::admin::bind(cfg.admin_addr)
         .await
         .with_context(|| format!("binding --admin-addr {}", cfg.admin_addr))?;
-    tracing::info!(addr = %cfg.admin_addr, "admin endpoints listening");
+    tracing::info!(addr = %admin.local_addr()?, "admin endpoints listening");
     tasks.spawn(transport::admin::serve(
         admin,
         crate::admin::handler(
