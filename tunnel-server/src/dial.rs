@@ -22,6 +22,8 @@ use crate::registry::{AgentEntry, AgentRegistry};
 pub enum Frontend {
     /// HTTP CONNECT on `--uds` / `--proxy-addr`.
     Connect,
+    /// Konnectivity gRPC (`/ProxyService/Proxy`) on the same sockets.
+    Grpc,
 }
 
 impl Frontend {
@@ -29,6 +31,7 @@ impl Frontend {
     pub fn as_str(self) -> &'static str {
         match self {
             Frontend::Connect => "connect",
+            Frontend::Grpc => "grpc",
         }
     }
 }
