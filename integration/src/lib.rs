@@ -6,6 +6,7 @@
 //! executable, so the test command is `cargo build --bins && cargo test`.
 
 pub mod client;
+pub mod grpc;
 pub mod netns;
 pub mod pki;
 pub mod process;
