@@ -384,7 +384,6 @@ async fn a_vanished_client_releases_its_edge_stream_within_a_second() {
         if by_reset {
             // A cancelled Go context: RST_STREAM, connection kept.
             call.tx.reset();
-            tokio::time::sleep(Duration::from_millis(50)).await;
             let took = s.streams_drain(Duration::from_secs(1)).await;
             eprintln!("stream reset: edge stream released in {took:?}");
             drop(call);
@@ -533,5 +532,20 @@ async fn grpc_over_mutual_tls_negotiates_h2() {
         .await
         .unwrap();
     echo_once(call, echo, 11).await;
+
+    // Without a client certificate the call is refused: PERMISSION_DENIED.
+    let anon = integration::client::proxy_tls(&ca, None).unwrap();
+    let tcp = tokio::net::TcpStream::connect(s.server.proxy_addr.unwrap())
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = anon.connect(name, tcp).await.unwrap();
+    let mut call = Call::open(tls, grpc::PROXY_PATH, Some("application/grpc"))
+        .await
+        .unwrap();
+    assert!(call.rx.recv().await.unwrap().is_none());
+    let st = call.rx.status.clone().unwrap();
+    assert_eq!(st.code, 7, "{st:?}");
+    assert!(st.message.contains("client certificate"), "{st:?}");
     s.assert_no_panic();
 }
