@@ -549,3 +549,34 @@ async fn grpc_over_mutual_tls_negotiates_h2() {
     assert!(st.message.contains("client certificate"), "{st:?}");
     s.assert_no_panic();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_holds_back_the_edge() {
+    const SIZE: usize = 50 * 1024 * 1024;
+    let data_src = pattern(SIZE, 5);
+    let want = sha256_hex(&data_src);
+    let source = source_server(data_src).await.unwrap();
+    let s = setup(&[], &[source.to_string()]);
+    let mut call = s.call().await;
+    let rsp = call.dial(&source.to_string(), 1).await.unwrap();
+    assert_eq!(rsp.error, "");
+    // Read nothing for a while: only HTTP/2 windows' worth may leave the tunnel.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pulled = s.server_metric("tunnel_server_bytes_total{direction=\"from_edge\"}");
+    eprintln!("stalled client: {pulled} bytes read from the tunnel");
+    assert!(
+        pulled < 1024.0 * 1024.0,
+        "{pulled} bytes taken from the tunnel for a client that reads nothing"
+    );
+    // Then everything still arrives intact.
+    let mut got = Vec::with_capacity(SIZE);
+    loop {
+        match call.rx.recv().await.unwrap().expect("packet").payload {
+            Some(Payload::Data(d)) => got.extend_from_slice(&d.data),
+            Some(Payload::CloseResponse(_)) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(sha256_hex(&got), want);
+    s.assert_no_panic();
+}
