@@ -580,3 +580,37 @@ async fn a_client_that_does_not_read_holds_back_the_edge() {
     assert_eq!(sha256_hex(&got), want);
     s.assert_no_panic();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = echo_server().await.unwrap();
+    let s = setup(&["--header-timeout=1s"], &[echo.to_string()]);
+    // Preface and SETTINGS, then nothing: closed after about 1 s.
+    let mut sock = tokio::net::UnixStream::connect(s.server.uds.as_ref().unwrap())
+        .await
+        .unwrap();
+    sock.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut sink = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut sink))
+        .await
+        .expect("idle connection closed")
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    // A call that lasts longer than the timeout is not cut.
+    let mut call = s.call().await;
+    let rsp = call.dial(&echo.to_string(), 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    call.tx
+        .send(&data(rsp.connect_id, Bytes::from_static(b"late")))
+        .await
+        .unwrap();
+    match call.rx.recv().await.unwrap().unwrap().payload {
+        Some(Payload::Data(d)) => assert_eq!(&d.data[..], b"late"),
+        other => panic!("unexpected {other:?}"),
+    }
+    s.assert_no_panic();
+}

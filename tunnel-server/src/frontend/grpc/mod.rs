@@ -37,7 +37,9 @@ const MAX_SEND_BUFFER: usize = 128 * 1024;
 /// Serves one HTTP/2 connection (its preface not yet consumed: `io` replays it).
 ///
 /// The first call must arrive by `deadline` (`--header-timeout`), like a
-/// CONNECT head. `forbidden` refuses every call (TLS client not allowed).
+/// CONNECT head, and a connection without open calls is closed after
+/// `--header-timeout` of idleness, so idle connections cannot pile up.
+/// `forbidden` refuses every call (TLS client not allowed).
 pub async fn serve<IO>(
     io: IO,
     ctx: Arc<FrontendContext>,
@@ -65,28 +67,33 @@ pub async fn serve<IO>(
         }
     };
     let forbidden: Option<Arc<str>> = forbidden.map(Arc::from);
-    let mut first = true;
+    // Each call task holds a clone: the count says whether any call is open.
+    let calls = Arc::new(());
+    // No call open and none started by this instant: the connection is idle
+    // (also covers a client that never starts its first call).
+    let mut idle_at = deadline;
     loop {
-        let next = if first {
-            first = false;
-            match tokio::time::timeout_at(deadline, conn.accept()).await {
-                Ok(n) => n,
-                Err(_) => {
-                    tracing::info!("no gRPC call within --header-timeout; closing");
+        let next = tokio::select! {
+            n = conn.accept() => n,
+            _ = tokio::time::sleep_until(idle_at) => {
+                if Arc::strong_count(&calls) == 1 {
+                    tracing::info!("no gRPC call on this connection within --header-timeout; closing");
                     return;
                 }
+                idle_at = Instant::now() + ctx.header_timeout;
+                continue;
             }
-        } else {
-            conn.accept().await
         };
         match next {
             Some(Ok((req, respond))) => {
-                tokio::spawn(call::serve_call(
-                    req,
-                    respond,
-                    ctx.clone(),
-                    forbidden.clone(),
-                ));
+                idle_at = Instant::now() + ctx.header_timeout;
+                let ctx = ctx.clone();
+                let forbidden = forbidden.clone();
+                let open = calls.clone();
+                tokio::spawn(async move {
+                    call::serve_call(req, respond, ctx, forbidden).await;
+                    drop(open);
+                });
             }
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
