@@ -59,6 +59,7 @@ pub enum PacketType {
     Drain = 6,
 }
 
+/// The proto's `DialRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct DialRequest {
     #[prost(string, tag = "1")]
@@ -69,6 +70,7 @@ pub struct DialRequest {
     pub random: i64,
 }
 
+/// The proto's `DialResponse`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct DialResponse {
     #[prost(string, tag = "1")]
@@ -79,12 +81,14 @@ pub struct DialResponse {
     pub random: i64,
 }
 
+/// The proto's `CloseRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct CloseRequest {
     #[prost(int64, tag = "1")]
     pub connect_id: i64,
 }
 
+/// The proto's `CloseResponse`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct CloseResponse {
     #[prost(string, tag = "1")]
@@ -93,12 +97,14 @@ pub struct CloseResponse {
     pub connect_id: i64,
 }
 
+/// The proto's `CloseDial` (DIAL_CLS).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct CloseDial {
     #[prost(int64, tag = "1")]
     pub random: i64,
 }
 
+/// The proto's `Data`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Data {
     #[prost(int64, tag = "1")]
@@ -109,6 +115,7 @@ pub struct Data {
     pub data: Bytes,
 }
 
+/// The proto's `Drain`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Drain {}
 

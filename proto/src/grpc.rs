@@ -35,14 +35,20 @@ impl GrpcFrameError {
 
 /// The grpc-status codes this project answers with.
 pub mod status {
+    /// The call completed (dial failures are reported in-band, so they end OK too).
     pub const OK: u32 = 0;
+    /// The client went away (recorded in metrics; nothing is sent).
     pub const CANCELLED: u32 = 1;
+    /// The client broke the protocol (e.g. DATA for another connectID).
     pub const INVALID_ARGUMENT: u32 = 3;
+    /// The TLS client certificate may not use the front end.
     pub const PERMISSION_DENIED: u32 = 7;
+    /// A message over the size limit.
     pub const RESOURCE_EXHAUSTED: u32 = 8;
+    /// A method other than `/ProxyService/Proxy`.
     pub const UNIMPLEMENTED: u32 = 12;
+    /// Undecodable input (malformed Packet, compressed message, bad framing).
     pub const INTERNAL: u32 = 13;
-    pub const UNAVAILABLE: u32 = 14;
 }
 
 /// Prefixes one message for sending.

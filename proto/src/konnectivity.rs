@@ -12,12 +12,19 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 /// `PacketType` values on the wire.
 pub mod packet_type {
+    /// Client → server: dial a destination.
     pub const DIAL_REQ: u64 = 0;
+    /// Server → client: the dial's result.
     pub const DIAL_RSP: u64 = 1;
+    /// Client → server: close the connection.
     pub const CLOSE_REQ: u64 = 2;
+    /// Server → client: the connection is closed.
     pub const CLOSE_RSP: u64 = 3;
+    /// Payload, either way.
     pub const DATA: u64 = 4;
+    /// Client → server: cancel a pending dial (newer clients only).
     pub const DIAL_CLS: u64 = 5;
+    /// Server → client: the proxy is draining (newer servers only).
     pub const DRAIN: u64 = 6;
 }
 
