@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod grpc;
 pub mod http;
 pub mod netns;
 pub mod pki;

@@ -14,6 +14,8 @@
 
 pub mod codes;
 pub mod frame;
+pub mod grpc;
+pub mod konnectivity;
 pub mod message;
 pub mod target;
 

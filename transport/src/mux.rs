@@ -233,14 +233,18 @@ impl MuxStream {
     /// Reads into `buf`; 0 at a clean end; a peer reset is an error.
     pub async fn read(&self, buf: &mut [u8]) -> Result<usize, StreamError> {
         let mut rb = ReadBuf::new(buf);
-        poll_fn(|cx| self.poll_read(cx, &mut rb)).await.map_err(io_err)?;
+        poll_fn(|cx| self.poll_read(cx, &mut rb))
+            .await
+            .map_err(io_err)?;
         Ok(rb.filled().len())
     }
 
     /// Writes all of `data`, waiting for the peer's window.
     pub async fn write_all(&self, mut data: &[u8]) -> Result<(), StreamError> {
         while !data.is_empty() {
-            let n = poll_fn(|cx| self.poll_write(cx, data)).await.map_err(io_err)?;
+            let n = poll_fn(|cx| self.poll_write(cx, data))
+                .await
+                .map_err(io_err)?;
             if n == 0 {
                 return Err(StreamError::Reset(proto::codes::STREAM_TCP_RESET));
             }

@@ -26,6 +26,8 @@ pub enum Frontend {
     Http,
     /// A `--forward` listener.
     Forward,
+    /// Konnectivity gRPC (`/ProxyService/Proxy`) on the same sockets.
+    Grpc,
 }
 
 impl Frontend {
@@ -35,6 +37,7 @@ impl Frontend {
             Frontend::Connect => "connect",
             Frontend::Http => "http",
             Frontend::Forward => "forward",
+            Frontend::Grpc => "grpc",
         }
     }
 }

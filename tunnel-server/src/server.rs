@@ -111,7 +111,11 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
     }
     if let (Some(addr), Some(ca)) = (cfg.proxy_addr, &cfg.proxy_client_ca) {
         let client_ca = certs::load_root_store(ca)?;
-        let tls = certs::proxy_server_config(chain.clone(), key.clone_key(), client_ca)?;
+        let mut tls = certs::proxy_server_config(chain.clone(), key.clone_key(), client_ca)?;
+        // Offer h2 so TLS gRPC clients can negotiate it; HTTP CONNECT clients
+        // get http/1.1 (or no ALPN at all). The protocol is still decided by
+        // sniffing the first bytes, whatever was negotiated.
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding --proxy-addr {addr}"))?;

@@ -1,14 +1,20 @@
-//! The apiserver-facing front end: HTTP CONNECT on a Unix socket and on TCP
-//! with mutual TLS; [`http_proxy`] is the plain-HTTP proxy for Prometheus.
+//! The apiserver-facing front end: HTTP CONNECT and Konnectivity gRPC on a
+//! Unix socket and on TCP with mutual TLS; [`http_proxy`] is the plain-HTTP
+//! proxy for Prometheus.
 //!
-//! A connection is read until its request head is complete (bounded in size
-//! and time), routed through the [`Dialer`], answered `200` only once the
-//! agent's dial succeeded, and then spliced byte for byte.
+//! The first bytes of a connection choose the protocol ([`sniff`]): the
+//! HTTP/2 preface goes to [`grpc`], anything else to the CONNECT path. A
+//! CONNECT connection is read until its request head is complete (bounded in
+//! size and time), routed through the [`Dialer`], answered `200` only once
+//! the agent's dial succeeded, and then spliced byte for byte.
 
 pub mod connect;
+pub mod grpc;
 pub mod http_proxy;
 pub mod listeners;
 pub mod reply;
+pub mod rewind;
+pub mod sniff;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,10 +42,25 @@ const PROTOCOL: &str = "http-connect";
 /// certificate is not acceptable; the request is then answered 403.
 pub async fn serve_connection<IO>(mut io: IO, ctx: Arc<FrontendContext>, forbidden: Option<String>)
 where
-    IO: AsyncRead + AsyncWrite + Unpin + AbortOnDrop,
+    IO: AsyncRead + AsyncWrite + Unpin + AbortOnDrop + Send + 'static,
 {
+    let deadline = tokio::time::Instant::now() + ctx.header_timeout;
     let mut buf = BytesMut::with_capacity(1024);
-    let head = tokio::time::timeout(ctx.header_timeout, read_head(&mut io, &mut buf)).await;
+    match tokio::time::timeout_at(deadline, read_sniff(&mut io, &mut buf)).await {
+        // Nothing, or a preface cut short: an incomplete head either way.
+        Err(_) => {
+            respond(&mut io, &ctx, 408, "request header not received in time").await;
+            return;
+        }
+        Ok(None) => return,
+        Ok(Some(sniff::Sniffed::Http2)) => {
+            let io = rewind::Rewind::new(buf.freeze(), io);
+            grpc::serve(io, ctx, forbidden, deadline).await;
+            return;
+        }
+        Ok(Some(_)) => {}
+    }
+    let head = tokio::time::timeout_at(deadline, read_head(&mut io, &mut buf)).await;
     let request = match head {
         Err(_) => {
             respond(&mut io, &ctx, 408, "request header not received in time").await;
@@ -100,6 +121,23 @@ where
     }
 }
 
+/// Reads until the first bytes tell the protocol; `None` if the client left.
+async fn read_sniff<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+) -> Option<sniff::Sniffed> {
+    loop {
+        match sniff::sniff(buf) {
+            sniff::Sniffed::NeedMore => {}
+            decided => return Some(decided),
+        }
+        match io.read_buf(buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
 enum ReadHead {
     Closed,
     Bad(HeadError),
@@ -110,18 +148,21 @@ async fn read_head<IO: AsyncRead + Unpin>(
     buf: &mut BytesMut,
 ) -> Result<connect::ConnectRequest, ReadHead> {
     loop {
+        // The sniffer may already have read the whole head.
+        if !buf.is_empty() {
+            match parse_connect(buf) {
+                Ok(Some(r)) => return Ok(r),
+                Ok(None) if buf.len() > MAX_HEAD => return Err(ReadHead::Bad(HeadError::TooLarge)),
+                Ok(None) => {}
+                Err(e) => return Err(ReadHead::Bad(e)),
+            }
+        }
         if buf.capacity() - buf.len() < 512 {
             buf.reserve(1024.min((MAX_HEAD + 1).saturating_sub(buf.len())).max(1));
         }
         let n = io.read_buf(buf).await.map_err(|_| ReadHead::Closed)?;
         if n == 0 {
             return Err(ReadHead::Closed);
-        }
-        match parse_connect(buf) {
-            Ok(Some(r)) => return Ok(r),
-            Ok(None) if buf.len() > MAX_HEAD => return Err(ReadHead::Bad(HeadError::TooLarge)),
-            Ok(None) => continue,
-            Err(e) => return Err(ReadHead::Bad(e)),
         }
     }
 }
