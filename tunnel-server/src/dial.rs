@@ -290,31 +290,30 @@ impl Dialer {
             after: self.dial_timeout,
         };
 
-        let (mut send, mut recv) = tokio::time::timeout_at(deadline, agent.link.open_stream())
+        let halves = tokio::time::timeout_at(deadline, agent.link.open_stream())
             .await
             .map_err(|_| timed_out())?
             .map_err(|e| gone(&e))?;
+        // From here on, giving up (timeout, or this future dropped because
+        // the front-end client left) resets the stream, so the agent drops
+        // its dial instead of finishing a connection nobody will use.
+        let mut pending = PendingStream(Some(halves));
+        let (send, recv) = pending.halves();
         send.set_priority(transport::stream::CONTROL_PRIORITY);
         let open = Message::Open(OpenStream {
             stream_id,
             target: target.clone(),
         });
         let answer = tokio::time::timeout_at(deadline, async {
-            write_message(&mut send, &open).await?;
-            read_message(&mut recv).await
+            write_message(send, &open).await?;
+            read_message(recv).await
         })
-        .await;
-        let answer = match answer {
-            Ok(a) => a,
-            Err(_) => {
-                send.reset(proto::codes::STREAM_CANCELLED);
-                recv.stop(proto::codes::STREAM_CANCELLED);
-                return Err(timed_out());
-            }
-        };
+        .await
+        .map_err(|_| timed_out())?;
         let target_s = target.to_string();
         match answer {
             Ok(Message::DialResult(DialResult::Connected)) => {
+                let (send, recv) = pending.complete();
                 send.set_priority(transport::stream::DATA_PRIORITY);
                 agent.streams.fetch_add(1, Ordering::Relaxed);
                 let gauge = self
@@ -391,6 +390,31 @@ impl Dialer {
             if let Some(c) = node {
                 c.inc_by(n as u64);
             }
+        }
+    }
+}
+
+/// A stream whose dial is in flight; reset unless [`PendingStream::complete`] is called.
+struct PendingStream(Option<(TunnelSend, TunnelRecv)>);
+
+impl PendingStream {
+    /// Both halves, for writing the open frame and reading the answer.
+    fn halves(&mut self) -> (&mut TunnelSend, &mut TunnelRecv) {
+        let (s, r) = self.0.as_mut().expect("halves taken only by complete()");
+        (s, r)
+    }
+
+    /// The dial succeeded: hand the stream over without resetting it.
+    fn complete(mut self) -> (TunnelSend, TunnelRecv) {
+        self.0.take().expect("completed once")
+    }
+}
+
+impl Drop for PendingStream {
+    fn drop(&mut self) {
+        if let Some((mut send, mut recv)) = self.0.take() {
+            send.reset(proto::codes::STREAM_CANCELLED);
+            recv.stop(proto::codes::STREAM_CANCELLED);
         }
     }
 }
