@@ -5,6 +5,7 @@
 //! The binaries are taken from the same target directory as the test
 //! executable, so the test command is `cargo build --bins && cargo test`.
 
+pub mod bench;
 pub mod client;
 pub mod cluster;
 pub mod grpc;

@@ -1,0 +1,89 @@
+//! The destination services every path reaches: a byte sink that confirms
+//! delivery, and an echo that counts accepted connections.
+//!
+//! They live in the bench process on 127.0.0.1 so that every path (direct,
+//! tunnel, ssh, rathole) ends at exactly the same code.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Read size of the sink: large, so the sink is never the bottleneck.
+const SINK_READ: usize = 256 * 1024;
+
+/// A sink: the client sends an 8-byte big-endian length `n`, then `n` bytes;
+/// the sink reads exactly `n` bytes and answers with the same 8 bytes.
+///
+/// The reply is what makes throughput honest: a sender's `write` returns as
+/// soon as bytes sit in a socket or tunnel buffer, so timing writes alone
+/// would count megabytes still in flight. The clock stops only when the
+/// receiving end has counted every byte.
+pub async fn sink_server() -> std::io::Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = s.set_nodelay(true);
+                let mut len = [0u8; 8];
+                if s.read_exact(&mut len).await.is_err() {
+                    return;
+                }
+                let mut left = u64::from_be_bytes(len);
+                let mut buf = vec![0u8; SINK_READ];
+                while left > 0 {
+                    let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    match s.read(&mut buf[..want]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => left -= n as u64,
+                    }
+                }
+                if s.write_all(&len).await.is_err() {
+                    return;
+                }
+                // Wait for the client's close so the teardown is orderly.
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// An echo service that counts accepted connections.
+pub struct Echo {
+    pub addr: SocketAddr,
+    accepted: Arc<AtomicU64>,
+}
+
+impl Echo {
+    /// Connections accepted so far. Used by the idle-memory phase to know
+    /// that every connection reached the far end (for ssh and rathole, a
+    /// completed local `connect` only means their listener accepted it).
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// Echoes every connection until the client's EOF.
+pub async fn echo_server() -> std::io::Result<Echo> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                // A 1-byte echo must leave at once; no Nagle delay on our side.
+                let _ = s.set_nodelay(true);
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    Ok(Echo { addr, accepted })
+}
