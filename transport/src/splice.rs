@@ -7,7 +7,8 @@
 //! connection loss) aborts both, and the caller learns which side broke so it
 //! can reset the local TCP socket in turn.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -51,6 +52,45 @@ fn stream_end(e: &StreamError) -> SpliceEnd {
         StreamError::Reset(_) => SpliceEnd::TunnelReset,
         StreamError::ConnectionLost(_) | StreamError::Other(_) => SpliceEnd::TunnelLost,
     }
+}
+
+/// What one read from a tunnel stream gives.
+type ChunkResult = Result<Option<Bytes>, StreamError>;
+
+/// Most bytes gathered into one local write.
+const COALESCE_LIMIT: usize = 64 * 1024;
+
+/// Gathers chunks that are already buffered behind `first` (up to
+/// [`COALESCE_LIMIT`]) so the local socket gets one write instead of one per
+/// QUIC packet (~1.4 KB): that per-packet write was the agent's main cost.
+/// Chunks are polled once, never awaited; an end or error met on the way is
+/// returned to be handled after the gathered bytes are written.
+fn coalesce(recv: &mut TunnelRecv, first: Bytes) -> (Bytes, Option<ChunkResult>) {
+    // yamux reads already copy everything buffered, up to 64 KiB.
+    if first.len() >= COALESCE_LIMIT || matches!(recv, TunnelRecv::Ws(_)) {
+        return (first, None);
+    }
+    let mut gathered: Option<BytesMut> = None;
+    let mut len = first.len();
+    while len < COALESCE_LIMIT {
+        match recv.read_chunk().now_or_never() {
+            None => break,
+            Some(Ok(Some(more))) => {
+                let buf = gathered.get_or_insert_with(|| {
+                    let mut b = BytesMut::with_capacity(COALESCE_LIMIT + more.len());
+                    b.extend_from_slice(&first);
+                    b
+                });
+                buf.extend_from_slice(&more);
+                len = buf.len();
+            }
+            Some(end) => {
+                let bytes = gathered.map_or(first, BytesMut::freeze);
+                return (bytes, Some(end));
+            }
+        }
+    }
+    (gathered.map_or(first, BytesMut::freeze), None)
 }
 
 /// Copies bytes both ways until both directions end or one aborts.
@@ -122,16 +162,23 @@ where
         let mut abort_rx = abort_rx.clone();
         async move {
             let mut total = 0u64;
+            // An end or error met while coalescing, handled next turn.
+            let mut pending: Option<ChunkResult> = None;
             loop {
-                let chunk = tokio::select! {
-                    c = recv.read_chunk() => c,
-                    _ = abort_rx.changed() => {
-                        recv.stop(proto::codes::STREAM_CANCELLED);
-                        return total;
-                    }
+                let chunk = match pending.take() {
+                    Some(c) => c,
+                    None => tokio::select! {
+                        c = recv.read_chunk() => c,
+                        _ = abort_rx.changed() => {
+                            recv.stop(proto::codes::STREAM_CANCELLED);
+                            return total;
+                        }
+                    },
                 };
                 match chunk {
-                    Ok(Some(bytes)) => {
+                    Ok(Some(first)) => {
+                        let (bytes, next) = coalesce(&mut recv, first);
+                        pending = next;
                         let n = bytes.len();
                         let wrote = tokio::select! {
                             w = wr.write_all(&bytes) => w,
