@@ -24,7 +24,7 @@ use tokio_util::compat::TokioAsyncReadCompatExt;
 use crate::stream::StreamError;
 
 /// Most streams one side may have open on a WebSocket connection.
-pub const MAX_STREAMS: usize = 1024;
+pub const MAX_STREAMS: usize = 4096;
 /// Receive window over all streams (yamux needs >= 256 KiB per stream).
 const MAX_CONNECTION_WINDOW: usize = MAX_STREAMS * 256 * 1024;
 /// Inbound streams waiting to be accepted before new ones are refused.

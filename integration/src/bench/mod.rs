@@ -29,6 +29,8 @@ pub enum PathName {
     Tunnel,
     /// CONNECT on the tunnel server's mTLS TCP front end → QUIC → agent → service.
     TunnelTls,
+    /// CONNECT on the Unix socket → WebSocket over TLS (yamux) → agent → service.
+    TunnelWs,
     /// sshd (cloud) ← `ssh -N -R` (edge) → service.
     Ssh,
     /// rathole server (cloud) ← rathole client (edge), Noise transport → service.
@@ -92,16 +94,29 @@ fn start_path(
 ) -> anyhow::Result<(Dialer, Running, String)> {
     Ok(match path {
         PathName::Direct => (Dialer::Tcp { sink, echo }, Running::None, "none".into()),
-        PathName::Tunnel | PathName::TunnelTls => {
+        PathName::Tunnel | PathName::TunnelTls | PathName::TunnelWs => {
+            let mut agent_args = cfg.agent_args.clone();
+            if path == PathName::TunnelWs {
+                agent_args.push("--transport=websocket".into());
+            }
             let t = procs::Tunnel::start(
                 &cfg.bin_dir,
                 dir,
                 &[sink, echo],
                 &cfg.rust_log,
                 &cfg.server_args,
-                &cfg.agent_args,
+                &agent_args,
             )?;
-            let (d, crypto) = if path == PathName::Tunnel {
+            let (d, crypto) = if path == PathName::TunnelWs {
+                (
+                    Dialer::Uds {
+                        path: t.uds.clone(),
+                        sink,
+                        echo,
+                    },
+                    "WebSocket, TLS 1.3 AES-256-GCM, yamux",
+                )
+            } else if path == PathName::Tunnel {
                 (
                     Dialer::Uds {
                         path: t.uds.clone(),
@@ -172,6 +187,7 @@ fn label(path: PathName) -> &'static str {
         PathName::Direct => "direct TCP",
         PathName::Tunnel => "tunnel (UDS CONNECT)",
         PathName::TunnelTls => "tunnel (mTLS CONNECT)",
+        PathName::TunnelWs => "tunnel over WebSocket (UDS CONNECT)",
         PathName::Ssh => "ssh -R",
         PathName::Rathole => "rathole",
     }

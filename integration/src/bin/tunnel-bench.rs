@@ -93,6 +93,7 @@ fn main() -> anyhow::Result<()> {
                 PathName::Direct,
                 PathName::Tunnel,
                 PathName::TunnelTls,
+                PathName::TunnelWs,
                 PathName::Ssh,
                 PathName::Rathole,
             ]
