@@ -266,6 +266,20 @@ impl NatTopology {
         let _ = ip(&["netns", "del", &self.nat_ns]);
     }
 
+    /// Cluster certificates in `dir` whose server certificate also names the
+    /// cloud veth address, which agents in the edge namespace dial.
+    pub fn cloud_pki(&self, dir: &std::path::Path) -> anyhow::Result<crate::pki::Pki> {
+        certs::init_cluster(
+            dir,
+            "localhost",
+            &["127.0.0.1".parse()?, std::net::IpAddr::V4(self.cloud_ip)],
+            false,
+        )?;
+        Ok(crate::pki::Pki {
+            dir: dir.to_path_buf(),
+        })
+    }
+
     /// A runtime whose tasks run inside the edge namespace (for edge services).
     pub fn edge_runtime(&self) -> anyhow::Result<NsRuntime> {
         NsRuntime::enter(&self.edge_ns)

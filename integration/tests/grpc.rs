@@ -13,47 +13,28 @@ use integration::process::metric_value;
 use integration::services::{
     echo_server, hanging_server, line_server, pattern, sha256_hex, source_server,
 };
-use integration::{AgentOptions, AgentProc, Pki, ServerOptions, ServerProc};
+use integration::{Cluster, ClusterOptions};
 
-/// Fields drop in order: processes first (their logs print on failure), then the directory.
-struct Setup {
-    server: ServerProc,
-    agent: AgentProc,
-    pki: Pki,
-    _dir: tempfile::TempDir,
+/// A cluster whose agent may dial `allow`; derefs to [`Cluster`].
+struct Setup(Cluster);
+
+impl std::ops::Deref for Setup {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.0
+    }
+}
+
+impl Setup {
+    fn agent(&self) -> &integration::AgentProc {
+        self.0.agent.as_ref().expect("cluster agent")
+    }
 }
 
 fn setup(args: &[&str], allow: &[String]) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path()).unwrap();
-    let mut server = ServerProc::start(
-        &pki,
-        ServerOptions {
-            uds: true,
-            proxy: true,
-            args: args.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let agent = AgentProc::start(
-        &pki,
-        server.agent_addr,
-        "edge-1",
-        &["127.0.0.1".parse().unwrap()],
-        AgentOptions {
-            allow: allow.to_vec(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    server.wait_agents(1, Duration::from_secs(10)).unwrap();
-    Setup {
-        server,
-        agent,
-        pki,
-        _dir: dir,
-    }
+    let mut opts = ClusterOptions::allowing(allow, &[]).server_args(args);
+    opts.server.proxy = true;
+    Setup(Cluster::start(opts))
 }
 
 impl Setup {
@@ -66,7 +47,7 @@ impl Setup {
     }
 
     fn agent_metric(&self, sample: &str) -> f64 {
-        metric_value(&self.agent.metrics().unwrap(), sample).unwrap_or(0.0)
+        metric_value(&self.agent().metrics().unwrap(), sample).unwrap_or(0.0)
     }
 
     /// Waits until both ends report no open stream; returns how long it took.

@@ -7,49 +7,31 @@ use std::time::{Duration, Instant};
 
 use integration::http::{read_head, read_response, web_server_on, HttpResponse};
 use integration::services::{echo_server, hanging_server, pattern, sha256_hex};
-use integration::{AgentOptions, AgentProc, Pki, ServerOptions, ServerProc};
+use integration::{Cluster, ClusterOptions};
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-/// Fields drop in order: processes first (their logs print on failure), then the directory.
-struct Setup {
-    server: ServerProc,
-    agent: AgentProc,
-    _pki: Pki,
-    _dir: tempfile::TempDir,
+/// A cluster whose agent may dial `allow`; derefs to [`Cluster`].
+struct Setup(Cluster);
+
+impl std::ops::Deref for Setup {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.0
+    }
 }
 
-fn setup(extra_server_args: &[&str], allow: &[String]) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path()).unwrap();
-    let mut server = ServerProc::start(
-        &pki,
-        ServerOptions {
-            http_proxy: true,
-            args: extra_server_args.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let agent = AgentProc::start(
-        &pki,
-        server.agent_addr,
-        "edge-1",
-        &["127.0.0.1".parse().unwrap()],
-        AgentOptions {
-            allow: allow.to_vec(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    server.wait_agents(1, Duration::from_secs(10)).unwrap();
-    Setup {
-        server,
-        agent,
-        _pki: pki,
-        _dir: dir,
+impl Setup {
+    fn agent(&self) -> &integration::AgentProc {
+        self.0.agent.as_ref().expect("cluster agent")
     }
+}
+
+fn setup(args: &[&str], allow: &[String]) -> Setup {
+    let mut opts = ClusterOptions::allowing(allow, &[]).server_args(args);
+    opts.server.http_proxy = true;
+    Setup(Cluster::start(opts))
 }
 
 /// Sends one request head on `conn` and reads the response.
@@ -280,10 +262,10 @@ async fn error_statuses_follow_the_spec() {
     );
 
     // A stopped agent never answers: 504 too.
-    s.agent.proc.signal(Signal::SIGSTOP);
+    s.agent().proc.signal(Signal::SIGSTOP);
     let mut conn = proxy_conn(&s).await;
     let r = request(&mut conn, &get(web, "/", "")).await;
-    s.agent.proc.signal(Signal::SIGCONT);
+    s.agent().proc.signal(Signal::SIGCONT);
     assert_eq!(r.status, 504, "{r:?}");
     assert!(r.text().contains("within 2s"), "{}", r.text());
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use integration::netns::{self, NatTopology};
 use integration::services::{echo_server_on, pattern, sha256_hex, source_server_on};
-use integration::{connect_uds, AgentOptions, AgentProc, Pki, ServerOptions, ServerProc};
+use integration::{connect_uds, AgentOptions, AgentProc, ServerOptions, ServerProc};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, UnixStream};
 
@@ -190,16 +190,7 @@ async fn edge_behind_nat_serves_logs_exec_and_port_forward_through_the_tunnel() 
 
     // The server presents a certificate valid for the veth address the agent
     // dials (Pki::new only covers localhost and 127.0.0.1).
-    certs::init_cluster(
-        tmp.path(),
-        "localhost",
-        &["127.0.0.1".parse().unwrap(), IpAddr::V4(topo.cloud_ip)],
-        false,
-    )
-    .unwrap();
-    let pki = Pki {
-        dir: tmp.path().to_path_buf(),
-    };
+    let pki = topo.cloud_pki(tmp.path()).expect("certificates");
     let mut server = ServerProc::start(
         &pki,
         ServerOptions {

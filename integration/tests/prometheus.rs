@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use integration::netns::{self, NatTopology};
 use integration::process::{free_port, http_get};
-use integration::{AgentOptions, AgentProc, Pki, ServerOptions, ServerProc};
+use integration::{AgentOptions, AgentProc, ServerOptions, ServerProc};
 
 const PROMETHEUS: &str = "prometheus";
 const NODE_EXPORTER: &str = "prometheus-node-exporter";
@@ -130,16 +130,7 @@ async fn prometheus_scrapes_node_exporters_behind_nat_through_the_http_proxy() {
     // Certificates: the cluster (server reachable on the cloud veth), and a
     // separate CA whose server certificate names the edge IP, for the TLS
     // exporter that Prometheus verifies.
-    certs::init_cluster(
-        tmp.path(),
-        "localhost",
-        &["127.0.0.1".parse().unwrap(), IpAddr::V4(topo.cloud_ip)],
-        false,
-    )
-    .unwrap();
-    let pki = Pki {
-        dir: tmp.path().to_path_buf(),
-    };
+    let pki = topo.cloud_pki(tmp.path()).expect("certificates");
     let tls_dir = tmp.path().join("edge-tls");
     std::fs::create_dir_all(&tls_dir).unwrap();
     certs::init_cluster(&tls_dir, "edge-exporter", &[edge_ip], false).unwrap();

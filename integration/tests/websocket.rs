@@ -75,16 +75,7 @@ async fn auto_uses_websocket_when_udp_is_blocked_and_returns_to_quic() {
         .unwrap()
         .expect("edge services")
     };
-    certs::init_cluster(
-        tmp.path(),
-        "localhost",
-        &["127.0.0.1".parse().unwrap(), IpAddr::V4(topo.cloud_ip)],
-        false,
-    )
-    .unwrap();
-    let pki = Pki {
-        dir: tmp.path().to_path_buf(),
-    };
+    let pki = topo.cloud_pki(tmp.path()).expect("certificates");
     let mut server = ServerProc::start(
         &pki,
         ServerOptions {
