@@ -77,6 +77,11 @@ impl Cluster {
         }
     }
 
+    /// The agent process (panics if a test took it out).
+    pub fn agent(&self) -> &AgentProc {
+        self.agent.as_ref().expect("cluster agent")
+    }
+
     /// The Unix-socket front end.
     pub fn uds(&self) -> PathBuf {
         self.server

@@ -25,12 +25,6 @@ impl std::ops::Deref for Setup {
     }
 }
 
-impl Setup {
-    fn agent(&self) -> &integration::AgentProc {
-        self.0.agent.as_ref().expect("cluster agent")
-    }
-}
-
 fn setup(args: &[&str], allow: &[String]) -> Setup {
     let mut opts = ClusterOptions::allowing(allow, &[]).server_args(args);
     opts.server.proxy = true;

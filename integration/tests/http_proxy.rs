@@ -12,26 +12,11 @@ use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-/// A cluster whose agent may dial `allow`; derefs to [`Cluster`].
-struct Setup(Cluster);
-
-impl std::ops::Deref for Setup {
-    type Target = Cluster;
-    fn deref(&self) -> &Cluster {
-        &self.0
-    }
-}
-
-impl Setup {
-    fn agent(&self) -> &integration::AgentProc {
-        self.0.agent.as_ref().expect("cluster agent")
-    }
-}
-
-fn setup(args: &[&str], allow: &[String]) -> Setup {
+/// A cluster with the HTTP proxy whose agent may dial `allow`.
+fn setup(args: &[&str], allow: &[String]) -> Cluster {
     let mut opts = ClusterOptions::allowing(allow, &[]).server_args(args);
     opts.server.http_proxy = true;
-    Setup(Cluster::start(opts))
+    Cluster::start(opts)
 }
 
 /// Sends one request head on `conn` and reads the response.
@@ -43,7 +28,7 @@ async fn request(conn: &mut BufReader<TcpStream>, head: &str) -> HttpResponse {
         .unwrap()
 }
 
-async fn proxy_conn(s: &Setup) -> BufReader<TcpStream> {
+async fn proxy_conn(s: &Cluster) -> BufReader<TcpStream> {
     BufReader::new(
         TcpStream::connect(s.server.http_proxy_addr.unwrap())
             .await
