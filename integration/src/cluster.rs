@@ -7,6 +7,11 @@ use std::time::Duration;
 use crate::pki::Pki;
 use crate::process::{AgentOptions, AgentProc, ServerOptions, ServerProc};
 
+/// How long fixtures wait for a process to be ready or an agent to register.
+/// A bound for loaded CI machines, not an expectation: startup takes well
+/// under a second (tests that assert timing measure it themselves).
+pub const STARTUP_LIMIT: Duration = Duration::from_secs(30);
+
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -67,7 +72,7 @@ impl Cluster {
         let agent = AgentProc::start(&pki, server.agent_addr, &opts.node, &opts.ips, opts.agent)
             .expect("tunnel-agent");
         server
-            .wait_agents(1, Duration::from_secs(10))
+            .wait_agents(1, STARTUP_LIMIT)
             .expect("agent registers");
         Self {
             server,

@@ -237,7 +237,7 @@ impl ServerProc {
             opts,
             pki_dir: pki.dir.clone(),
         };
-        s.wait_ready("/readyz", Duration::from_secs(10))?;
+        s.wait_ready("/readyz", crate::cluster::STARTUP_LIMIT)?;
         Ok(s)
     }
 
