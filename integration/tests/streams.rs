@@ -92,4 +92,87 @@ macro_rules! over_each_transport {
     };
 }
 
-over_each_transport!(logs_bulk, logs_follow, exec, port_forward, isolation);
+over_each_transport!(logs_bulk, logs_follow, exec, port_forward, isolation, reset);
+
+/// TCP resets cross the tunnel in both directions: an edge service that
+/// resets its connection makes the client's read fail with a reset (not a
+/// clean end), and a client that resets makes the edge service see one.
+async fn reset(transport: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, rx) = tokio::sync::oneshot::channel::<std::io::ErrorKind>();
+    let tx = std::sync::Mutex::new(Some(tx));
+    let svc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let svc_addr = svc.local_addr().unwrap();
+    tokio::spawn(async move {
+        // First connection: write, then reset (SO_LINGER 0 and close).
+        let (mut s, _) = svc.accept().await.unwrap();
+        s.write_all(b"partial").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.set_zero_linger().unwrap();
+        drop(s);
+        // Second connection: report what a read sees after the client's reset.
+        let (mut s, _) = svc.accept().await.unwrap();
+        let mut buf = [0u8; 16];
+        let kind = loop {
+            match s.read(&mut buf).await {
+                Ok(0) => break std::io::ErrorKind::UnexpectedEof,
+                Ok(_) => continue,
+                Err(e) => break e.kind(),
+            }
+        };
+        if let Some(tx) = tx.lock().unwrap().take() {
+            let _ = tx.send(kind);
+        }
+    });
+    let mut opts = ClusterOptions::allowing(
+        &[svc_addr.to_string()],
+        &[&format!("--transport={transport}")],
+    );
+    opts.server.proxy = true;
+    let c = Cluster::start(opts);
+    let tls = integration::client::proxy_tls(
+        &c.pki.path("ca.crt"),
+        Some((
+            &c.pki.path("proxy-client.crt"),
+            &c.pki.path("proxy-client.key"),
+        )),
+    )
+    .unwrap();
+    let proxy = c.server.proxy_addr.unwrap();
+
+    // Edge resets: the client reads the data, then a reset.
+    let mut r = integration::client::connect_tls(&tls, proxy, &svc_addr.to_string())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut got = [0u8; 7];
+    r.stream.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"partial");
+    let end = tokio::time::timeout(Duration::from_secs(10), r.stream.read(&mut [0u8; 16]))
+        .await
+        .expect("reset reaches the client");
+    let kind = end.map_err(|e| e.kind());
+    assert_eq!(
+        kind,
+        Err(std::io::ErrorKind::ConnectionReset),
+        "{transport}: edge reset arrived as {kind:?}"
+    );
+
+    // Client resets: the edge service sees a reset.
+    let r = integration::client::connect_tls(&tls, proxy, &svc_addr.to_string())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (tcp, _) = r.stream.into_inner();
+    tcp.set_zero_linger().unwrap();
+    drop(tcp);
+    let seen = tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .expect("edge service saw the end")
+        .unwrap();
+    assert_eq!(
+        seen,
+        std::io::ErrorKind::ConnectionReset,
+        "{transport}: client reset arrived at the edge as {seen:?}"
+    );
+}
