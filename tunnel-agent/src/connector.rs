@@ -182,18 +182,14 @@ impl Connector {
                     addr: addr.to_string(),
                     reason: e.to_string(),
                 })?;
-        match tokio::time::timeout(self.connect_timeout, connecting).await {
-            Ok(Ok(c)) => Ok((TunnelConnection::Quic(c), endpoint)),
-            Ok(Err(e)) => Err(ConnectError::Connect {
-                addr: addr.to_string(),
-                reason: e.to_string(),
-            }),
-            Err(_) => Err(ConnectError::Timeout {
-                what: "QUIC handshake",
-                addr: addr.to_string(),
-                after: self.connect_timeout,
-            }),
-        }
+        let conn = step(
+            "QUIC handshake",
+            &addr.to_string(),
+            self.connect_timeout,
+            connecting,
+        )
+        .await?;
+        Ok((TunnelConnection::Quic(conn), endpoint))
     }
 
     async fn dial_ws(&self) -> Result<TunnelConnection, ConnectError> {
@@ -209,17 +205,8 @@ impl Connector {
             }
             None => {
                 let addr = self.resolve().await?;
-                let tcp = tokio::time::timeout(t, tokio::net::TcpStream::connect(addr))
-                    .await
-                    .map_err(|_| ConnectError::Timeout {
-                        what: "TCP connection",
-                        addr: addr.to_string(),
-                        after: t,
-                    })?
-                    .map_err(|e| ConnectError::Connect {
-                        addr: addr.to_string(),
-                        reason: e.to_string(),
-                    })?;
+                let connect = tokio::net::TcpStream::connect(addr);
+                let tcp = step("TCP connection", &addr.to_string(), t, connect).await?;
                 (tcp, addr)
             }
         };
@@ -229,17 +216,7 @@ impl Connector {
             .map_err(|_| ConnectError::ServerName(self.server_host.clone()))?;
         let connector = tokio_rustls::TlsConnector::from(Arc::new(self.ws_tls.clone()));
         let addr = remote.to_string();
-        let tls = tokio::time::timeout(t, connector.connect(name, tcp))
-            .await
-            .map_err(|_| ConnectError::Timeout {
-                what: "TLS handshake",
-                addr: addr.clone(),
-                after: t,
-            })?
-            .map_err(|e| ConnectError::Connect {
-                addr: addr.clone(),
-                reason: format!("TLS: {e}"),
-            })?;
+        let tls = step("TLS handshake", &addr, t, connector.connect(name, tcp)).await?;
         let host = if self.server_host.contains(':') {
             format!("[{}]", self.server_host)
         } else {
@@ -252,17 +229,7 @@ impl Connector {
         );
         let upgrade =
             tokio_tungstenite::client_async_with_config(url, tls, Some(transport::ws::ws_config()));
-        let (ws, _) = tokio::time::timeout(t, upgrade)
-            .await
-            .map_err(|_| ConnectError::Timeout {
-                what: "WebSocket upgrade",
-                addr: addr.clone(),
-                after: t,
-            })?
-            .map_err(|e| ConnectError::Connect {
-                addr: addr.clone(),
-                reason: format!("WebSocket upgrade: {e}"),
-            })?;
+        let (ws, _) = step("WebSocket upgrade", &addr, t, upgrade).await?;
         let mux = transport::mux::spawn(transport::ws::WsByteStream::new(ws), MuxRole::Client);
         Ok(TunnelConnection::Ws {
             mux,
@@ -379,6 +346,28 @@ impl Connector {
             .with_label_values(&[transport.as_str()])
             .set(i64::from(up));
         self.connected.store(up, Ordering::Release);
+    }
+}
+
+/// Runs one step of reaching the server with a deadline; both ways of
+/// failing name the step and the address.
+async fn step<T, E: std::fmt::Display>(
+    what: &'static str,
+    addr: &str,
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, ConnectError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ConnectError::Connect {
+            addr: addr.to_string(),
+            reason: format!("{what}: {e}"),
+        }),
+        Err(_) => Err(ConnectError::Timeout {
+            what,
+            addr: addr.to_string(),
+            after: limit,
+        }),
     }
 }
 
