@@ -1,9 +1,9 @@
 //! The on-disk certificate layout, and what `tunnel-server certs init|agent` write into it.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::atomic_file::{write_atomic, CERT_MODE, KEY_MODE};
 use crate::issue::{
     CertificateAuthority, IssuedCert, DEFAULT_CA_VALIDITY, DEFAULT_CERT_VALIDITY,
     DEFAULT_PROXY_CLIENT_CN,
@@ -80,13 +80,24 @@ pub fn issue_agent_files(
     identity: &NodeIdentity,
     force: bool,
 ) -> Result<Vec<PathBuf>, CertError> {
+    issue_agent_files_valid_for(dir, identity, DEFAULT_CERT_VALIDITY, force)
+}
+
+/// [`issue_agent_files`] with a chosen lifetime (`certs agent --ttl`, e.g. short-lived
+/// certificates that rotation renews).
+pub fn issue_agent_files_valid_for(
+    dir: &Path,
+    identity: &NodeIdentity,
+    validity: std::time::Duration,
+    force: bool,
+) -> Result<Vec<PathBuf>, CertError> {
     // Validate first: the name becomes part of the file names.
     validate_node_name(&identity.node_name)?;
     let cert_name = agent_cert_file(&identity.node_name);
     let key_name = agent_key_file(&identity.node_name);
     refuse_overwrite(dir, &[&cert_name, &key_name], force)?;
     let ca = CertificateAuthority::from_files(&dir.join(CA_CERT_FILE), &dir.join(CA_KEY_FILE))?;
-    let agent = ca.issue_agent(identity, DEFAULT_CERT_VALIDITY)?;
+    let agent = ca.issue_agent(identity, validity)?;
     write_files(dir, &[(&cert_name, &key_name, &agent)], force)
 }
 
@@ -142,77 +153,6 @@ fn write_files(
         written.push(path);
     }
     Ok(written)
-}
-
-/// Permission bits for certificate files (world-readable).
-const CERT_MODE: u32 = 0o644;
-/// Permission bits for private key files (owner only).
-const KEY_MODE: u32 = 0o600;
-
-/// Writes `contents` to a temporary file next to `path`, then renames it into place.
-///
-/// Readers never see a half-written file, and a key is never readable by others, even
-/// briefly: the temp file is created with `mode` already applied.
-fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertError> {
-    let write_err = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| CertError::Write { path: p, source }
-    };
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{file_name}.tmp.{}", std::process::id()));
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(write_err(&tmp)(e)),
-    }
-    let result = (|| {
-        let mut file = create_with_mode(&tmp, mode).map_err(write_err(&tmp))?;
-        file.write_all(contents).map_err(write_err(&tmp))?;
-        // The umask may have narrowed `mode` at creation; state it exactly.
-        set_mode(&file, mode).map_err(write_err(&tmp))?;
-        file.sync_all().map_err(write_err(&tmp))?;
-        fs::rename(&tmp, path).map_err(write_err(path))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Creates a new file that is never, even momentarily, more permissive than `mode`.
-#[cfg(unix)]
-fn create_with_mode(path: &Path, mode: u32) -> std::io::Result<fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-}
-
-/// Creates a new file (no Unix permissions on this platform).
-#[cfg(not(unix))]
-fn create_with_mode(path: &Path, _mode: u32) -> std::io::Result<fs::File> {
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-}
-
-/// Sets the exact permission bits, regardless of umask.
-#[cfg(unix)]
-fn set_mode(file: &fs::File, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    file.set_permissions(fs::Permissions::from_mode(mode))
-}
-
-/// No-op where Unix permissions do not exist.
-#[cfg(not(unix))]
-fn set_mode(_file: &fs::File, _mode: u32) -> std::io::Result<()> {
-    Ok(())
 }
 
 #[cfg(test)]

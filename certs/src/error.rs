@@ -135,4 +135,18 @@ pub enum CertError {
         /// Which config was being built.
         what: &'static str,
     },
+
+    /// A certificate signing request is malformed, too large, or its signature is wrong.
+    #[error("invalid certificate signing request: {reason}")]
+    InvalidCsr {
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A well-formed certificate signing request asks for an identity it may not have.
+    #[error("certificate signing request refused: {reason}")]
+    CsrNotAllowed {
+        /// Which name or address is not allowed.
+        reason: String,
+    },
 }

@@ -45,6 +45,11 @@ pub fn not_after_unix(cert: &CertificateDer<'_>) -> Result<i64, CertError> {
     Ok(parse(cert)?.validity().not_after.timestamp())
 }
 
+/// Returns the certificate's `notBefore` as Unix seconds, for revocation checks.
+pub fn not_before_unix(cert: &CertificateDer<'_>) -> Result<i64, CertError> {
+    Ok(parse(cert)?.validity().not_before.timestamp())
+}
+
 /// Parses DER as X.509, rejecting trailing bytes.
 fn parse<'a>(cert: &'a CertificateDer<'_>) -> Result<X509Certificate<'a>, CertError> {
     let (rest, x509) =
@@ -97,7 +102,7 @@ fn ip_sans(x509: &X509Certificate<'_>) -> Result<Vec<IpAddr>, CertError> {
 }
 
 /// Converts an IP SAN's octets (4 or 16 of them) to an address.
-fn ip_from_bytes(bytes: &[u8]) -> Result<IpAddr, CertError> {
+pub(crate) fn ip_from_bytes(bytes: &[u8]) -> Result<IpAddr, CertError> {
     if let Ok(v4) = <[u8; 4]>::try_from(bytes) {
         Ok(IpAddr::from(v4))
     } else if let Ok(v6) = <[u8; 16]>::try_from(bytes) {

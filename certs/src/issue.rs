@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -31,7 +31,8 @@ pub const DEFAULT_PROXY_CLIENT_CN: &str = "kube-apiserver-proxy-client";
 /// Organization of agent certificates: the kubelet client-certificate group.
 pub const NODES_ORGANIZATION: &str = "system:nodes";
 
-/// How far `notBefore` is backdated so a node with a slightly slow clock accepts a fresh cert.
+/// How far `notBefore` is backdated so a node with a slightly slow clock accepts a fresh cert
+/// (at most a tenth of the validity, so short-lived certificates keep most of their life).
 const CLOCK_SKEW_ALLOWANCE: time::Duration = time::Duration::minutes(5);
 /// Random serial length in bytes (RFC 5280 allows up to 20).
 const SERIAL_LEN: usize = 16;
@@ -243,23 +244,9 @@ impl CertificateAuthority {
         identity: &NodeIdentity,
         validity: Duration,
     ) -> Result<IssuedCert, CertError> {
-        const WHAT: &str = "agent certificate";
-        validate_node_name(&identity.node_name)?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, NODES_ORGANIZATION);
-        dn.push(
-            DnType::CommonName,
-            format!("{AGENT_CN_PREFIX}{}", identity.node_name),
-        );
-        let dns = identity
-            .node_name
-            .as_str()
-            .try_into()
-            .map_err(|source| CertError::Issue { what: WHAT, source })?;
-        let mut sans = vec![SanType::DnsName(dns)];
-        push_ip_sans(&mut sans, &identity.node_ips);
+        let (dn, sans) = agent_subject(identity)?;
         self.issue_leaf(
-            WHAT,
+            AGENT_CERT,
             dn,
             sans,
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -302,25 +289,107 @@ impl CertificateAuthority {
         validity: Duration,
     ) -> Result<IssuedCert, CertError> {
         let key = new_key(what)?;
-        let (not_before, not_after) = validity_window(validity, Some(self.not_after))?;
+        let leaf = LeafSpec {
+            what,
+            subject,
+            sans,
+            eku,
+            validity,
+            not_before_floor: None,
+        };
+        Ok(IssuedCert {
+            cert_pem: self.sign_leaf(leaf, &key)?,
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Signs an agent certificate for `identity` over a public key the agent generated
+    /// (from its CSR); returns the certificate PEM.
+    ///
+    /// `not_before_floor` lifts `notBefore` above a revocation time, so the new certificate
+    /// is told apart from the revoked ones even though `notBefore` is backdated for skew.
+    pub(crate) fn sign_agent_key(
+        &self,
+        identity: &NodeIdentity,
+        subject_key: &impl PublicKeyData,
+        validity: Duration,
+        not_before_floor: Option<OffsetDateTime>,
+    ) -> Result<String, CertError> {
+        let (subject, sans) = agent_subject(identity)?;
+        let leaf = LeafSpec {
+            what: AGENT_CERT,
+            subject,
+            sans,
+            eku: ExtendedKeyUsagePurpose::ClientAuth,
+            validity,
+            not_before_floor,
+        };
+        self.sign_leaf(leaf, subject_key)
+    }
+
+    /// Signs `leaf` for `subject_key` with the CA key; returns the certificate PEM.
+    fn sign_leaf(
+        &self,
+        leaf: LeafSpec,
+        subject_key: &impl PublicKeyData,
+    ) -> Result<String, CertError> {
+        let (mut not_before, not_after) = validity_window(leaf.validity, Some(self.not_after))?;
+        if let Some(floor) = leaf.not_before_floor {
+            not_before = not_before.max(floor).min(not_after);
+        }
         let mut params = CertificateParams::default();
-        params.distinguished_name = subject;
-        params.subject_alt_names = sans;
+        params.distinguished_name = leaf.subject;
+        params.subject_alt_names = leaf.sans;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![eku];
+        params.extended_key_usages = vec![leaf.eku];
         params.use_authority_key_identifier_extension = true;
         params.not_before = not_before;
         params.not_after = not_after;
         params.serial_number = Some(random_serial()?);
         let cert = params
-            .signed_by(&key, &self.issuer)
-            .map_err(|source| CertError::Issue { what, source })?;
-        Ok(IssuedCert {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+            .signed_by(subject_key, &self.issuer)
+            .map_err(|source| CertError::Issue {
+                what: leaf.what,
+                source,
+            })?;
+        Ok(cert.pem())
     }
+}
+
+/// What [`CertificateAuthority::sign_leaf`] puts in a leaf certificate.
+struct LeafSpec {
+    what: &'static str,
+    subject: DistinguishedName,
+    sans: Vec<SanType>,
+    eku: ExtendedKeyUsagePurpose,
+    validity: Duration,
+    not_before_floor: Option<OffsetDateTime>,
+}
+
+/// What the issuing errors call an agent certificate.
+const AGENT_CERT: &str = "agent certificate";
+
+/// Subject `CN=system:node:<node>, O=system:nodes` and SANs `DNS:<node>` plus each node IP.
+fn agent_subject(identity: &NodeIdentity) -> Result<(DistinguishedName, Vec<SanType>), CertError> {
+    validate_node_name(&identity.node_name)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, NODES_ORGANIZATION);
+    dn.push(
+        DnType::CommonName,
+        format!("{AGENT_CN_PREFIX}{}", identity.node_name),
+    );
+    let dns = identity
+        .node_name
+        .as_str()
+        .try_into()
+        .map_err(|source| CertError::Issue {
+            what: AGENT_CERT,
+            source,
+        })?;
+    let mut sans = vec![SanType::DnsName(dns)];
+    push_ip_sans(&mut sans, &identity.node_ips);
+    Ok((dn, sans))
 }
 
 /// Why a certificate/key pair cannot serve as a CA; mapped to an error naming PEM or file.
@@ -390,7 +459,8 @@ fn validity_window(
             not_after = cap;
         }
     }
-    Ok((now - CLOCK_SKEW_ALLOWANCE, not_after))
+    let skew = CLOCK_SKEW_ALLOWANCE.min(span / 10);
+    Ok((now - skew, not_after))
 }
 
 /// A random positive serial number, drawn from the crypto provider's CSPRNG.

@@ -6,22 +6,32 @@
 
 #![warn(missing_docs)]
 
+pub mod atomic_file;
 pub mod bundle;
+pub mod csr;
 mod error;
 pub mod identity;
 pub mod issue;
 pub mod load;
 mod node;
 mod pem;
+pub mod reloadable;
 pub mod tls;
+pub mod token;
 
-pub use bundle::{init_cluster, issue_agent_files};
+pub use bundle::{init_cluster, issue_agent_files, issue_agent_files_valid_for};
+pub use csr::{agent_key_request, AgentKeyRequest};
 pub use error::CertError;
-pub use identity::{agent_identity, common_name, not_after_unix};
+pub use identity::{agent_identity, common_name, not_after_unix, not_before_unix};
 pub use issue::{CertificateAuthority, IssuedCert};
-pub use load::{load_cert_chain, load_private_key, load_root_store};
+pub use load::{load_cert_and_key, load_cert_chain, load_private_key, load_root_store};
 pub use node::{validate_node_name, NodeIdentity};
-pub use tls::{agent_client_config, agent_facing_server_config, provider, proxy_server_config};
+pub use reloadable::{ReloadableClientVerifier, ReloadableServerCert};
+pub use tls::{
+    agent_client_config, agent_facing_server_config, enroll_client_config, provider,
+    proxy_server_config, reloadable_server_config,
+};
+pub use token::{BootstrapToken, TokenError, TokenRecord, TokenStore};
 
 #[cfg(test)]
 mod test_util {

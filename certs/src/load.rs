@@ -65,6 +65,52 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError
     Ok(key)
 }
 
+/// Loads a certificate chain and its private key, checking that the key belongs to the leaf.
+///
+/// A mismatched pair is reported naming both files, instead of as a TLS handshake failure
+/// later (where the peer only sees "decrypt error").
+pub fn load_cert_and_key(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), CertError> {
+    let chain = load_cert_chain(cert_path)?;
+    let key = load_private_key(key_path)?;
+    check_key_matches(&chain, &key).map_err(|reason| {
+        invalid(
+            key_path,
+            format!("{reason} (certificate: {})", cert_path.display()),
+        )
+    })?;
+    Ok((chain, key))
+}
+
+/// Checks that `key` is the private key of the first certificate in `chain`.
+pub fn check_key_matches(
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKeyDer<'_>,
+) -> Result<(), String> {
+    let signing_key = crate::tls::provider()
+        .key_provider
+        .load_private_key(key.clone_key())
+        .map_err(|e| format!("unsupported or malformed private key: {e}"))?;
+    let certified = rustls::sign::CertifiedKey::new(chain.to_vec(), signing_key);
+    certified
+        .keys_match()
+        .map_err(|e| format!("private key does not match the certificate: {e}"))
+}
+
+/// The first certificate in PEM text (e.g. one just issued or received), if any.
+pub fn first_cert_der(pem: &str) -> Option<CertificateDer<'static>> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .and_then(Result::ok)
+}
+
+/// The `notAfter` (Unix seconds) of the first certificate in PEM text, for expiry metrics.
+pub fn first_cert_not_after(pem: &str) -> Option<i64> {
+    first_cert_der(pem).and_then(|der| crate::not_after_unix(&der).ok())
+}
+
 /// Loads a CA bundle as a trust store; every certificate in the file becomes a trust anchor.
 pub fn load_root_store(path: &Path) -> Result<rustls::RootCertStore, CertError> {
     let mut store = rustls::RootCertStore::empty();
@@ -315,6 +361,32 @@ tcWmNj7xAsz5BR+8JdC/PXrq9pHgeAOvfw==\n\
             load_private_key(&path).unwrap_err(),
             &path,
             "more than one private key",
+        );
+    }
+
+    #[test]
+    fn mismatched_key_names_both_files() {
+        let dir = crate::test_util::TempDir::new();
+        let ca = crate::CertificateAuthority::generate(crate::issue::DEFAULT_CA_VALIDITY).unwrap();
+        let a = ca
+            .issue_client("a", crate::issue::DEFAULT_CERT_VALIDITY)
+            .unwrap();
+        let b = ca
+            .issue_client("b", crate::issue::DEFAULT_CERT_VALIDITY)
+            .unwrap();
+        let (crt, key, other) = (
+            dir.path().join("a.crt"),
+            dir.path().join("a.key"),
+            dir.path().join("b.key"),
+        );
+        std::fs::write(&crt, &a.cert_pem).unwrap();
+        std::fs::write(&key, &a.key_pem).unwrap();
+        std::fs::write(&other, &b.key_pem).unwrap();
+        load_cert_and_key(&crt, &key).unwrap();
+        let err = load_cert_and_key(&crt, &other).unwrap_err().to_string();
+        assert!(
+            err.contains("b.key") && err.contains("a.crt") && err.contains("does not match"),
+            "{err}"
         );
     }
 }

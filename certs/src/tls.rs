@@ -9,6 +9,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::reloadable::{ReloadableClientVerifier, ReloadableServerCert};
 use crate::CertError;
 
 /// TLS 1.3 only: QUIC requires it.
@@ -42,6 +43,43 @@ pub fn agent_facing_server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|source| CertError::Tls { what: WHAT, source })?;
+    config.alpn_protocols = alpn;
+    Ok(config)
+}
+
+/// Server config for the agent port over replaceable material (see [`crate::reloadable`]).
+///
+/// TLS 1.3; `verifier` decides whether a client certificate is mandatory (tunnel) or
+/// optional (enrollment); `alpn` is the list of protocols offered.
+pub fn reloadable_server_config(
+    cert: Arc<ReloadableServerCert>,
+    verifier: ReloadableClientVerifier,
+    alpn: Vec<Vec<u8>>,
+) -> Result<ServerConfig, CertError> {
+    const WHAT: &str = "agent-facing server";
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(TLS13_ONLY)
+        .map_err(|source| CertError::Tls { what: WHAT, source })?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_cert_resolver(cert);
+    config.alpn_protocols = alpn;
+    Ok(config)
+}
+
+/// Client config for enrollment: pins `server_ca`, presents no certificate.
+pub fn enroll_client_config(
+    server_ca: RootCertStore,
+    alpn: Vec<Vec<u8>>,
+) -> Result<ClientConfig, CertError> {
+    const WHAT: &str = "enrollment client";
+    if server_ca.is_empty() {
+        return Err(CertError::EmptyRootStore { what: WHAT });
+    }
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(TLS13_ONLY)
+        .map_err(|source| CertError::Tls { what: WHAT, source })?
+        .with_root_certificates(server_ca)
+        .with_no_client_auth();
     config.alpn_protocols = alpn;
     Ok(config)
 }
@@ -407,5 +445,62 @@ mod tests {
         let err = proxy_server_config(chain(&pki.server), key(&pki.server), RootCertStore::empty())
             .unwrap_err();
         assert!(matches!(err, CertError::EmptyRootStore { .. }), "{err}");
+    }
+
+    #[test]
+    fn reloadable_config_serves_replaced_certificate_and_ca() {
+        let pki = pki();
+        let cert =
+            Arc::new(ReloadableServerCert::new(chain(&pki.server), key(&pki.server)).unwrap());
+        let verifier = ReloadableClientVerifier::new(roots(&pki.ca)).unwrap();
+        let config = Arc::new(
+            reloadable_server_config(cert.clone(), verifier.clone(), vec![ALPN.to_vec()]).unwrap(),
+        );
+        let a = agent(&pki.ca, "edge-1");
+        let client = || {
+            client_conn(
+                agent_client_config(roots(&pki.ca), chain(&a), key(&a), vec![ALPN.to_vec()])
+                    .unwrap(),
+            )
+        };
+        let connect = |mut c: ClientConnection| {
+            let mut s = ServerConnection::new(config.clone()).unwrap();
+            handshake(&mut c, &mut s).map(|()| c.peer_certificates().unwrap()[0].clone())
+        };
+        assert_eq!(connect(client()).unwrap(), chain(&pki.server)[0]);
+
+        let newer = pki
+            .ca
+            .issue_server(SERVER_NAME, &[], DEFAULT_CERT_VALIDITY)
+            .unwrap();
+        cert.replace(chain(&newer), key(&newer)).unwrap();
+        assert_eq!(connect(client()).unwrap(), chain(&newer)[0]);
+
+        // A key that does not match is refused and the served certificate stays.
+        assert!(cert.replace(chain(&pki.server), key(&newer)).is_err());
+        assert_eq!(cert.leaf().unwrap(), chain(&newer)[0]);
+
+        // Another CA: this agent is refused from now on.
+        let other = CertificateAuthority::generate(DEFAULT_CA_VALIDITY).unwrap();
+        verifier.replace(roots(&other)).unwrap();
+        assert!(connect(client()).is_err());
+    }
+
+    #[test]
+    fn optional_view_lets_anonymous_clients_in() {
+        let pki = pki();
+        let cert =
+            Arc::new(ReloadableServerCert::new(chain(&pki.server), key(&pki.server)).unwrap());
+        let verifier = ReloadableClientVerifier::new(roots(&pki.ca)).unwrap();
+        let anonymous =
+            || client_conn(enroll_client_config(roots(&pki.ca), vec![ALPN.to_vec()]).unwrap());
+        let strict =
+            reloadable_server_config(cert.clone(), verifier.clone(), vec![ALPN.to_vec()]).unwrap();
+        assert!(handshake(&mut anonymous(), &mut server_conn(strict)).is_err());
+        let open =
+            reloadable_server_config(cert, verifier.optional(), vec![ALPN.to_vec()]).unwrap();
+        let mut server = server_conn(open);
+        handshake(&mut anonymous(), &mut server).unwrap();
+        assert!(server.peer_certificates().is_none());
     }
 }
