@@ -13,6 +13,7 @@
 //!   [`DialResult`]; after a successful result the stream carries raw bytes.
 
 pub mod codes;
+pub mod enroll;
 pub mod frame;
 pub mod grpc;
 pub mod konnectivity;
