@@ -22,6 +22,8 @@ pub struct AgentListener {
     pub registry: Arc<AgentRegistry>,
     pub metrics: ServerMetrics,
     pub server_version: String,
+    /// Nodes whose certificates are refused (`--revocation-file`).
+    pub revocations: Arc<crate::revocation::Revocations>,
 }
 
 impl AgentListener {
@@ -82,6 +84,22 @@ impl AgentListener {
                 return;
             }
         };
+        if let Some(message) = self.revoked(&link) {
+            tracing::warn!(%node, %remote, "refusing agent: {message}");
+            self.metrics
+                .agent_rejections
+                .with_label_values(&["revoked"])
+                .inc();
+            let ack = Message::HelloAck(HelloAck::Rejected {
+                reason: proto::RejectReason::BadCertificate,
+                message: message.clone(),
+            });
+            if write_message(&mut send, &ack).await.is_ok() {
+                send.finish_and_wait(Duration::from_secs(2)).await;
+            }
+            link.close(proto::codes::CONN_REJECTED, &message);
+            return;
+        }
         let reg = match check_hello(&hello, &identity) {
             Ok(r) => r,
             Err(Rejection { reason, message }) => {
@@ -122,6 +140,12 @@ impl AgentListener {
         }
         tracing::info!(%node, ips = ?reg.ips, %remote, transport = link.kind().as_str(),
             agent_version = %reg.agent_version, "agent registered");
+        if let Some(not_after) = peer_leaf(&link).and_then(|c| certs::not_after_unix(&c).ok()) {
+            self.metrics
+                .agent_certificate_expiry
+                .with_label_values(&[&node])
+                .set(not_after);
+        }
 
         // The control stream stays open for future messages; unknown ones are skipped.
         let control = async {
@@ -152,12 +176,32 @@ impl AgentListener {
         }
     }
 
+    /// Why the deny list refuses this connection's certificate, if it does.
+    fn revoked(&self, link: &TunnelConnection) -> Option<String> {
+        let leaf = peer_leaf(link)?;
+        let identity = certs::agent_identity(&leaf).ok()?;
+        let not_before = certs::not_before_unix(&leaf).ok()?;
+        let at = self
+            .revocations
+            .current()
+            .revokes(&identity.node_name, not_before)?;
+        Some(format!(
+            "the certificate of node {:?} was revoked (at unix time {at}); enroll again with a new bootstrap token",
+            identity.node_name
+        ))
+    }
+
     fn reject_metric(&self, reason: proto::RejectReason) {
         self.metrics
             .agent_rejections
             .with_label_values(&[reason.as_str()])
             .inc();
     }
+}
+
+/// The verified client certificate of `link`.
+fn peer_leaf(link: &TunnelConnection) -> Option<rustls_pki_types::CertificateDer<'static>> {
+    link.peer_certificates()?.into_iter().next()
 }
 
 /// The node identity in the verified client certificate of `link`.

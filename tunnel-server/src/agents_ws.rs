@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http;
 use transport::mux::{MuxRole, PeerInfo};
@@ -18,13 +18,17 @@ use transport::ws::{ws_config, WsByteStream, TUNNEL_PATH};
 use transport::TunnelConnection;
 
 use crate::agents::AgentListener;
+use crate::enroll::AgentPortTls;
 
 /// Time for a TCP client to finish TLS and the WebSocket upgrade.
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl AgentListener {
     /// Accepts agents over WebSocket until the task is dropped.
-    pub async fn serve_ws(self: Arc<Self>, listener: TcpListener, acceptor: TlsAcceptor) {
+    ///
+    /// TLS is chosen per ClientHello ([`AgentPortTls::select`]): enrollment requests go to
+    /// [`crate::enroll::http`], everything else becomes a tunnel connection.
+    pub async fn serve_ws(self: Arc<Self>, listener: TcpListener, tls: Arc<AgentPortTls>) {
         loop {
             let (tcp, remote) = match listener.accept().await {
                 Ok(x) => x,
@@ -35,10 +39,13 @@ impl AgentListener {
                 }
             };
             let this = self.clone();
-            let acceptor = acceptor.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(UPGRADE_TIMEOUT, upgrade(tcp, remote, acceptor)).await {
-                    Ok(Ok(link)) => this.serve_connection(link).await,
+                match tokio::time::timeout(UPGRADE_TIMEOUT, upgrade(tcp, remote, &tls)).await {
+                    Ok(Ok(Accepted::Tunnel(link))) => this.serve_connection(link).await,
+                    Ok(Ok(Accepted::Enroll(stream))) => {
+                        crate::enroll::http::serve(*stream, tls.issuer.clone()).await
+                    }
                     Ok(Err(reason)) => {
                         tracing::info!(%remote, %reason, "agent WebSocket connection refused")
                     }
@@ -49,14 +56,22 @@ impl AgentListener {
     }
 }
 
-/// TLS + WebSocket upgrade; returns the multiplexed connection or why not.
+/// What a TCP connection on the agent port turned out to be.
+enum Accepted {
+    /// A registered-to-be tunnel (WebSocket upgraded, multiplexed).
+    Tunnel(TunnelConnection),
+    /// An enrollment or renewal request, TLS established.
+    Enroll(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// TLS (config chosen by ALPN), then for tunnels the WebSocket upgrade.
 // The path check's error type is tungstenite's callback signature, not ours.
 #[allow(clippy::result_large_err)]
 async fn upgrade(
     mut tcp: TcpStream,
     remote: std::net::SocketAddr,
-    acceptor: TlsAcceptor,
-) -> Result<TunnelConnection, String> {
+    tls: &AgentPortTls,
+) -> Result<Accepted, String> {
     let _ = tcp.set_nodelay(true);
     transport::socket::set_tcp_keepalive(&tcp);
     // A TLS connection starts with a handshake record (0x16). Anything else
@@ -76,10 +91,17 @@ async fn upgrade(
         }
         Err(e) => return Err(e.to_string()),
     }
-    let tls = acceptor
-        .accept(tcp)
+    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
         .await
         .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let (config, enroll) = tls.select(start.client_hello().alpn());
+    let tls = start
+        .into_stream(config)
+        .await
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    if enroll {
+        return Ok(Accepted::Enroll(Box::new(tls)));
+    }
     let certificates = tls.get_ref().1.peer_certificates().map(<[_]>::to_vec);
     let check_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() == TUNNEL_PATH {
@@ -96,11 +118,11 @@ async fn upgrade(
         .await
         .map_err(|e| format!("WebSocket upgrade failed: {e}"))?;
     let mux = transport::mux::spawn(WsByteStream::new(ws), MuxRole::Server);
-    Ok(TunnelConnection::Ws {
+    Ok(Accepted::Tunnel(TunnelConnection::Ws {
         mux,
         peer: PeerInfo {
             remote,
             certificates,
         },
-    })
+    }))
 }

@@ -74,6 +74,18 @@ pub struct RunArgs {
     /// CA that signs agent certificates.
     #[arg(long, value_name = "FILE")]
     pub agent_ca: Option<PathBuf>,
+    /// Bootstrap tokens accepted for enrollment (hashed; see `certs token create`).
+    #[arg(long, value_name = "DIR")]
+    pub token_dir: Option<PathBuf>,
+    /// Private key of --agent-ca: lets the server sign enrolled and renewed agent certificates.
+    #[arg(long, value_name = "FILE")]
+    pub agent_ca_key: Option<PathBuf>,
+    /// Lifetime of agent certificates the server issues (agents renew after 2/3 of it).
+    #[arg(long, default_value = "365d", value_parser = parse_duration)]
+    pub agent_cert_ttl: Duration,
+    /// Deny list of revoked nodes (`certs revoke`), reloaded when it changes and on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub revocation_file: Option<PathBuf>,
     /// CA for client certificates on --proxy-addr.
     #[arg(long, value_name = "FILE")]
     pub proxy_client_ca: Option<PathBuf>,
@@ -116,6 +128,10 @@ pub struct ServerConfig {
     pub agent_ca: PathBuf,
     pub proxy_client_ca: Option<PathBuf>,
     pub proxy_client_names: Vec<String>,
+    pub token_dir: Option<PathBuf>,
+    pub agent_ca_key: Option<PathBuf>,
+    pub agent_cert_ttl: Duration,
+    pub revocation_file: Option<PathBuf>,
     pub dial_timeout: Duration,
     pub max_streams: usize,
     pub max_pending_dials: usize,
@@ -137,6 +153,8 @@ pub enum ConfigError {
     KeepaliveTooLong { keepalive: Duration, idle: Duration },
     #[error("--{0} must be greater than 0")]
     Zero(&'static str),
+    #[error("--agent-ca-key is required with --token-dir (enrollment signs certificates)")]
+    TokenDirNeedsCaKey,
     #[error("two --forward flags listen on {0}")]
     DuplicateForwardListen(SocketAddr),
 }
@@ -153,6 +171,12 @@ impl TryFrom<RunArgs> for ServerConfig {
                 keepalive: a.agent_keepalive,
                 idle: a.agent_idle_timeout,
             });
+        }
+        if a.token_dir.is_some() && a.agent_ca_key.is_none() {
+            return Err(ConfigError::TokenDirNeedsCaKey);
+        }
+        if a.agent_cert_ttl.is_zero() {
+            return Err(ConfigError::Zero("agent-cert-ttl"));
         }
         if a.max_streams == 0 {
             return Err(ConfigError::Zero("max-streams"));
@@ -180,6 +204,10 @@ impl TryFrom<RunArgs> for ServerConfig {
             agent_ca: a.agent_ca.ok_or(ConfigError::Missing("agent-ca"))?,
             proxy_client_ca: a.proxy_client_ca,
             proxy_client_names: a.proxy_client_names,
+            token_dir: a.token_dir,
+            agent_ca_key: a.agent_ca_key,
+            agent_cert_ttl: a.agent_cert_ttl,
+            revocation_file: a.revocation_file,
             dial_timeout: a.dial_timeout,
             max_streams: a.max_streams,
             max_pending_dials: a.max_pending_dials,
@@ -265,6 +293,23 @@ mod tests {
         let mut a = BASE.to_vec();
         a.extend(["--dial-timeout", "10"]);
         assert!(parse(&a).unwrap_err().contains("invalid duration"));
+    }
+
+    #[test]
+    fn token_dir_needs_the_ca_key() {
+        let mut a = BASE.to_vec();
+        a.extend(["--token-dir", "t"]);
+        assert_eq!(
+            parse(&a).unwrap_err(),
+            "--agent-ca-key is required with --token-dir (enrollment signs certificates)"
+        );
+        a.extend(["--agent-ca-key", "ca.key", "--agent-cert-ttl", "30s"]);
+        let c = parse(&a).unwrap();
+        assert_eq!(c.agent_cert_ttl, Duration::from_secs(30));
+        assert_eq!(
+            parse(BASE).unwrap().agent_cert_ttl,
+            Duration::from_secs(365 * 86400)
+        );
     }
 
     #[test]

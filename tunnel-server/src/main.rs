@@ -24,7 +24,10 @@ fn main() -> anyhow::Result<()> {
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = hup.recv() => reload(&mut server, &argv).await,
+                _ = hup.recv() => {
+                    server.reload_certificates();
+                    reload(&mut server, &argv).await
+                }
             }
         }
         tracing::info!("shutting down: closing agent connections");

@@ -18,6 +18,12 @@ pub struct ServerMetrics {
     pub bytes_total: IntCounterVec,
     pub frontend_requests: IntCounterVec,
     pub agent_rejections: IntCounterVec,
+    /// `notAfter` of the server's own certificate (Unix seconds).
+    pub certificate_expiry: IntGauge,
+    /// `notAfter` of each connected agent's certificate, or of the one last issued to it.
+    pub agent_certificate_expiry: IntGaugeVec,
+    /// Enrollment and renewal requests, by kind and result.
+    pub enrollments: IntCounterVec,
     /// Bytes by node and direction (only with per-node metrics on).
     pub node_bytes: IntCounterVec,
     /// Streams opened, by node (only with per-node metrics on).
@@ -120,6 +126,33 @@ impl ServerMetrics {
                     &["reason"]
                 )
             ),
+            certificate_expiry: registered!(
+                r,
+                IntGauge::new(
+                    "tunnel_server_certificate_expiry_timestamp_seconds",
+                    "Expiry (notAfter) of the server's certificate, Unix seconds."
+                )
+            ),
+            agent_certificate_expiry: registered!(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tunnel_server_agent_certificate_expiry_timestamp_seconds",
+                        "Expiry (notAfter) of each agent's certificate, Unix seconds."
+                    ),
+                    &["node"]
+                )
+            ),
+            enrollments: registered!(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tunnel_server_certificate_requests_total",
+                        "Enrollment and renewal requests, by kind (enroll, renew) and result."
+                    ),
+                    &["kind", "result"]
+                )
+            ),
             node_bytes: registered!(
                 r,
                 IntCounterVec::new(
@@ -192,6 +225,7 @@ impl ServerMetrics {
         }
         let _ = self.node_streams_total.remove_label_values(&[node]);
         let _ = self.node_streams_active.remove_label_values(&[node]);
+        let _ = self.agent_certificate_expiry.remove_label_values(&[node]);
     }
 
     /// Prometheus text exposition, with gauges derived from the registry refreshed first.

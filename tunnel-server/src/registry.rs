@@ -149,6 +149,11 @@ impl AgentRegistry {
         self.read().by_node.get(node).cloned()
     }
 
+    /// Every registered connection (e.g. to close the revoked ones).
+    pub fn entries(&self) -> Vec<Arc<AgentEntry>> {
+        self.read().by_node.values().cloned().collect()
+    }
+
     /// Number of connected agents per transport.
     pub fn count_by_transport(&self) -> HashMap<TransportKind, usize> {
         let mut m = HashMap::new();

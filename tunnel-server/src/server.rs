@@ -11,10 +11,14 @@ use transport::quic::QuicTuning;
 use crate::agents::AgentListener;
 use crate::config::ServerConfig;
 use crate::dial::Dialer;
+use crate::enroll::{AgentPortTls, Issuer};
 use crate::forward::{ForwardBindError, ForwardSpec, Forwards};
 use crate::frontend::{listeners, FrontendContext};
 use crate::metrics::ServerMetrics;
 use crate::registry::AgentRegistry;
+use crate::reload::{Reloader, ServerTls, TlsFiles};
+use crate::revocation::Revocations;
+use tokio::sync::Notify;
 
 /// A running server: its tasks and the handle to stop it gracefully.
 pub struct RunningServer {
@@ -22,6 +26,7 @@ pub struct RunningServer {
     endpoint: quinn::Endpoint,
     tasks: JoinSet<()>,
     forwards: Forwards,
+    reload_trigger: Arc<Notify>,
 }
 
 impl RunningServer {
@@ -30,6 +35,11 @@ impl RunningServer {
     /// be bound are returned (and not running).
     pub async fn reload_forwards(&mut self, desired: &[ForwardSpec]) -> Vec<ForwardBindError> {
         self.forwards.apply(desired).await
+    }
+
+    /// Reloads the TLS files and the deny list now (SIGHUP) instead of at the next poll.
+    pub fn reload_certificates(&self) {
+        self.reload_trigger.notify_one();
     }
 
     /// Closes agent connections (they reconnect to the next server at once)
@@ -51,15 +61,22 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         .context("registering metrics")?
         .with_per_node(cfg.per_node_metrics);
     let registry = Arc::new(AgentRegistry::new());
-    let chain = certs::load_cert_chain(&cfg.tls_cert)?;
-    let key = certs::load_private_key(&cfg.tls_key)?;
-    let agent_ca = certs::load_root_store(&cfg.agent_ca)?;
+    let (chain, key) = certs::load_cert_and_key(&cfg.tls_cert, &cfg.tls_key)?;
+    let tls_files = TlsFiles {
+        cert: cfg.tls_cert.clone(),
+        key: cfg.tls_key.clone(),
+        agent_ca: cfg.agent_ca.clone(),
+    };
+    let server_tls = ServerTls::load(&tls_files)?;
+    let revocations = Arc::new(Revocations::new(match &cfg.revocation_file {
+        Some(path) => crate::revocation::load(path)?,
+        None => Default::default(),
+    }));
     let mut tasks = JoinSet::new();
 
-    let agent_tls = certs::agent_facing_server_config(
-        chain.clone(),
-        key.clone_key(),
-        agent_ca,
+    let agent_tls = certs::reloadable_server_config(
+        server_tls.cert.clone(),
+        server_tls.agent_ca.clone(),
         vec![proto::ALPN_QUIC.to_vec()],
     )?;
     let tuning = QuicTuning {
@@ -76,22 +93,52 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         registry: registry.clone(),
         metrics: metrics.clone(),
         server_version: env!("CARGO_PKG_VERSION").to_string(),
+        revocations: revocations.clone(),
     });
     tasks.spawn(agents.clone().serve_quic(endpoint.clone()));
     tracing::info!(addr = %endpoint.local_addr()?, "accepting agents over QUIC");
-    // The same port number on TCP, for agents whose UDP is blocked.
-    let ws_tls = certs::agent_facing_server_config(
-        chain.clone(),
-        key.clone_key(),
-        certs::load_root_store(&cfg.agent_ca)?,
-        vec![b"http/1.1".to_vec()],
-    )?;
+    // The same port number on TCP, for agents whose UDP is blocked, and for enrollment.
+    let port_tls = Arc::new(AgentPortTls {
+        tunnel: Arc::new(certs::reloadable_server_config(
+            server_tls.cert.clone(),
+            server_tls.agent_ca.clone(),
+            vec![b"http/1.1".to_vec()],
+        )?),
+        enroll: Arc::new(certs::reloadable_server_config(
+            server_tls.cert.clone(),
+            server_tls.agent_ca.optional(),
+            vec![proto::enroll::ALPN_ENROLL.to_vec()],
+        )?),
+        issuer: Arc::new(Issuer {
+            ca: match &cfg.agent_ca_key {
+                Some(k) => Some(certs::CertificateAuthority::from_files(&cfg.agent_ca, k)?),
+                None => None,
+            },
+            tokens: cfg.token_dir.as_ref().map(certs::TokenStore::new),
+            validity: cfg.agent_cert_ttl,
+            revocations: revocations.clone(),
+            metrics: metrics.clone(),
+        }),
+    });
+    let reload_trigger = Arc::new(Notify::new());
+    tasks.spawn(
+        Reloader {
+            files: tls_files,
+            tls: server_tls,
+            revocation_file: cfg.revocation_file.clone(),
+            revocations,
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+            trigger: reload_trigger.clone(),
+        }
+        .run(),
+    );
     let ws_listener = tokio::net::TcpListener::bind(endpoint.local_addr()?)
         .await
         .with_context(|| format!("starting the agent listener on {} (TCP)", cfg.agent_addr))?;
     tracing::info!(addr = %ws_listener.local_addr()?, path = transport::ws::TUNNEL_PATH,
         "accepting agents over WebSocket");
-    tasks.spawn(agents.serve_ws(ws_listener, TlsAcceptor::from(Arc::new(ws_tls))));
+    tasks.spawn(agents.serve_ws(ws_listener, port_tls));
 
     let dialer = Arc::new(Dialer::new(
         registry.clone(),
@@ -160,5 +207,6 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         endpoint,
         tasks,
         forwards,
+        reload_trigger,
     })
 }
