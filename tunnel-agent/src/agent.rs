@@ -14,12 +14,14 @@ use crate::connector::Connector;
 use crate::edge::EdgeDialer;
 use crate::metrics::AgentMetrics;
 use crate::proxy::HttpProxy;
+use crate::tls_files::AgentTlsFiles;
 
 /// A running agent; [`RunningAgent::shutdown`] closes the connection gracefully.
 pub struct RunningAgent {
     stop: watch::Sender<bool>,
     connector: tokio::task::JoinHandle<()>,
     admin: tokio::task::JoinHandle<()>,
+    renewal: tokio::task::JoinHandle<()>,
 }
 
 impl RunningAgent {
@@ -28,83 +30,15 @@ impl RunningAgent {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), self.connector).await;
         self.admin.abort();
+        self.renewal.abort();
     }
 }
 
-/// Loads certificates, binds the admin endpoint and starts connecting.
+/// Binds the admin endpoint, waits for usable certificates (enrolling if needed) and starts
+/// connecting and renewing.
 pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunningAgent> {
-    let chain = certs::load_cert_chain(&cfg.tls_cert)?;
-    let key = certs::load_private_key(&cfg.tls_key)?;
-    let roots = certs::load_root_store(&cfg.server_ca)?;
-    let leaf = chain
-        .first()
-        .with_context(|| format!("{} holds no certificate", cfg.tls_cert.display()))?;
-    let identity = certs::agent_identity(leaf)
-        .with_context(|| format!("reading the node identity in {}", cfg.tls_cert.display()))?;
-    let node_name = match cfg.node_name.clone() {
-        Some(n) => n,
-        None => hostname().unwrap_or_else(|| identity.node_name.clone()),
-    };
-    if node_name != identity.node_name {
-        tracing::warn!(%node_name, certificate_node = %identity.node_name,
-            "--node-name differs from the certificate; the server will refuse this agent");
-    }
-    let node_ips = if cfg.node_ips.is_empty() {
-        identity.node_ips.clone()
-    } else {
-        cfg.node_ips.clone()
-    };
-    let allow = if cfg.allow.is_empty() {
-        Allowlist::default_for(&node_ips)
-    } else {
-        Allowlist::new(cfg.allow.clone())
-    };
-    let rules: Vec<String> = allow.rules().iter().map(ToString::to_string).collect();
-    tracing::info!(node = %node_name, ips = ?node_ips, allow = ?rules, "agent starting");
-
     let metrics = AgentMetrics::new().context("registering metrics")?;
     let connected = Arc::new(AtomicBool::new(false));
-    let quic_tls = certs::agent_client_config(
-        roots.clone(),
-        chain.clone(),
-        key.clone_key(),
-        vec![proto::ALPN_QUIC.to_vec()],
-    )?;
-    let ws_tls = certs::agent_client_config(roots, chain, key, vec![b"http/1.1".to_vec()])?;
-    let proxy = HttpProxy::select(
-        cfg.proxy.as_deref(),
-        |k| std::env::var(k).ok(),
-        &cfg.server_host,
-    )?;
-    if let Some(p) = &proxy {
-        tracing::info!(proxy = %format!("{}:{}", p.host, p.port), "WebSocket connections go through an HTTP proxy");
-    }
-    let connector = Connector {
-        server_host: cfg.server_host.clone(),
-        server_port: cfg.server_port,
-        node_name,
-        node_ips,
-        transport: cfg.transport,
-        quic_tls,
-        ws_tls,
-        proxy,
-        quic_probe_interval: cfg.quic_probe_interval,
-        session: format!("{:016x}", rand::random::<u64>()),
-        tuning: QuicTuning {
-            keep_alive: cfg.keepalive,
-            idle_timeout: cfg.idle_timeout,
-            ..QuicTuning::default()
-        },
-        connect_timeout: cfg.connect_timeout,
-        dialer: Arc::new(EdgeDialer {
-            allow,
-            dial_timeout: cfg.dial_timeout,
-            metrics: metrics.clone(),
-        }),
-        metrics: metrics.clone(),
-        connected: connected.clone(),
-    };
-
     let admin_listener = transport::admin::bind(cfg.admin_addr)
         .await
         .with_context(|| format!("binding --admin-addr {}", cfg.admin_addr))?;
@@ -130,12 +64,93 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunningAgent> {
         ),
     });
     let admin = tokio::spawn(transport::admin::serve(admin_listener, handler));
+    // Waits (admin endpoint up, /readyz 503) until the certificate files are usable,
+    // enrolling first when there are none and a bootstrap token was given.
+    let tls = AgentTlsFiles {
+        cert: cfg.tls_cert.clone(),
+        key: cfg.tls_key.clone(),
+        server_ca: cfg.server_ca.clone(),
+        metrics: metrics.clone(),
+    };
+    let cert_endpoint = crate::enroll::Endpoint {
+        host: cfg.server_host.clone(),
+        port: cfg.server_port,
+        timeout: cfg.connect_timeout * 3,
+    };
+    let wanted = certs::NodeIdentity {
+        node_name: cfg.node_name.clone().or_else(hostname).unwrap_or_default(),
+        node_ips: cfg.node_ips.clone(),
+    };
+    let identity = crate::tls_files::wait_until_usable(
+        &tls,
+        cfg.bootstrap_token.as_ref(),
+        &wanted,
+        &cert_endpoint,
+    )
+    .await
+    .identity;
+    let renewal = tokio::spawn(crate::renew::run(tls.clone(), cert_endpoint));
+    let node_name = match cfg.node_name.clone() {
+        Some(n) => n,
+        None => hostname().unwrap_or_else(|| identity.node_name.clone()),
+    };
+    if node_name != identity.node_name {
+        tracing::warn!(%node_name, certificate_node = %identity.node_name,
+            "--node-name differs from the certificate; the server will refuse this agent");
+    }
+    let node_ips = if cfg.node_ips.is_empty() {
+        identity.node_ips.clone()
+    } else {
+        cfg.node_ips.clone()
+    };
+    let allow = if cfg.allow.is_empty() {
+        Allowlist::default_for(&node_ips)
+    } else {
+        Allowlist::new(cfg.allow.clone())
+    };
+    let rules: Vec<String> = allow.rules().iter().map(ToString::to_string).collect();
+    tracing::info!(node = %node_name, ips = ?node_ips, allow = ?rules, "agent starting");
+
+    let proxy = HttpProxy::select(
+        cfg.proxy.as_deref(),
+        |k| std::env::var(k).ok(),
+        &cfg.server_host,
+    )?;
+    if let Some(p) = &proxy {
+        tracing::info!(proxy = %format!("{}:{}", p.host, p.port), "WebSocket connections go through an HTTP proxy");
+    }
+    let connector = Connector {
+        server_host: cfg.server_host.clone(),
+        server_port: cfg.server_port,
+        node_name,
+        node_ips,
+        transport: cfg.transport,
+        tls,
+        proxy,
+        quic_probe_interval: cfg.quic_probe_interval,
+        session: format!("{:016x}", rand::random::<u64>()),
+        tuning: QuicTuning {
+            keep_alive: cfg.keepalive,
+            idle_timeout: cfg.idle_timeout,
+            ..QuicTuning::default()
+        },
+        connect_timeout: cfg.connect_timeout,
+        dialer: Arc::new(EdgeDialer {
+            allow,
+            dial_timeout: cfg.dial_timeout,
+            metrics: metrics.clone(),
+        }),
+        metrics: metrics.clone(),
+        connected: connected.clone(),
+    };
+
     let (stop, stop_rx) = watch::channel(false);
     let connector = tokio::spawn(connector.run(stop_rx));
     Ok(RunningAgent {
         stop,
         connector,
         admin,
+        renewal,
     })
 }
 

@@ -42,6 +42,9 @@ pub struct Cli {
     /// CA that signed the server's certificate.
     #[arg(long, value_name = "FILE")]
     pub server_ca: Option<PathBuf>,
+    /// Bootstrap token (`<id>.<secret>`): enroll when --tls-cert and --tls-key do not exist yet.
+    #[arg(long, value_name = "TOKEN")]
+    pub bootstrap_token: Option<String>,
     /// Destinations the server may ask for, HOST:PORT or HOST:PORT-PORT, repeatable
     /// (default: each node IP and 127.0.0.1 at 10250 and 10255).
     #[arg(long = "allow", value_name = "HOST:PORT[-PORT]")]
@@ -91,6 +94,7 @@ pub struct AgentConfig {
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
     pub server_ca: PathBuf,
+    pub bootstrap_token: Option<certs::BootstrapToken>,
     pub allow: Vec<AllowRule>,
     pub admin_addr: SocketAddr,
     pub dial_timeout: Duration,
@@ -108,6 +112,8 @@ pub enum ConfigError {
     Missing(&'static str),
     #[error("--server {0:?} must be HOST:PORT")]
     BadServer(String),
+    #[error("--bootstrap-token: {0}")]
+    BadToken(certs::TokenError),
     #[error("--quic-probe-interval must be at least 1s")]
     ProbeTooShort,
     #[error("--keepalive ({keepalive:?}) must be shorter than --idle-timeout ({idle:?})")]
@@ -139,6 +145,12 @@ impl TryFrom<Cli> for AgentConfig {
             tls_cert: c.tls_cert.ok_or(ConfigError::Missing("tls-cert"))?,
             tls_key: c.tls_key.ok_or(ConfigError::Missing("tls-key"))?,
             server_ca: c.server_ca.ok_or(ConfigError::Missing("server-ca"))?,
+            bootstrap_token: c
+                .bootstrap_token
+                .as_deref()
+                .map(certs::BootstrapToken::parse)
+                .transpose()
+                .map_err(ConfigError::BadToken)?,
             allow: c.allow,
             admin_addr: c.admin_addr,
             dial_timeout: c.dial_timeout,
@@ -205,6 +217,17 @@ mod tests {
         let mut a = BASE.to_vec();
         a.extend(["--allow", "10.0.0.1"]);
         assert!(parse(&a).unwrap_err().contains("invalid --allow"));
+    }
+
+    #[test]
+    fn bootstrap_token_is_checked_and_hidden() {
+        let mut a = BASE.to_vec();
+        a.extend(["--bootstrap-token", "abcdef.0123456789abcdef"]);
+        let c = parse(&a).unwrap();
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
+        a.pop();
+        a.push("nope");
+        assert!(parse(&a).unwrap_err().contains("malformed bootstrap token"));
     }
 
     #[test]

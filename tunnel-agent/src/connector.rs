@@ -27,6 +27,7 @@ use crate::config::TransportChoice;
 use crate::edge::EdgeDialer;
 use crate::metrics::AgentMetrics;
 use crate::proxy::{HttpProxy, ProxyError};
+use crate::tls_files::AgentTlsFiles;
 
 /// What a connection attempt needs.
 pub struct Connector {
@@ -35,10 +36,8 @@ pub struct Connector {
     pub node_name: String,
     pub node_ips: Vec<std::net::IpAddr>,
     pub transport: TransportChoice,
-    /// TLS for QUIC (ALPN `edgetunnel/1`).
-    pub quic_tls: rustls::ClientConfig,
-    /// TLS for WebSocket (ALPN `http/1.1`).
-    pub ws_tls: rustls::ClientConfig,
+    /// Certificate files, read again for every attempt (renewals, repaired files).
+    pub tls: AgentTlsFiles,
     pub proxy: Option<HttpProxy>,
     pub tuning: QuicTuning,
     pub connect_timeout: Duration,
@@ -59,6 +58,8 @@ pub enum ConnectError {
     Resolve { host: String, reason: String },
     #[error("invalid server name {0:?} for TLS")]
     ServerName(String),
+    #[error(transparent)]
+    Certificate(#[from] certs::CertError),
     #[error("QUIC setup: {0}")]
     Setup(#[from] transport::quic::QuicSetupError),
     #[error("connecting to {addr}: {reason}")]
@@ -174,7 +175,8 @@ impl Connector {
 
     async fn dial_quic(&self) -> Result<(TunnelConnection, quinn::Endpoint), ConnectError> {
         let addr = self.resolve().await?;
-        let endpoint = transport::quic::client_endpoint(addr, self.quic_tls.clone(), &self.tuning)?;
+        let tls = self.tls.client_config(proto::ALPN_QUIC)?;
+        let endpoint = transport::quic::client_endpoint(addr, tls, &self.tuning)?;
         let connecting =
             endpoint
                 .connect(addr, &self.server_host)
@@ -194,6 +196,7 @@ impl Connector {
 
     async fn dial_ws(&self) -> Result<TunnelConnection, ConnectError> {
         let t = self.connect_timeout;
+        let ws_tls = self.tls.client_config(b"http/1.1")?;
         let (tcp, remote) = match &self.proxy {
             Some(p) => {
                 let tcp = p.connect(&self.server_host, self.server_port, t).await?;
@@ -214,7 +217,7 @@ impl Connector {
         transport::socket::set_tcp_keepalive(&tcp);
         let name = ServerName::try_from(self.server_host.clone())
             .map_err(|_| ConnectError::ServerName(self.server_host.clone()))?;
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(self.ws_tls.clone()));
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(ws_tls));
         let addr = remote.to_string();
         let tls = step("TLS handshake", &addr, t, connector.connect(name, tcp)).await?;
         let host = if self.server_host.contains(':') {

@@ -10,5 +10,8 @@ pub mod backoff;
 pub mod config;
 pub mod connector;
 pub mod edge;
+pub mod enroll;
 pub mod metrics;
 pub mod proxy;
+pub mod renew;
+pub mod tls_files;

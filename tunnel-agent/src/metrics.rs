@@ -13,6 +13,8 @@ pub struct AgentMetrics {
     pub streams_active: IntGauge,
     pub dial_failures: IntCounterVec,
     pub bytes_total: IntCounterVec,
+    /// `notAfter` of the agent's certificate (Unix seconds), refreshed on every load.
+    pub certificate_expiry: IntGauge,
 }
 
 impl AgentMetrics {
@@ -46,6 +48,11 @@ impl AgentMetrics {
             ),
             &["direction"],
         )?;
+        let certificate_expiry = IntGauge::new(
+            "tunnel_agent_certificate_expiry_timestamp_seconds",
+            "Expiry (notAfter) of the agent's certificate, Unix seconds.",
+        )?;
+        registry.register(Box::new(certificate_expiry.clone()))?;
         registry.register(Box::new(connected.clone()))?;
         registry.register(Box::new(reconnects.clone()))?;
         registry.register(Box::new(streams_active.clone()))?;
@@ -58,6 +65,7 @@ impl AgentMetrics {
             streams_active,
             dial_failures,
             bytes_total,
+            certificate_expiry,
         })
     }
 
