@@ -27,6 +27,56 @@ impl Pki {
         ))
     }
 
+    /// Issues an agent certificate valid for `validity`; returns (cert, key) paths.
+    pub fn agent_valid_for(
+        &self,
+        node: &str,
+        ips: &[IpAddr],
+        validity: std::time::Duration,
+    ) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let id = certs::NodeIdentity::new(node, ips.to_vec())?;
+        certs::issue_agent_files_valid_for(&self.dir, &id, validity, true)?;
+        Ok((
+            self.dir.join(certs::bundle::agent_cert_file(node)),
+            self.dir.join(certs::bundle::agent_key_file(node)),
+        ))
+    }
+
+    /// The bootstrap-token directory the test server uses (`--token-dir`).
+    pub fn token_dir(&self) -> PathBuf {
+        self.dir.join("tokens")
+    }
+
+    /// Creates a bootstrap token with the real `tunnel-server certs token create` and
+    /// returns it (the command's last line).
+    pub fn token(&self, node: &str, ips: &[IpAddr], ttl: &str) -> anyhow::Result<String> {
+        let mut cmd = std::process::Command::new(crate::process::bin("tunnel-server"));
+        cmd.args(["certs", "token", "create", "--node", node, "--ttl", ttl])
+            .arg("--token-dir")
+            .arg(self.token_dir());
+        for ip in ips {
+            cmd.arg(format!("--node-ip={ip}"));
+        }
+        let out = cmd.output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "certs token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout)?;
+        let token = stdout.lines().last().unwrap_or_default().trim().to_string();
+        anyhow::ensure!(!token.is_empty(), "certs token create printed nothing");
+        Ok(token)
+    }
+
+    /// The CA of this PKI, with its key, for issuing replacement certificates in tests.
+    pub fn ca(&self) -> anyhow::Result<certs::CertificateAuthority> {
+        Ok(certs::CertificateAuthority::from_files(
+            &self.path(certs::bundle::CA_CERT_FILE),
+            &self.path(certs::bundle::CA_KEY_FILE),
+        )?)
+    }
+
     /// Path of a file in the PKI directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)

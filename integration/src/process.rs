@@ -319,6 +319,19 @@ impl AgentProc {
         opts: AgentOptions,
     ) -> anyhow::Result<Self> {
         let (cert, key) = pki.agent(node, ips)?;
+        Self::start_with_files(pki, server, node, &cert, &key, opts)
+    }
+
+    /// Starts an agent for `node` with the given certificate and key paths, which need not
+    /// exist yet (enrollment with `--bootstrap-token` in `opts.args` writes them).
+    pub fn start_with_files(
+        pki: &Pki,
+        server: SocketAddr,
+        node: &str,
+        cert: &Path,
+        key: &Path,
+        opts: AgentOptions,
+    ) -> anyhow::Result<Self> {
         let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let server_host = if server.ip().is_loopback() {
             format!("localhost:{}", server.port())
