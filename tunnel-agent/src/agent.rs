@@ -12,11 +12,14 @@ use crate::allowlist::Allowlist;
 use crate::config::AgentConfig;
 use crate::connector::Connector;
 use crate::edge::EdgeDialer;
+use crate::link::AgentLink;
 use crate::metrics::AgentMetrics;
 use crate::proxy::HttpProxy;
 
 /// A running agent; [`RunningAgent::shutdown`] closes the connection gracefully.
 pub struct RunningAgent {
+    /// Opens edge→cloud service streams on the current server connection.
+    pub link: AgentLink,
     stop: watch::Sender<bool>,
     connector: tokio::task::JoinHandle<()>,
     admin: tokio::task::JoinHandle<()>,
@@ -79,6 +82,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunningAgent> {
     if let Some(p) = &proxy {
         tracing::info!(proxy = %format!("{}:{}", p.host, p.port), "WebSocket connections go through an HTTP proxy");
     }
+    let (link_publisher, link) = crate::link::channel();
     let connector = Connector {
         server_host: cfg.server_host.clone(),
         server_port: cfg.server_port,
@@ -103,6 +107,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunningAgent> {
         }),
         metrics: metrics.clone(),
         connected: connected.clone(),
+        link: link_publisher,
     };
 
     let admin_listener = transport::admin::bind(cfg.admin_addr)
@@ -133,6 +138,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunningAgent> {
     let (stop, stop_rx) = watch::channel(false);
     let connector = tokio::spawn(connector.run(stop_rx));
     Ok(RunningAgent {
+        link,
         stop,
         connector,
         admin,

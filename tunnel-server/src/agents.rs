@@ -13,6 +13,7 @@ use transport::TunnelConnection;
 use crate::handshake::{check_hello, Rejection};
 use crate::metrics::ServerMetrics;
 use crate::registry::{AgentEntry, AgentRegistry};
+use crate::services::{serve_agent_streams, ServiceContext, ServicePeer};
 
 /// How long an agent has, after connecting, to open its control stream and say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -22,6 +23,8 @@ pub struct AgentListener {
     pub registry: Arc<AgentRegistry>,
     pub metrics: ServerMetrics,
     pub server_version: String,
+    /// Edge→cloud services offered on registered connections.
+    pub services: Arc<ServiceContext>,
 }
 
 impl AgentListener {
@@ -122,6 +125,12 @@ impl AgentListener {
         }
         tracing::info!(%node, ips = ?reg.ips, %remote, transport = link.kind().as_str(),
             agent_version = %reg.agent_version, "agent registered");
+        // Ends by itself when the connection does.
+        tokio::spawn(serve_agent_streams(
+            link.clone(),
+            Arc::new(ServicePeer { identity }),
+            self.services.clone(),
+        ));
 
         // The control stream stays open for future messages; unknown ones are skipped.
         let control = async {

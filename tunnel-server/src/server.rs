@@ -15,6 +15,7 @@ use crate::forward::{ForwardBindError, ForwardSpec, Forwards};
 use crate::frontend::{listeners, FrontendContext};
 use crate::metrics::ServerMetrics;
 use crate::registry::AgentRegistry;
+use crate::services::ServiceContext;
 
 /// A running server: its tasks and the handle to stop it gracefully.
 pub struct RunningServer {
@@ -65,17 +66,31 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
     let tuning = QuicTuning {
         keep_alive: cfg.agent_keepalive,
         idle_timeout: cfg.agent_idle_timeout,
-        // The server opens streams; agents open only their control stream.
-        max_incoming_streams: 16,
+        // The server opens the dial streams; agents open their control
+        // stream and their edge→cloud service streams.
+        max_incoming_streams: crate::services::MAX_SERVICE_STREAMS as u32 + 16,
         ..QuicTuning::default()
     };
     let endpoint =
         transport::quic::server_endpoint(cfg.agent_addr, agent_tls, &tuning, key.secret_der())
             .with_context(|| format!("starting the agent listener on {} (UDP)", cfg.agent_addr))?;
+    let dialer = Arc::new(Dialer::new(
+        registry.clone(),
+        metrics.clone(),
+        cfg.dial_timeout,
+        cfg.max_streams,
+        cfg.max_pending_dials,
+    ));
     let agents = Arc::new(AgentListener {
         registry: registry.clone(),
         metrics: metrics.clone(),
         server_version: env!("CARGO_PKG_VERSION").to_string(),
+        services: Arc::new(ServiceContext {
+            apiserver: cfg.apiserver.clone(),
+            dial_timeout: cfg.dial_timeout,
+            dialer: dialer.clone(),
+            metrics: metrics.clone(),
+        }),
     });
     tasks.spawn(agents.clone().serve_quic(endpoint.clone()));
     tracing::info!(addr = %endpoint.local_addr()?, "accepting agents over QUIC");
@@ -93,13 +108,6 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         "accepting agents over WebSocket");
     tasks.spawn(agents.serve_ws(ws_listener, TlsAcceptor::from(Arc::new(ws_tls))));
 
-    let dialer = Arc::new(Dialer::new(
-        registry.clone(),
-        metrics.clone(),
-        cfg.dial_timeout,
-        cfg.max_streams,
-        cfg.max_pending_dials,
-    ));
     let ctx = Arc::new(FrontendContext {
         dialer: dialer.clone(),
         header_timeout: cfg.header_timeout,
