@@ -80,34 +80,23 @@ fn certified_key(
     Ok(Arc::new(certified))
 }
 
-/// Verifies client certificates against a CA bundle that can be replaced at run time.
+/// Verifies client certificates (required) against a CA bundle replaceable at run time.
 ///
-/// Clones share the bundle; [`Self::optional`] gives a view that lets clients without a
-/// certificate through (for enrollment), verifying those that present one.
+/// Clones share the bundle, so one [`Self::replace`] updates every config built over it.
 #[derive(Debug, Clone)]
 pub struct ReloadableClientVerifier {
     current: Arc<RwLock<Arc<dyn ClientCertVerifier>>>,
-    mandatory: bool,
 }
 
 impl ReloadableClientVerifier {
-    /// Starts with `roots`; client certificates are required.
+    /// Starts with `roots`.
     pub fn new(roots: RootCertStore) -> Result<Self, CertError> {
         Ok(Self {
             current: Arc::new(RwLock::new(webpki_verifier(roots)?)),
-            mandatory: true,
         })
     }
 
-    /// The same bundle, with client certificates optional.
-    pub fn optional(&self) -> Self {
-        Self {
-            current: self.current.clone(),
-            mandatory: false,
-        }
-    }
-
-    /// Replaces the CA bundle for every later handshake (all views); on error the old stays.
+    /// Replaces the CA bundle for every later handshake (all clones); on error the old stays.
     pub fn replace(&self, roots: RootCertStore) -> Result<(), CertError> {
         let new = webpki_verifier(roots)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = new;
@@ -122,15 +111,13 @@ impl ReloadableClientVerifier {
     }
 }
 
-/// A WebPKI verifier over `roots` that accepts anonymous clients; [`ReloadableClientVerifier`]
-/// decides whether a certificate is mandatory.
+/// A WebPKI verifier over `roots` (client certificate required).
 fn webpki_verifier(roots: RootCertStore) -> Result<Arc<dyn ClientCertVerifier>, CertError> {
     const WHAT: &str = "agent-facing server";
     if roots.is_empty() {
         return Err(CertError::EmptyRootStore { what: WHAT });
     }
     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crate::tls::provider())
-        .allow_unauthenticated()
         .build()
         .map_err(|source| CertError::Verifier { what: WHAT, source })
 }
@@ -141,7 +128,7 @@ impl ClientCertVerifier for ReloadableClientVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        self.mandatory
+        true
     }
 
     /// No hints: our agents hold one certificate, and the bundle may change under us.

@@ -49,19 +49,22 @@ pub fn agent_facing_server_config(
 
 /// Server config for the agent port over replaceable material (see [`crate::reloadable`]).
 ///
-/// TLS 1.3; `verifier` decides whether a client certificate is mandatory (tunnel) or
-/// optional (enrollment); `alpn` is the list of protocols offered.
+/// TLS 1.3; with `verifier` a client certificate is required (tunnel), without none is
+/// asked for (enrollment, authenticated by its token); `alpn` is the protocols offered.
 pub fn reloadable_server_config(
     cert: Arc<ReloadableServerCert>,
-    verifier: ReloadableClientVerifier,
+    verifier: Option<ReloadableClientVerifier>,
     alpn: Vec<Vec<u8>>,
 ) -> Result<ServerConfig, CertError> {
     const WHAT: &str = "agent-facing server";
-    let mut config = ServerConfig::builder_with_provider(provider())
+    let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(TLS13_ONLY)
-        .map_err(|source| CertError::Tls { what: WHAT, source })?
-        .with_client_cert_verifier(Arc::new(verifier))
-        .with_cert_resolver(cert);
+        .map_err(|source| CertError::Tls { what: WHAT, source })?;
+    let builder = match verifier {
+        Some(v) => builder.with_client_cert_verifier(Arc::new(v)),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(cert);
     config.alpn_protocols = alpn;
     Ok(config)
 }
@@ -454,7 +457,8 @@ mod tests {
             Arc::new(ReloadableServerCert::new(chain(&pki.server), key(&pki.server)).unwrap());
         let verifier = ReloadableClientVerifier::new(roots(&pki.ca)).unwrap();
         let config = Arc::new(
-            reloadable_server_config(cert.clone(), verifier.clone(), vec![ALPN.to_vec()]).unwrap(),
+            reloadable_server_config(cert.clone(), Some(verifier.clone()), vec![ALPN.to_vec()])
+                .unwrap(),
         );
         let a = agent(&pki.ca, "edge-1");
         let client = || {
@@ -487,19 +491,18 @@ mod tests {
     }
 
     #[test]
-    fn optional_view_lets_anonymous_clients_in() {
+    fn enrollment_config_asks_for_no_certificate_tunnel_config_requires_one() {
         let pki = pki();
         let cert =
             Arc::new(ReloadableServerCert::new(chain(&pki.server), key(&pki.server)).unwrap());
         let verifier = ReloadableClientVerifier::new(roots(&pki.ca)).unwrap();
         let anonymous =
             || client_conn(enroll_client_config(roots(&pki.ca), vec![ALPN.to_vec()]).unwrap());
-        let strict =
-            reloadable_server_config(cert.clone(), verifier.clone(), vec![ALPN.to_vec()]).unwrap();
-        assert!(handshake(&mut anonymous(), &mut server_conn(strict)).is_err());
-        let open =
-            reloadable_server_config(cert, verifier.optional(), vec![ALPN.to_vec()]).unwrap();
-        let mut server = server_conn(open);
+        let tunnel =
+            reloadable_server_config(cert.clone(), Some(verifier), vec![ALPN.to_vec()]).unwrap();
+        assert!(handshake(&mut anonymous(), &mut server_conn(tunnel)).is_err());
+        let enroll = reloadable_server_config(cert, None, vec![ALPN.to_vec()]).unwrap();
+        let mut server = server_conn(enroll);
         handshake(&mut anonymous(), &mut server).unwrap();
         assert!(server.peer_certificates().is_none());
     }

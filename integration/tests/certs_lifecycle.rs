@@ -236,6 +236,16 @@ async fn thirty_second_certificates_rotate_for_three_minutes_under_a_long_stream
         renewals >= 6,
         "expected a renewal every ~20 s:\n{agent_log}"
     );
+    // Renewed over the agent's own connection (a service stream), as the server counts it.
+    let renewed_by_server = metric_value(
+        &server.metrics().unwrap(),
+        "tunnel_server_service_streams_total{result=\"issued\",service=\"renew_certificate\"}",
+    );
+    assert_eq!(
+        renewed_by_server,
+        Some(renewals as f64),
+        "server-side renewals"
+    );
     assert_eq!(reconnects, 0.0, "{agent_log}");
     assert!(
         !agent_log.contains("disconnected from the server"),

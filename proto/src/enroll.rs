@@ -1,18 +1,17 @@
 //! The enrollment endpoint's wire contract, shared by server and agent.
 //!
 //! Served on the agent port's TCP listener under its own ALPN, so the tunnel keeps requiring
-//! client certificates at the TLS layer while enrollment needs none. Requests are HTTP/1.1
-//! `POST` with a PEM CSR as the body; `/v1/enroll` carries `Authorization: Bearer <token>`,
-//! `/v1/renew` is authenticated by the client certificate being renewed. A 200 answer's body
-//! is the PEM certificate; any other status carries a plain-text reason.
+//! client certificates at the TLS layer while enrollment needs none. The request is an
+//! HTTP/1.1 `POST` with a PEM CSR as the body and `Authorization: Bearer <token>`. A 200
+//! answer's body is the PEM certificate; any other status carries a plain-text reason.
+//! (Renewal does not come here: it runs over the agent's tunnel connection, see
+//! [`crate::AgentService::RenewCertificate`].)
 
 /// ALPN protocol id of the enrollment endpoint.
 pub const ALPN_ENROLL: &[u8] = b"tunnel-enroll/1";
 /// Path for a first certificate, with a bootstrap token.
 pub const ENROLL_PATH: &str = "/v1/enroll";
-/// Path for a new certificate, authenticated by the current one.
-pub const RENEW_PATH: &str = "/v1/renew";
-/// Largest request or response body either side accepts.
+/// Largest CSR or certificate either side accepts (enrollment and renewal).
 pub const MAX_BODY_LEN: usize = 64 * 1024;
 
 /// Whether an error status means "retrying the same request cannot succeed".

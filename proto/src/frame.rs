@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use bytes::{Buf, BufMut, BytesMut};
 
 use crate::message::{
-    DialErrorKind, DialResult, Hello, HelloAck, Message, OpenStream, RejectReason,
+    AgentService, DialErrorKind, DialResult, Hello, HelloAck, Message, OpenStream, RejectReason,
     MAX_CAPABILITIES, MAX_NODE_IPS, MAX_STRING_LEN,
 };
 use crate::target::{DialTarget, Host};
@@ -23,6 +23,7 @@ const T_HELLO: u8 = 1;
 const T_HELLO_ACK: u8 = 2;
 const T_OPEN: u8 = 3;
 const T_DIAL_RESULT: u8 = 4;
+const T_SERVICE: u8 = 5;
 
 /// Why bytes could not be decoded into a frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -114,6 +115,10 @@ pub fn encode(msg: &Message, out: &mut BytesMut) -> Result<(), EncodeError> {
             payload.put_u8(kind.to_wire());
             put_str(&mut payload, "message", message)?;
             T_DIAL_RESULT
+        }
+        Message::Service(service) => {
+            payload.put_u8(service.to_wire());
+            T_SERVICE
         }
         Message::Unknown { kind } => *kind,
     };
@@ -224,6 +229,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, DecodeError> {
                 message: r.string("message")?,
             }),
         },
+        T_SERVICE => Message::Service(AgentService::from_wire(r.u8("service")?)),
         other => Message::Unknown { kind: other },
     };
     Ok(Some((msg, HEADER_LEN + len)))
@@ -418,7 +424,23 @@ mod tests {
                 kind: DialErrorKind::NotAllowed,
                 message: "10.0.0.5:22 is not in --allow".into(),
             }),
+            Message::Service(AgentService::Apiserver),
+            Message::Service(AgentService::RenewCertificate),
+            Message::Service(AgentService::Unknown(77)),
         ]
+    }
+
+    #[test]
+    fn service_requests_have_a_fixed_encoding() {
+        assert_eq!(
+            enc(&Message::Service(AgentService::Apiserver)),
+            [T_SERVICE, 0, 0, 0, 1, 1]
+        );
+        // An empty service frame is truncated, not a panic or a default.
+        assert!(matches!(
+            decode(&[T_SERVICE, 0, 0, 0, 0]),
+            Err(DecodeError::Truncated { .. })
+        ));
     }
 
     fn enc(m: &Message) -> Vec<u8> {

@@ -10,7 +10,11 @@
 //!   sends [`Hello`]; the server answers [`HelloAck`];
 //! - for every tunneled TCP connection the server opens a new bidirectional
 //!   stream and sends [`OpenStream`]; the agent dials and answers
-//!   [`DialResult`]; after a successful result the stream carries raw bytes.
+//!   [`DialResult`]; after a successful result the stream carries raw bytes;
+//! - in the other direction, the agent opens a stream and sends
+//!   [`Message::Service`] to reach a cloud-side [`AgentService`] (the
+//!   apiserver for its node proxy, certificate renewal); the server answers
+//!   [`DialResult`] and the stream then carries that service's bytes.
 
 pub mod codes;
 pub mod enroll;
@@ -21,7 +25,9 @@ pub mod message;
 pub mod target;
 
 pub use frame::{decode, encode, DecodeError, EncodeError, FrameDecoder, MAX_FRAME_LEN};
-pub use message::{DialErrorKind, DialResult, Hello, HelloAck, Message, OpenStream, RejectReason};
+pub use message::{
+    AgentService, DialErrorKind, DialResult, Hello, HelloAck, Message, OpenStream, RejectReason,
+};
 pub use target::{DialTarget, Host, TargetParseError};
 
 /// Version of the tunnel protocol carried in [`Hello`]; bumped on incompatible change.

@@ -20,6 +20,9 @@ pub enum Message {
     HelloAck(HelloAck),
     Open(OpenStream),
     DialResult(DialResult),
+    /// Agent → server, first frame of a stream the agent opens: which
+    /// cloud-side service it wants (answered with a [`DialResult`]).
+    Service(AgentService),
     /// A frame type this version does not know; kept so newer peers can add
     /// messages without breaking older ones. Callers log and skip it.
     Unknown {
@@ -167,6 +170,45 @@ impl RejectReason {
             3 => RejectReason::UnsupportedVersion,
             4 => RejectReason::BadCertificate,
             _ => RejectReason::Other,
+        }
+    }
+}
+
+/// A cloud-side service an agent may reach over its own connection
+/// (edge→cloud streams, the reverse of [`OpenStream`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AgentService {
+    /// A byte stream to the server's `--apiserver` (the node proxy's upstream).
+    Apiserver,
+    /// Certificate renewal: CSR in, certificate chain out.
+    RenewCertificate,
+    /// A service this version does not know (from a newer agent); refused.
+    Unknown(u8),
+}
+
+impl AgentService {
+    /// Stable label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentService::Apiserver => "apiserver",
+            AgentService::RenewCertificate => "renew_certificate",
+            AgentService::Unknown(_) => "unknown",
+        }
+    }
+
+    pub(crate) fn to_wire(self) -> u8 {
+        match self {
+            AgentService::Apiserver => 1,
+            AgentService::RenewCertificate => 2,
+            AgentService::Unknown(b) => b,
+        }
+    }
+
+    pub(crate) fn from_wire(b: u8) -> Self {
+        match b {
+            1 => AgentService::Apiserver,
+            2 => AgentService::RenewCertificate,
+            other => AgentService::Unknown(other),
         }
     }
 }

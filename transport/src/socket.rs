@@ -5,6 +5,21 @@
 
 use std::io;
 
+use proto::DialErrorKind;
+
+/// Maps a failed TCP connect to the kind of dial failure reported to the
+/// other end of the tunnel (which turns it into an HTTP status).
+pub fn dial_error_kind(e: &io::Error) -> DialErrorKind {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => DialErrorKind::Refused,
+        io::ErrorKind::TimedOut => DialErrorKind::Timeout,
+        io::ErrorKind::HostUnreachable
+        | io::ErrorKind::NetworkUnreachable
+        | io::ErrorKind::AddrNotAvailable => DialErrorKind::Unreachable,
+        _ => DialErrorKind::Other,
+    }
+}
+
 /// A local stream that can be made to end with RST instead of FIN.
 pub trait AbortOnDrop {
     /// Arrange for the connection to be reset when it is dropped.

@@ -12,12 +12,15 @@ use crate::allowlist::Allowlist;
 use crate::config::AgentConfig;
 use crate::connector::Connector;
 use crate::edge::EdgeDialer;
+use crate::link::AgentLink;
 use crate::metrics::AgentMetrics;
 use crate::proxy::HttpProxy;
 use crate::tls_files::AgentTlsFiles;
 
 /// A running agent; [`RunningAgent::shutdown`] closes the connection gracefully.
 pub struct RunningAgent {
+    /// Opens edge→cloud service streams on the current server connection.
+    pub link: AgentLink,
     stop: watch::Sender<bool>,
     connector: tokio::task::JoinHandle<()>,
     admin: tokio::task::JoinHandle<()>,
@@ -89,7 +92,6 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunningAgent> {
     )
     .await
     .identity;
-    let renewal = tokio::spawn(crate::renew::run(tls.clone(), cert_endpoint));
     let node_name = match cfg.node_name.clone() {
         Some(n) => n,
         None => hostname().unwrap_or_else(|| identity.node_name.clone()),
@@ -119,6 +121,8 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunningAgent> {
     if let Some(p) = &proxy {
         tracing::info!(proxy = %format!("{}:{}", p.host, p.port), "WebSocket connections go through an HTTP proxy");
     }
+    let (link_publisher, link) = crate::link::channel();
+    let renewal = tokio::spawn(crate::renew::run(tls.clone(), link.clone()));
     let connector = Connector {
         server_host: cfg.server_host.clone(),
         server_port: cfg.server_port,
@@ -142,11 +146,13 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunningAgent> {
         }),
         metrics: metrics.clone(),
         connected: connected.clone(),
+        link: link_publisher,
     };
 
     let (stop, stop_rx) = watch::channel(false);
     let connector = tokio::spawn(connector.run(stop_rx));
     Ok(RunningAgent {
+        link,
         stop,
         connector,
         admin,

@@ -25,6 +25,7 @@ use transport::{TransportKind, TunnelConnection, TunnelRecv, TunnelSend};
 use crate::backoff::Backoff;
 use crate::config::TransportChoice;
 use crate::edge::EdgeDialer;
+use crate::link::LinkPublisher;
 use crate::metrics::AgentMetrics;
 use crate::proxy::{HttpProxy, ProxyError};
 use crate::tls_files::AgentTlsFiles;
@@ -49,6 +50,8 @@ pub struct Connector {
     /// Random per process; lets the server tell a transport switch of this
     /// agent from a second agent claiming the same node.
     pub session: String,
+    /// Where the current connection is published for edge→cloud service streams.
+    pub link: LinkPublisher,
 }
 
 /// Why one attempt did not produce a registered connection.
@@ -293,6 +296,7 @@ impl Connector {
         } = session;
         let transport = link.kind();
         self.set_connected(transport, true);
+        self.link.publish(&link);
         let node: Arc<str> = Arc::from(self.node_name.as_str());
         let probing =
             self.transport == TransportChoice::Auto && transport == TransportKind::Websocket;
@@ -335,6 +339,7 @@ impl Connector {
             }
         };
         self.set_connected(transport, false);
+        self.link.withdraw();
         tracing::warn!(node = %self.node_name, %reason, transport = transport.as_str(), "disconnected from the server");
         link.close(proto::codes::CONN_SHUTDOWN, &reason);
         if let (ServeEnd::Stopping, Some(ep)) = (&end, &endpoint) {

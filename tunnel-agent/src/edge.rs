@@ -1,7 +1,6 @@
 //! Serving one stream the server opened: check the allowlist, dial the
 //! destination at the edge, report the result, then splice bytes.
 
-use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -159,20 +158,12 @@ impl EdgeDialer {
 }
 
 /// Maps a connect error to the kind reported to the server.
-pub fn classify(e: &io::Error) -> DialErrorKind {
-    match e.kind() {
-        io::ErrorKind::ConnectionRefused => DialErrorKind::Refused,
-        io::ErrorKind::TimedOut => DialErrorKind::Timeout,
-        io::ErrorKind::HostUnreachable
-        | io::ErrorKind::NetworkUnreachable
-        | io::ErrorKind::AddrNotAvailable => DialErrorKind::Unreachable,
-        _ => DialErrorKind::Other,
-    }
-}
+pub use transport::socket::dial_error_kind as classify;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io;
 
     fn dialer(allow: &[&str]) -> EdgeDialer {
         EdgeDialer {

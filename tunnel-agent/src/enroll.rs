@@ -1,4 +1,4 @@
-//! Getting a certificate from the server's enrollment endpoint (first one or a renewal).
+//! Getting the first certificate from the server's enrollment endpoint with a token.
 //!
 //! One HTTPS request per attempt on the agent port, under ALPN
 //! [`proto::enroll::ALPN_ENROLL`], pinning `--server-ca`. The private key is generated here
@@ -25,8 +25,8 @@ pub enum RequestError {
     Transient(String),
     /// The server refused this request for good (reused/expired/unknown token, wrong node,
     /// revoked): retrying the same request cannot succeed.
-    #[error("server refused ({status}): {message}")]
-    Refused { status: u16, message: String },
+    #[error("server refused: {message}")]
+    Refused { message: String },
 }
 
 /// Where and how certificate requests are sent.
@@ -103,8 +103,7 @@ impl Endpoint {
             Ok(text)
         } else if proto::enroll::is_permanent_failure(status) {
             Err(RequestError::Refused {
-                status,
-                message: text,
+                message: format!("{status}: {text}"),
             })
         } else {
             Err(RequestError::Transient(format!(

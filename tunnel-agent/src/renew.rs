@@ -1,14 +1,21 @@
 //! Renewing the agent certificate before it expires, without touching the tunnel.
 //!
-//! After 2/3 of the certificate's lifetime the agent generates a new key, sends a CSR to
-//! `/v1/renew` on a separate short TLS connection authenticated by the current certificate,
-//! and writes the answer atomically. The tunnel connection is not interrupted: the new files
-//! are used by the next connection attempt (see [`crate::tls_files`]).
+//! After 2/3 of the certificate's lifetime the agent generates a new key and sends a CSR on
+//! a service stream of its current tunnel connection ([`AgentService::RenewCertificate`]);
+//! the server issues the identity of that connection's certificate. The answer is written
+//! atomically; the tunnel connection and its streams are not interrupted, and the new files
+//! are used by the next connection attempt (see [`crate::tls_files`]). While disconnected,
+//! the agent retries with backoff until a connection exists.
 
 use std::time::{Duration, SystemTime};
 
+use bytes::BytesMut;
+use proto::{AgentService, DialErrorKind, DialResult, Message};
+use transport::framed::read_message;
+
 use crate::backoff::Backoff;
-use crate::enroll::{Endpoint, RequestError};
+use crate::enroll::RequestError;
+use crate::link::{AgentLink, LinkError};
 use crate::tls_files::AgentTlsFiles;
 
 /// How long before expiry the agent starts warning in its log.
@@ -17,6 +24,8 @@ pub const EXPIRY_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// Wait after the server refused a renewal for good (e.g. revoked) before asking again.
 const AFTER_REFUSAL: Duration = Duration::from_secs(300);
+/// Limit for one renewal exchange.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// When (Unix seconds) a certificate valid from `not_before` to `not_after` is renewed:
 /// after 2/3 of its lifetime.
@@ -33,7 +42,7 @@ fn unix_now() -> i64 {
 }
 
 /// Renews forever (until the task is dropped).
-pub async fn run(files: AgentTlsFiles, endpoint: Endpoint) {
+pub async fn run(files: AgentTlsFiles, link: AgentLink) {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     let mut last_warning: Option<tokio::time::Instant> = None;
     loop {
@@ -60,7 +69,7 @@ pub async fn run(files: AgentTlsFiles, endpoint: Endpoint) {
             tokio::time::sleep(wait).await;
             continue;
         }
-        match renew_once(&files, &endpoint, loaded).await {
+        match renew_once(&files, &link, loaded).await {
             Ok(not_after) => {
                 backoff.reset();
                 last_warning = None;
@@ -79,31 +88,76 @@ pub async fn run(files: AgentTlsFiles, endpoint: Endpoint) {
     }
 }
 
-/// One renewal: new key and CSR for the same identity, mTLS with the current certificate.
+/// One renewal: new key and CSR for the same identity, over the current connection.
 async fn renew_once(
     files: &AgentTlsFiles,
-    endpoint: &Endpoint,
+    link: &AgentLink,
     current: crate::tls_files::LoadedIdentity,
 ) -> Result<i64, RequestError> {
-    let transient = |e: certs::CertError| RequestError::Transient(e.to_string());
-    let request = certs::agent_key_request(&current.identity).map_err(transient)?;
-    let tls = certs::agent_client_config(
-        current.roots,
-        current.chain,
-        current.key,
-        vec![proto::enroll::ALPN_ENROLL.to_vec()],
-    )
-    .map_err(transient)?;
-    let cert_pem = endpoint
-        .request(
-            tls,
-            proto::enroll::RENEW_PATH,
-            None,
-            request.csr_pem.clone(),
-        )
-        .await?;
-    crate::enroll::save(files, &request.key_pem, &cert_pem).map_err(transient)?;
+    let request = certs::agent_key_request(&current.identity)
+        .map_err(|e| RequestError::Transient(e.to_string()))?;
+    let stream = link
+        .open_service(AgentService::RenewCertificate, EXCHANGE_TIMEOUT)
+        .await
+        .map_err(|e| match e {
+            LinkError::Refused {
+                kind: DialErrorKind::NotAllowed,
+                message,
+                ..
+            } => RequestError::Refused { message },
+            other => RequestError::Transient(other.to_string()),
+        })?;
+    let cert_pem = tokio::time::timeout(EXCHANGE_TIMEOUT, exchange(stream, &request.csr_pem))
+        .await
+        .map_err(|_| {
+            RequestError::Transient(format!("no certificate within {EXCHANGE_TIMEOUT:?}"))
+        })??;
+    crate::enroll::save(files, &request.key_pem, &cert_pem)
+        .map_err(|e| RequestError::Transient(e.to_string()))?;
     Ok(certs::load::first_cert_not_after(&cert_pem).unwrap_or(0))
+}
+
+/// Sends the CSR, reads the verdict and the certificate (bounded).
+async fn exchange(
+    mut stream: crate::link::ServiceStream,
+    csr_pem: &str,
+) -> Result<String, RequestError> {
+    let transient = |what: &str, e: &dyn std::fmt::Display| {
+        RequestError::Transient(format!("certificate renewal: {what}: {e}"))
+    };
+    stream
+        .send
+        .write_all(csr_pem.as_bytes())
+        .await
+        .map_err(|e| transient("sending the CSR", &e))?;
+    stream.send.finish().await;
+    match read_message(&mut stream.recv)
+        .await
+        .map_err(|e| transient("reading the answer", &e))?
+    {
+        Message::DialResult(DialResult::Connected) => {}
+        Message::DialResult(DialResult::Failed {
+            kind: DialErrorKind::NotAllowed,
+            message,
+        }) => return Err(RequestError::Refused { message }),
+        Message::DialResult(DialResult::Failed { message, .. }) => {
+            return Err(RequestError::Transient(message))
+        }
+        other => return Err(transient("unexpected answer", &format!("{other:?}"))),
+    }
+    let mut pem = BytesMut::new();
+    while let Some(chunk) = stream
+        .recv
+        .read_chunk()
+        .await
+        .map_err(|e| transient("reading the certificate", &e))?
+    {
+        if pem.len() + chunk.len() > proto::enroll::MAX_BODY_LEN {
+            return Err(transient("the certificate", &"too large"));
+        }
+        pem.extend_from_slice(&chunk);
+    }
+    String::from_utf8(pem.to_vec()).map_err(|_| transient("the certificate", &"not PEM text"))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use transport::TunnelConnection;
 use crate::handshake::{check_hello, Rejection};
 use crate::metrics::ServerMetrics;
 use crate::registry::{AgentEntry, AgentRegistry};
+use crate::services::{serve_agent_streams, ServiceContext, ServicePeer};
 
 /// How long an agent has, after connecting, to open its control stream and say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -24,6 +25,8 @@ pub struct AgentListener {
     pub server_version: String,
     /// Nodes whose certificates are refused (`--revocation-file`).
     pub revocations: Arc<crate::revocation::Revocations>,
+    /// Edge→cloud services offered on registered connections.
+    pub services: Arc<ServiceContext>,
 }
 
 impl AgentListener {
@@ -146,6 +149,15 @@ impl AgentListener {
                 .with_label_values(&[&node])
                 .set(not_after);
         }
+        // Ends by itself when the connection does.
+        tokio::spawn(serve_agent_streams(
+            link.clone(),
+            Arc::new(ServicePeer {
+                identity,
+                not_before: peer_leaf(&link).and_then(|c| certs::not_before_unix(&c).ok()),
+            }),
+            self.services.clone(),
+        ));
 
         // The control stream stays open for future messages; unknown ones are skipped.
         let control = async {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use proto::DialTarget;
 use transport::cli::parse_duration;
 
 use crate::forward::spec::{parse_forward, ForwardSpec};
@@ -110,6 +111,10 @@ pub struct RunArgs {
     /// Silence after which an agent connection is declared dead.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub agent_idle_timeout: Duration,
+    /// Where agents' node-proxy traffic goes when an agent runs with
+    /// `--apiserver tunnel` (edge→cloud streams over its own connection).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub apiserver: Option<DialTarget>,
 }
 
 /// Everything the server needs, validated.
@@ -138,6 +143,7 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     pub agent_keepalive: Duration,
     pub agent_idle_timeout: Duration,
+    pub apiserver: Option<DialTarget>,
 }
 
 /// A required flag is missing or flags contradict each other.
@@ -214,6 +220,7 @@ impl TryFrom<RunArgs> for ServerConfig {
             header_timeout: a.header_timeout,
             agent_keepalive: a.agent_keepalive,
             agent_idle_timeout: a.agent_idle_timeout,
+            apiserver: a.apiserver,
         })
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Agents dial in ([`agents`]) and are kept in the [`registry`]; front ends
 //! ([`frontend`]) turn apiserver requests into dials ([`dial`]) through the
-//! right agent; [`forward`] carries fixed cloud ports to edge services. [`server`] wires it together from a [`config::ServerConfig`].
+//! right agent; [`forward`] carries fixed cloud ports to edge services; [`services`]
+//! serves the streams agents open towards the cloud. [`server`] wires it together from a [`config::ServerConfig`].
 
 pub mod admin;
 pub mod agents;
@@ -19,3 +20,4 @@ pub mod registry;
 pub mod reload;
 pub mod revocation;
 pub mod server;
+pub mod services;

@@ -30,6 +30,10 @@ pub struct ServerMetrics {
     pub node_streams_total: IntCounterVec,
     /// Streams open now, by node (only with per-node metrics on).
     pub node_streams_active: IntGaugeVec,
+    /// Edge→cloud streams agents opened, open now, by service (e.g. `apiserver`).
+    pub service_streams_active: IntGaugeVec,
+    /// Edge→cloud streams agents opened, by service and result.
+    pub service_streams_total: IntCounterVec,
     /// Whether the `node` label is used; off for fleets too large for one
     /// series per node (`--per-node-metrics=false`).
     per_node: bool,
@@ -181,6 +185,26 @@ impl ServerMetrics {
                         "Tunneled streams open now, by node."
                     ),
                     &["node"]
+                )
+            ),
+            service_streams_active: registered!(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tunnel_server_service_streams_active",
+                        "Streams agents opened towards cloud services, open now, by service."
+                    ),
+                    &["service"]
+                )
+            ),
+            service_streams_total: registered!(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tunnel_server_service_streams_total",
+                        "Streams agents opened towards cloud services, by service and result."
+                    ),
+                    &["service", "result"]
                 )
             ),
             registry: r,

@@ -18,6 +18,7 @@ use crate::metrics::ServerMetrics;
 use crate::registry::AgentRegistry;
 use crate::reload::{Reloader, ServerTls, TlsFiles};
 use crate::revocation::Revocations;
+use crate::services::ServiceContext;
 use tokio::sync::Notify;
 
 /// A running server: its tasks and the handle to stop it gracefully.
@@ -76,24 +77,50 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
 
     let agent_tls = certs::reloadable_server_config(
         server_tls.cert.clone(),
-        server_tls.agent_ca.clone(),
+        Some(server_tls.agent_ca.clone()),
         vec![proto::ALPN_QUIC.to_vec()],
     )?;
     let tuning = QuicTuning {
         keep_alive: cfg.agent_keepalive,
         idle_timeout: cfg.agent_idle_timeout,
-        // The server opens streams; agents open only their control stream.
-        max_incoming_streams: 16,
+        // The server opens the dial streams; agents open their control
+        // stream and their edge→cloud service streams.
+        max_incoming_streams: crate::services::MAX_SERVICE_STREAMS as u32 + 16,
         ..QuicTuning::default()
     };
     let endpoint =
         transport::quic::server_endpoint(cfg.agent_addr, agent_tls, &tuning, key.secret_der())
             .with_context(|| format!("starting the agent listener on {} (UDP)", cfg.agent_addr))?;
+    let dialer = Arc::new(Dialer::new(
+        registry.clone(),
+        metrics.clone(),
+        cfg.dial_timeout,
+        cfg.max_streams,
+        cfg.max_pending_dials,
+    ));
+    // Signs enrolled (agent port, TCP) and renewed (service streams) agent certificates.
+    let issuer = Arc::new(Issuer {
+        ca: match &cfg.agent_ca_key {
+            Some(k) => Some(certs::CertificateAuthority::from_files(&cfg.agent_ca, k)?),
+            None => None,
+        },
+        tokens: cfg.token_dir.as_ref().map(certs::TokenStore::new),
+        validity: cfg.agent_cert_ttl,
+        revocations: revocations.clone(),
+        metrics: metrics.clone(),
+    });
     let agents = Arc::new(AgentListener {
         registry: registry.clone(),
         metrics: metrics.clone(),
         server_version: env!("CARGO_PKG_VERSION").to_string(),
         revocations: revocations.clone(),
+        services: Arc::new(ServiceContext {
+            apiserver: cfg.apiserver.clone(),
+            dial_timeout: cfg.dial_timeout,
+            dialer: dialer.clone(),
+            metrics: metrics.clone(),
+            issuer: issuer.clone(),
+        }),
     });
     tasks.spawn(agents.clone().serve_quic(endpoint.clone()));
     tracing::info!(addr = %endpoint.local_addr()?, "accepting agents over QUIC");
@@ -101,24 +128,15 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
     let port_tls = Arc::new(AgentPortTls {
         tunnel: Arc::new(certs::reloadable_server_config(
             server_tls.cert.clone(),
-            server_tls.agent_ca.clone(),
+            Some(server_tls.agent_ca.clone()),
             vec![b"http/1.1".to_vec()],
         )?),
         enroll: Arc::new(certs::reloadable_server_config(
             server_tls.cert.clone(),
-            server_tls.agent_ca.optional(),
+            None,
             vec![proto::enroll::ALPN_ENROLL.to_vec()],
         )?),
-        issuer: Arc::new(Issuer {
-            ca: match &cfg.agent_ca_key {
-                Some(k) => Some(certs::CertificateAuthority::from_files(&cfg.agent_ca, k)?),
-                None => None,
-            },
-            tokens: cfg.token_dir.as_ref().map(certs::TokenStore::new),
-            validity: cfg.agent_cert_ttl,
-            revocations: revocations.clone(),
-            metrics: metrics.clone(),
-        }),
+        issuer: issuer.clone(),
     });
     let reload_trigger = Arc::new(Notify::new());
     tasks.spawn(
@@ -140,13 +158,6 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         "accepting agents over WebSocket");
     tasks.spawn(agents.serve_ws(ws_listener, port_tls));
 
-    let dialer = Arc::new(Dialer::new(
-        registry.clone(),
-        metrics.clone(),
-        cfg.dial_timeout,
-        cfg.max_streams,
-        cfg.max_pending_dials,
-    ));
     let ctx = Arc::new(FrontendContext {
         dialer: dialer.clone(),
         header_timeout: cfg.header_timeout,

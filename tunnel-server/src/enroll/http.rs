@@ -1,4 +1,4 @@
-//! The enrollment endpoint's HTTP/1.1 side: `POST /v1/enroll` and `POST /v1/renew` only.
+//! The enrollment endpoint's HTTP/1.1 side: `POST /v1/enroll` only.
 //!
 //! One request per connection, a bounded body ([`proto::enroll::MAX_BODY_LEN`]) and an
 //! overall deadline, so an anonymous client (enrollment needs no certificate) can hold
@@ -12,7 +12,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::CertificateDer;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -24,20 +23,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serves one enrollment connection.
 pub async fn serve(stream: TlsStream<TcpStream>, issuer: Arc<Issuer>) {
     let remote = stream.get_ref().0.peer_addr().ok();
-    let client_cert: Option<CertificateDer<'static>> = stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first().cloned());
-    let client_cert = Arc::new(client_cert);
     let service = hyper::service::service_fn(move |req| {
         let issuer = issuer.clone();
-        let client_cert = client_cert.clone();
-        async move {
-            Ok::<_, std::convert::Infallible>(
-                handle(req, &issuer, client_cert.as_ref().as_ref()).await,
-            )
-        }
+        async move { Ok::<_, std::convert::Infallible>(handle(req, &issuer).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
@@ -51,68 +39,39 @@ pub async fn serve(stream: TlsStream<TcpStream>, issuer: Arc<Issuer>) {
 }
 
 /// Answers one request: the certificate PEM, or a status with a plain-text reason.
-async fn handle(
-    req: Request<Incoming>,
-    issuer: &Issuer,
-    client_cert: Option<&CertificateDer<'static>>,
-) -> Response<Full<Bytes>> {
-    let path = req.uri().path().to_owned();
-    let result = match (req.method(), path.as_str()) {
-        (&Method::POST, proto::enroll::ENROLL_PATH) => match bearer_token(&req) {
-            Some(token) => match read_body(req).await {
-                Ok(csr) => issuer.enroll(&token, &csr),
-                Err(e) => Err(e),
-            },
-            None => Err(IssueError::BadRequest(
-                "missing \"Authorization: Bearer <bootstrap token>\"".into(),
-            )),
-        },
-        (&Method::POST, proto::enroll::RENEW_PATH) => match read_body(req).await {
-            Ok(csr) => issuer.renew(client_cert, &csr),
+async fn handle(req: Request<Incoming>, issuer: &Issuer) -> Response<Full<Bytes>> {
+    if req.method() != Method::POST || req.uri().path() != proto::enroll::ENROLL_PATH {
+        let body = format!("only POST {} is served here\n", proto::enroll::ENROLL_PATH);
+        return text(StatusCode::NOT_FOUND, body);
+    }
+    let result = match bearer_token(&req) {
+        Some(token) => match read_body(req).await {
+            Ok(csr) => issuer.enroll(&token, &csr),
             Err(e) => Err(e),
         },
-        _ => {
-            return text(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "only POST {} and POST {} are served here\n",
-                    proto::enroll::ENROLL_PATH,
-                    proto::enroll::RENEW_PATH
-                ),
-            )
-        }
+        None => Err(IssueError::BadRequest(
+            "missing \"Authorization: Bearer <bootstrap token>\"".into(),
+        )),
     };
-    let node = client_cert
-        .and_then(|c| certs::agent_identity(c).ok())
-        .map(|id| id.node_name);
+    let counter = |result: &str| {
+        issuer
+            .metrics
+            .enrollments
+            .with_label_values(&["enroll", result])
+            .inc()
+    };
     match result {
         Ok(pem) => {
-            issuer
-                .metrics
-                .enrollments
-                .with_label_values(&[kind(&path), "issued"])
-                .inc();
+            counter("issued");
             text(StatusCode::OK, pem)
         }
         Err(e) => {
-            tracing::warn!(path = %path, node = ?node, error = %e, "certificate request refused");
-            issuer
-                .metrics
-                .enrollments
-                .with_label_values(&[kind(&path), e.label()])
-                .inc();
+            tracing::warn!(error = %e, "enrollment refused");
+            counter(e.label());
             let status =
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             text(status, format!("{e}\n"))
         }
-    }
-}
-
-fn kind(path: &str) -> &'static str {
-    if path == proto::enroll::RENEW_PATH {
-        "renew"
-    } else {
-        "enroll"
     }
 }
 

@@ -41,8 +41,6 @@ pub enum IssueError {
     Token(#[from] TokenError),
     #[error(transparent)]
     Certificate(#[from] CertError),
-    #[error("renewal needs the current client certificate; enroll with a bootstrap token instead")]
-    NoClientCertificate,
     #[error("the certificate of node {node:?} was revoked (at unix time {at}); enroll again with a new bootstrap token")]
     Revoked { node: String, at: i64 },
     #[error("bad request: {0}")]
@@ -58,7 +56,6 @@ impl IssueError {
             IssueError::Certificate(CertError::Issue { .. })
             | IssueError::Certificate(CertError::InvalidValidity { .. }) => 500,
             IssueError::BadRequest(_) => 400,
-            IssueError::NoClientCertificate => 401,
             _ => 403,
         }
     }
@@ -95,27 +92,26 @@ impl Issuer {
         Ok(pem)
     }
 
-    /// `/v1/renew`: signs `csr_pem` for the identity in the verified client certificate.
+    /// Renewal over a registered connection: signs `csr_pem` for `identity` (from the
+    /// connection's verified certificate, which started at `not_before`) unless revoked.
     pub fn renew(
         &self,
-        client_cert: Option<&rustls_pki_types::CertificateDer<'_>>,
+        identity: &NodeIdentity,
+        not_before: i64,
         csr_pem: &str,
     ) -> Result<String, IssueError> {
         let ca = self.ca.as_ref().ok_or(IssueError::NoCaKey)?;
-        let leaf = client_cert.ok_or(IssueError::NoClientCertificate)?;
-        let identity = certs::agent_identity(leaf)?;
-        let not_before = certs::not_before_unix(leaf)?;
         if let Some(at) = self
             .revocations
             .current()
             .revokes(&identity.node_name, not_before)
         {
             return Err(IssueError::Revoked {
-                node: identity.node_name,
+                node: identity.node_name.clone(),
                 at,
             });
         }
-        let pem = self.sign(ca, csr_pem, &identity)?;
+        let pem = self.sign(ca, csr_pem, identity)?;
         tracing::info!(node = %identity.node_name, "agent certificate renewed");
         Ok(pem)
     }
@@ -232,18 +228,37 @@ mod tests {
         let t = token(&f, "edge-a", i64::MAX);
         let pem = f.issuer.enroll(&t, &csr("edge-a")).unwrap();
         let leaf = certs::load::first_cert_der(&pem).unwrap();
-        assert!(f.issuer.renew(Some(&leaf), &csr("edge-a")).is_ok());
-        let err = f.issuer.renew(Some(&leaf), &csr("edge-b")).unwrap_err();
+        let identity = certs::agent_identity(&leaf).unwrap();
+        let not_before = certs::not_before_unix(&leaf).unwrap();
+        let renewed = f
+            .issuer
+            .renew(&identity, not_before, &csr("edge-a"))
+            .unwrap();
+        let renewed = certs::load::first_cert_der(&renewed).unwrap();
+        assert_eq!(certs::agent_identity(&renewed).unwrap(), identity);
+        let err = f
+            .issuer
+            .renew(&identity, not_before, &csr("edge-b"))
+            .unwrap_err();
         assert_eq!(err.label(), "identity_mismatch");
-        assert_eq!(
-            f.issuer.renew(None, &csr("edge-a")).unwrap_err().status(),
-            401
-        );
         let now = crate::reload::unix_now();
         f.issuer
             .revocations
             .replace(crate::revocation::DenyList::parse(&format!("edge-a {now}")).unwrap());
-        let err = f.issuer.renew(Some(&leaf), &csr("edge-a")).unwrap_err();
-        assert_eq!(err.label(), "revoked", "{err}");
+        let err = f
+            .issuer
+            .renew(&identity, not_before, &csr("edge-a"))
+            .unwrap_err();
+        assert_eq!((err.status(), err.label()), (403, "revoked"), "{err}");
+        // Certificates issued after the revocation are not revoked by it.
+        let t = token(&f, "edge-a", i64::MAX);
+        let fresh = f.issuer.enroll(&t, &csr("edge-a")).unwrap();
+        let fresh = certs::load::first_cert_der(&fresh).unwrap();
+        let fresh_start = certs::not_before_unix(&fresh).unwrap();
+        assert!(fresh_start > now);
+        assert!(f
+            .issuer
+            .renew(&identity, fresh_start, &csr("edge-a"))
+            .is_ok());
     }
 }
