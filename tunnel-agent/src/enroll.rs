@@ -32,8 +32,11 @@ pub enum RequestError {
 /// Where and how certificate requests are sent.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
+    /// The server host (also the TLS server name).
     pub host: String,
+    /// The agent port.
     pub port: u16,
+    /// Limit for one whole request.
     pub timeout: Duration,
 }
 
@@ -179,4 +182,56 @@ pub fn save(files: &AgentTlsFiles, key_pem: &str, cert_pem: &str) -> Result<(), 
 
 fn parent(p: &Path) -> Option<&Path> {
     p.parent().filter(|d| !d.as_os_str().is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
+
+    fn files(tag: &str) -> (AgentTlsFiles, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("agent-save-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let files = AgentTlsFiles {
+            cert: dir.join("sub/agent.crt"),
+            key: dir.join("sub/agent.key"),
+            server_ca: dir.join("ca.crt"),
+            metrics: crate::metrics::AgentMetrics::new().unwrap(),
+        };
+        (files, dir)
+    }
+
+    fn issued(node: &str) -> (String, String) {
+        let ca = certs::CertificateAuthority::generate(Duration::from_secs(3600)).unwrap();
+        let id = NodeIdentity::new(node, vec![]).unwrap();
+        let req = certs::agent_key_request(&id).unwrap();
+        let cert = ca
+            .sign_agent_csr(&req.csr_pem, &id, Duration::from_secs(60), None)
+            .unwrap();
+        (req.key_pem, cert)
+    }
+
+    #[test]
+    fn save_writes_a_private_key_and_its_certificate() {
+        let (files, dir) = files("ok");
+        let (key, cert) = issued("edge-1");
+        save(&files, &key, &cert).unwrap();
+        let mode = std::fs::metadata(&files.key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read_to_string(&files.cert).unwrap(), cert);
+        assert!(files.metrics.certificate_expiry.get() > 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn save_refuses_a_certificate_for_another_key_and_writes_nothing() {
+        let (files, dir) = files("mismatch");
+        let (key, _) = issued("edge-1");
+        let (_, other_cert) = issued("edge-1");
+        let err = save(&files, &key, &other_cert).unwrap_err().to_string();
+        assert!(err.contains("does not match"), "{err}");
+        assert!(!files.key.exists() && !files.cert.exists());
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -16,8 +16,11 @@ use crate::metrics::AgentMetrics;
 /// `--tls-cert`, `--tls-key`, `--server-ca`.
 #[derive(Clone)]
 pub struct AgentTlsFiles {
+    /// `--tls-cert` (written by enrollment and renewal).
     pub cert: PathBuf,
+    /// `--tls-key` (written with mode 0600).
     pub key: PathBuf,
+    /// `--server-ca`, pinned for every connection and for enrollment.
     pub server_ca: PathBuf,
     /// Receives the certificate's expiry each time it is loaded.
     pub metrics: AgentMetrics,
@@ -25,11 +28,17 @@ pub struct AgentTlsFiles {
 
 /// Everything read from the files, checked to fit together.
 pub struct LoadedIdentity {
+    /// The certificate chain, leaf first.
     pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Its private key.
     pub key: rustls::pki_types::PrivateKeyDer<'static>,
+    /// The server CA.
     pub roots: rustls::RootCertStore,
+    /// Node name and IPs in the certificate.
     pub identity: NodeIdentity,
+    /// Start of validity, Unix seconds.
     pub not_before: i64,
+    /// End of validity, Unix seconds.
     pub not_after: i64,
 }
 

@@ -30,15 +30,20 @@ const WARNING_REPEAT: Duration = Duration::from_secs(3600);
 /// The server's own TLS files.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
+    /// `--tls-cert`.
     pub cert: PathBuf,
+    /// `--tls-key`.
     pub key: PathBuf,
+    /// `--agent-ca`.
     pub agent_ca: PathBuf,
 }
 
 /// The replaceable TLS material every agent-facing config is built over.
 #[derive(Debug, Clone)]
 pub struct ServerTls {
+    /// The certificate served on the agent port.
     pub cert: Arc<ReloadableServerCert>,
+    /// Verifies agent certificates.
     pub agent_ca: ReloadableClientVerifier,
 }
 
@@ -95,11 +100,17 @@ pub fn unix_now() -> i64 {
 
 /// The background task that watches the files.
 pub struct Reloader {
+    /// The files to watch.
     pub files: TlsFiles,
+    /// Where reloaded material goes.
     pub tls: ServerTls,
+    /// `--revocation-file`, if any.
     pub revocation_file: Option<PathBuf>,
+    /// Where the reloaded deny list goes.
     pub revocations: Arc<Revocations>,
+    /// For closing the connections of revoked nodes.
     pub registry: Arc<AgentRegistry>,
+    /// For the certificate expiry gauge.
     pub metrics: ServerMetrics,
     /// Notified on SIGHUP: reload everything now.
     pub trigger: Arc<Notify>,

@@ -24,25 +24,33 @@ pub struct Issuer {
     pub tokens: Option<TokenStore>,
     /// Lifetime of issued certificates (`--agent-cert-ttl`).
     pub validity: Duration,
+    /// Revoked nodes: refused renewal; new certificates start after the revocation.
     pub revocations: Arc<Revocations>,
+    /// Expiry gauges and request counters.
     pub metrics: ServerMetrics,
 }
 
 /// Why a request got no certificate. The message is sent to the agent as-is.
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
+    /// No `--agent-ca-key`.
     #[error("this server cannot issue certificates (it runs without --agent-ca-key)")]
     NoCaKey,
+    /// No `--token-dir`.
     #[error(
         "enrollment with bootstrap tokens is off on this server (it runs without --token-dir)"
     )]
     TokensDisabled,
+    /// The token is malformed, unknown, used, expired, or the store failed.
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// The CSR is invalid or asks for another identity, or signing failed.
     #[error(transparent)]
     Certificate(#[from] CertError),
+    /// The node is revoked.
     #[error("the certificate of node {node:?} was revoked (at unix time {at}); enroll again with a new bootstrap token")]
     Revoked { node: String, at: i64 },
+    /// The HTTP request is not a token + CSR.
     #[error("bad request: {0}")]
     BadRequest(String),
 }
