@@ -29,7 +29,7 @@ pub use node::{validate_node_name, NodeIdentity};
 pub use reloadable::{ReloadableClientVerifier, ReloadableServerCert};
 pub use tls::{
     agent_client_config, agent_facing_server_config, enroll_client_config, provider,
-    proxy_server_config, reloadable_server_config,
+    proxy_server_config, proxy_server_config_reloadable, reloadable_server_config,
 };
 pub use token::{BootstrapToken, TokenError, TokenRecord, TokenStore};
 

@@ -96,14 +96,22 @@ pub fn proxy_server_config(
     key: PrivateKeyDer<'static>,
     client_ca: RootCertStore,
 ) -> Result<ServerConfig, CertError> {
+    proxy_server_config_reloadable(Arc::new(ReloadableServerCert::new(chain, key)?), client_ca)
+}
+
+/// [`proxy_server_config`] over a replaceable certificate, so `--proxy-addr` serves a
+/// reloaded `--tls-cert` to new connections like the agent port does.
+pub fn proxy_server_config_reloadable(
+    cert: Arc<ReloadableServerCert>,
+    client_ca: RootCertStore,
+) -> Result<ServerConfig, CertError> {
     const WHAT: &str = "proxy server";
     let verifier = client_verifier(WHAT, client_ca, true)?;
-    ServerConfig::builder_with_provider(provider())
+    Ok(ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(rustls::ALL_VERSIONS)
         .map_err(|source| CertError::Tls { what: WHAT, source })?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|source| CertError::Tls { what: WHAT, source })
+        .with_cert_resolver(cert))
 }
 
 /// Client config for the agent's QUIC connection: TLS 1.3, presents the agent certificate.

@@ -280,14 +280,15 @@ async fn thirty_second_certificates_rotate_for_three_minutes_under_a_long_stream
     server.wait_agents(1, Duration::from_secs(30)).unwrap();
 }
 
-/// The certificate the server presents on the agent port right now.
-async fn served_certificate(pki: &Pki, server: &ServerProc) -> CertificateDer<'static> {
+/// The certificate the server presents at `addr` (offering `alpn`) right now.
+async fn served_certificate(
+    pki: &Pki,
+    addr: std::net::SocketAddr,
+    alpn: &[u8],
+) -> CertificateDer<'static> {
     let roots = certs::load_root_store(&pki.path("ca.crt")).unwrap();
-    let tls =
-        certs::enroll_client_config(roots, vec![proto::enroll::ALPN_ENROLL.to_vec()]).unwrap();
-    let tcp = tokio::net::TcpStream::connect(server.agent_addr)
-        .await
-        .unwrap();
+    let tls = certs::enroll_client_config(roots, vec![alpn.to_vec()]).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let conn = tokio_rustls::TlsConnector::from(Arc::new(tls))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
@@ -304,10 +305,14 @@ async fn a_server_certificate_replaced_on_disk_is_served_without_dropping_agents
         &pki,
         ServerOptions {
             uds: true,
+            proxy: true,
             ..Default::default()
         },
     )
     .unwrap();
+    let agent_port = server.agent_addr;
+    let proxy_port = server.proxy_addr.unwrap();
+    let enroll_alpn = proto::enroll::ALPN_ENROLL;
     let opts = AgentOptions {
         allow: vec![echo.to_string()],
         ..Default::default()
@@ -319,7 +324,7 @@ async fn a_server_certificate_replaced_on_disk_is_served_without_dropping_agents
         .unwrap();
     echo_chunk(&mut reply.stream, b"before").await.unwrap();
     let old = CertificateDer::from_pem_file(pki.path("server.crt")).unwrap();
-    assert_eq!(served_certificate(&pki, &server).await, old);
+    assert_eq!(served_certificate(&pki, agent_port, enroll_alpn).await, old);
 
     let new = pki
         .ca()
@@ -333,9 +338,14 @@ async fn a_server_certificate_replaced_on_disk_is_served_without_dropping_agents
     let mut served = old.clone();
     while started.elapsed() < Duration::from_secs(15) && served != new_der {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        served = served_certificate(&pki, &server).await;
+        served = served_certificate(&pki, agent_port, enroll_alpn).await;
     }
     assert_eq!(served, new_der, "new handshakes see the new certificate");
+    assert_eq!(
+        served_certificate(&pki, proxy_port, b"http/1.1").await,
+        new_der,
+        "--proxy-addr serves it too"
+    );
     println!(
         "new certificate served {:?} after the files were replaced",
         started.elapsed()
@@ -379,7 +389,7 @@ async fn a_server_certificate_replaced_on_disk_is_served_without_dropping_agents
         "{}",
         server.proc.logs()
     );
-    assert_eq!(served_certificate(&pki, &server).await, new_der);
+    assert_eq!(served_certificate(&pki, agent_port, enroll_alpn).await, new_der);
     echo_chunk(&mut reply.stream, b"still").await.unwrap();
 }
 

@@ -62,7 +62,8 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         .context("registering metrics")?
         .with_per_node(cfg.per_node_metrics);
     let registry = Arc::new(AgentRegistry::new());
-    let (chain, key) = certs::load_cert_and_key(&cfg.tls_cert, &cfg.tls_key)?;
+    // The key also seeds the QUIC stateless-reset secret (stable across restarts).
+    let (_, key) = certs::load_cert_and_key(&cfg.tls_cert, &cfg.tls_key)?;
     let tls_files = TlsFiles {
         cert: cfg.tls_cert.clone(),
         key: cfg.tls_key.clone(),
@@ -75,6 +76,8 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
     }));
     let mut tasks = JoinSet::new();
 
+    // Shared by every listener, so a reloaded --tls-cert reaches all of them.
+    let server_cert = server_tls.cert.clone();
     let agent_tls = certs::reloadable_server_config(
         server_tls.cert.clone(),
         Some(server_tls.agent_ca.clone()),
@@ -169,7 +172,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
     }
     if let (Some(addr), Some(ca)) = (cfg.proxy_addr, &cfg.proxy_client_ca) {
         let client_ca = certs::load_root_store(ca)?;
-        let mut tls = certs::proxy_server_config(chain.clone(), key.clone_key(), client_ca)?;
+        let mut tls = certs::proxy_server_config_reloadable(server_cert.clone(), client_ca)?;
         // Offer h2 so TLS gRPC clients can negotiate it; HTTP CONNECT clients
         // get http/1.1 (or no ALPN at all). The protocol is still decided by
         // sniffing the first bytes, whatever was negotiated.
