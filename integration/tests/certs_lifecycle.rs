@@ -187,6 +187,18 @@ async fn echo_chunk(stream: &mut tokio::net::UnixStream, chunk: &[u8]) -> std::i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_second_certificates_rotate_for_three_minutes_under_a_long_stream() {
+    rotate_under_a_long_stream("quic", Duration::from_secs(180), 6).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_second_certificates_rotate_over_websocket_too() {
+    rotate_under_a_long_stream("websocket", Duration::from_secs(60), 2).await;
+}
+
+/// Agent on `transport` with 30-second certificates, one stream echoing for `run_for`:
+/// the stream never breaks, the agent never reconnects, and it renews at least
+/// `min_renewals` times over its connection.
+async fn rotate_under_a_long_stream(transport: &str, run_for: Duration, min_renewals: usize) {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path()).unwrap();
     let echo = echo_server().await.unwrap();
@@ -197,6 +209,7 @@ async fn thirty_second_certificates_rotate_for_three_minutes_under_a_long_stream
     let first_cert = std::fs::read_to_string(&cert).unwrap();
     let opts = AgentOptions {
         allow: vec![echo.to_string()],
+        args: vec![format!("--transport={transport}")],
         ..Default::default()
     };
     let mut agent =
@@ -210,7 +223,7 @@ async fn thirty_second_certificates_rotate_for_three_minutes_under_a_long_stream
     let chunk: Vec<u8> = (0..16 * 1024).map(|i| (i % 251) as u8).collect();
     let started = Instant::now();
     let mut echoed = 0usize;
-    while started.elapsed() < Duration::from_secs(180) {
+    while started.elapsed() < run_for {
         echo_chunk(&mut reply.stream, &chunk)
             .await
             .unwrap_or_else(|e| panic!("stream broke after {:?}: {e}", started.elapsed()));
@@ -228,12 +241,12 @@ async fn thirty_second_certificates_rotate_for_three_minutes_under_a_long_stream
     .unwrap();
     let server_log = server.proc.logs();
     println!(
-        "3 min: {echoed} bytes echoed on one stream, {renewals} renewals, {reconnects} reconnects, \
+        "{transport}, {run_for:?}: {echoed} bytes echoed on one stream, {renewals} renewals, {reconnects} reconnects, \
          {} registrations",
         server_log.matches("agent registered").count()
     );
     assert!(
-        renewals >= 6,
+        renewals >= min_renewals,
         "expected a renewal every ~20 s:\n{agent_log}"
     );
     // Renewed over the agent's own connection (a service stream), as the server counts it.
@@ -326,6 +339,22 @@ async fn a_server_certificate_replaced_on_disk_is_served_without_dropping_agents
     let old = CertificateDer::from_pem_file(pki.path("server.crt")).unwrap();
     assert_eq!(served_certificate(&pki, agent_port, enroll_alpn).await, old);
 
+    // SIGHUP reloads at once (unchanged files are only re-read on a signal, so the log
+    // line proves the signal path) and drops nobody.
+    assert!(!server.proc.logs().contains("server certificate loaded"));
+    server.proc.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(10), || server
+            .proc
+            .logs()
+            .contains("server certificate loaded")),
+        "{}",
+        server.proc.logs()
+    );
+    echo_chunk(&mut reply.stream, b"after sighup")
+        .await
+        .unwrap();
+
     let new = pki
         .ca()
         .unwrap()
@@ -389,7 +418,10 @@ async fn a_server_certificate_replaced_on_disk_is_served_without_dropping_agents
         "{}",
         server.proc.logs()
     );
-    assert_eq!(served_certificate(&pki, agent_port, enroll_alpn).await, new_der);
+    assert_eq!(
+        served_certificate(&pki, agent_port, enroll_alpn).await,
+        new_der
+    );
     echo_chunk(&mut reply.stream, b"still").await.unwrap();
 }
 
