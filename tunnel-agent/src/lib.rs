@@ -10,5 +10,6 @@ pub mod backoff;
 pub mod config;
 pub mod connector;
 pub mod edge;
+pub mod hub;
 pub mod metrics;
 pub mod proxy;
