@@ -4,7 +4,7 @@
 use super::*;
 use serde_json::{json, Value};
 
-pub(super) fn config(dir: &std::path::Path) -> CacheConfig {
+pub(crate) fn config(dir: &std::path::Path) -> CacheConfig {
     CacheConfig {
         dir: dir.to_path_buf(),
         max_bytes: 64 * 1024 * 1024,
@@ -13,7 +13,7 @@ pub(super) fn config(dir: &std::path::Path) -> CacheConfig {
     }
 }
 
-pub(super) fn pod(ns: &str, name: &str, rv: u64, app: &str, node: &str) -> Value {
+pub(crate) fn pod(ns: &str, name: &str, rv: u64, app: &str, node: &str) -> Value {
     json!({
         "kind": "Pod", "apiVersion": "v1",
         "metadata": {"name": name, "namespace": ns, "resourceVersion": rv.to_string(),
@@ -43,7 +43,7 @@ fn event(kind: &str, object: &Value) -> Bytes {
     Bytes::from(json!({"type": kind, "object": object}).to_string())
 }
 
-pub(super) fn req(method: &str, target: &str) -> RequestInfo {
+pub(crate) fn req(method: &str, target: &str) -> RequestInfo {
     RequestInfo::parse(method, target).unwrap()
 }
 

@@ -247,3 +247,7 @@ impl AutonomyCache {
 #[cfg(test)]
 #[path = "cache_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "enospc_tests.rs"]
+mod enospc_tests;
