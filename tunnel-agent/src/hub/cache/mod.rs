@@ -249,5 +249,9 @@ impl AutonomyCache {
 mod tests;
 
 #[cfg(test)]
+#[path = "offline_tests.rs"]
+mod offline_tests;
+
+#[cfg(test)]
 #[path = "enospc_tests.rs"]
 mod enospc_tests;
