@@ -150,8 +150,11 @@ fn write_transaction(
         let (results, bytes, entries) = {
             let mut tables = Tables::open(&txn, cfg.max_bytes)?;
             let mut results = Vec::with_capacity(ops.len());
+            let mut touched = std::collections::HashSet::new();
             for op in ops {
-                tables.touch(op.component(), now)?;
+                if touched.insert(op.component()) {
+                    tables.touch(op.component(), now)?;
+                }
                 match tables.apply(op) {
                     Err(CacheError::QuotaExceeded { used, max, needed }) => {
                         results.push(Err(CacheError::QuotaExceeded { used, max, needed }))
