@@ -255,3 +255,7 @@ mod offline_tests;
 #[cfg(test)]
 #[path = "enospc_tests.rs"]
 mod enospc_tests;
+
+#[cfg(test)]
+#[path = "crash_tests.rs"]
+mod crash_tests;
