@@ -156,7 +156,7 @@ impl AutonomyCache {
         };
         let op = match req.verb {
             Verb::List => WriteOp::ReplaceList {
-                list: object::parse_list(&body)?,
+                list: object::parse_list(&body, req.continue_token.is_some())?,
                 collection: key.collection,
                 owner: key.list_owner,
             },
