@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod config;
 pub mod connector;
 pub mod edge;
+pub mod hub;
 pub mod link;
 pub mod metrics;
 pub mod proxy;
