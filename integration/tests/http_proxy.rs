@@ -94,14 +94,15 @@ async fn absolute_uri_requests_are_proxied_on_a_kept_alive_connection() {
     assert_eq!(sha256_hex(&r.body), sha256_hex(&pattern(n, 7)));
     times.sort();
     eprintln!(
-        "http proxy: first request {first:?}, per-request (new tunnel stream each) median {:?} max {:?}, 8 MiB body {big:?}",
+        "http proxy: first request {first:?}, per-request (kept edge connection) median {:?} max {:?}, 8 MiB body {big:?}",
         times[times.len() / 2],
         times[times.len() - 1]
     );
 
+    // All 22 requests went to one target: one dial, one edge connection.
     let m = s.server.metrics().unwrap();
     assert!(
-        m.contains("tunnel_server_streams_total{frontend=\"http\",result=\"ok\"} 22"),
+        m.contains("tunnel_server_streams_total{frontend=\"http\",result=\"ok\"} 1\n"),
         "{m}"
     );
     assert!(
@@ -111,7 +112,7 @@ async fn absolute_uri_requests_are_proxied_on_a_kept_alive_connection() {
         "{m}"
     );
     assert!(
-        m.contains("tunnel_server_node_streams_total{node=\"edge-1\"} 22"),
+        m.contains("tunnel_server_node_streams_total{node=\"edge-1\"} 1\n"),
         "{m}"
     );
     let from_edge = integration::process::metric_value(
@@ -121,8 +122,32 @@ async fn absolute_uri_requests_are_proxied_on_a_kept_alive_connection() {
     .unwrap_or(0.0);
     assert!(from_edge > n as f64, "{m}");
 
-    // Every request's tunnel stream is released once its response is done,
-    // even while the client connection stays open.
+    // The edge connection lives as long as the client connection.
+    let active = |m: &str| {
+        integration::process::metric_value(m, "tunnel_server_streams_active{frontend=\"http\"}")
+    };
+    assert_eq!(active(&s.server.metrics().unwrap()), Some(1.0));
+
+    // Asking for another target moves the client connection's edge
+    // connection there; both targets keep answering.
+    let other = web_server_on("127.0.0.1:0").await.unwrap();
+    drop(conn);
+    drop(s);
+    let s = setup(&[], &[web.to_string(), other.to_string()]);
+    let mut conn = proxy_conn(&s).await;
+    for (i, t) in [web, other, other, web, web].into_iter().enumerate() {
+        let r = request(&mut conn, &get(t, &format!("/switch{i}"), "")).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(r.text().contains(&format!("host: {t}\r\n")), "{}", r.text());
+    }
+    let m = s.server.metrics().unwrap();
+    assert!(
+        m.contains("tunnel_server_streams_total{frontend=\"http\",result=\"ok\"} 3\n"),
+        "{m}"
+    );
+    drop(conn);
+
+    // Once the client connection closes, its edge connection is released.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let m = s.server.metrics().unwrap();
@@ -136,7 +161,41 @@ async fn absolute_uri_requests_are_proxied_on_a_kept_alive_connection() {
         assert!(Instant::now() < deadline, "streams still active:\n{m}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    drop(conn);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_service_that_closes_after_each_response_still_answers_every_request() {
+    // Answers one request per connection, then closes without saying so.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let one_shot = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = sock
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let s = setup(&[], &[one_shot.to_string()]);
+    let mut conn = proxy_conn(&s).await;
+    for i in 0..10 {
+        let r = request(&mut conn, &get(one_shot, &format!("/n{i}"), "")).await;
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        assert_eq!(r.body, b"ok");
+        // Give the FIN time to arrive on some iterations, not on others.
+        if i % 2 == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,7 @@ pub mod config;
 pub mod connector;
 pub mod edge;
 pub mod enroll;
+pub mod hub;
 pub mod link;
 pub mod metrics;
 pub mod proxy;

@@ -1,8 +1,9 @@
 //! How a bench client opens a connection to a destination over each path.
 //!
 //! Direct TCP, `ssh -R` and rathole are all "connect to a TCP port"; the
-//! tunnel front ends additionally speak HTTP CONNECT like kube-apiserver's
-//! egress dialer and wait for `200` before sending payload.
+//! tunnel front ends additionally speak HTTP CONNECT (or Konnectivity gRPC)
+//! like kube-apiserver's egress dialer and wait for the dial's success
+//! before sending payload.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,6 +42,12 @@ pub enum Dialer {
         sink: SocketAddr,
         echo: SocketAddr,
     },
+    /// Konnectivity gRPC on the tunnel server's Unix-socket front end.
+    Grpc {
+        path: PathBuf,
+        sink: SocketAddr,
+        echo: SocketAddr,
+    },
     /// HTTP CONNECT on the tunnel server's TCP + mutual-TLS front end.
     Tls {
         addr: SocketAddr,
@@ -75,6 +82,9 @@ impl Dialer {
                     .await
                     .with_context(|| format!("connecting {}", path.display()))?;
                 Ok(Box::new(connect(s, pick(sink, echo)).await?))
+            }
+            Dialer::Grpc { path, sink, echo } => {
+                super::grpc_conn::dial(path, pick(sink, echo)).await
             }
             Dialer::Tls {
                 addr,

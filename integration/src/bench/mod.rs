@@ -5,6 +5,8 @@
 //! only thing that differs between rows is what sits in the middle.
 
 pub mod dial;
+pub mod grpc_conn;
+pub mod http;
 pub mod measure;
 pub mod procs;
 pub mod report;
@@ -29,6 +31,8 @@ pub enum PathName {
     Tunnel,
     /// CONNECT on the tunnel server's mTLS TCP front end → QUIC → agent → service.
     TunnelTls,
+    /// Konnectivity gRPC on the Unix socket → QUIC → agent → service.
+    TunnelGrpc,
     /// CONNECT on the Unix socket → WebSocket over TLS (yamux) → agent → service.
     TunnelWs,
     /// sshd (cloud) ← `ssh -N -R` (edge) → service.
@@ -94,7 +98,7 @@ fn start_path(
 ) -> anyhow::Result<(Dialer, Running, String)> {
     Ok(match path {
         PathName::Direct => (Dialer::Tcp { sink, echo }, Running::None, "none".into()),
-        PathName::Tunnel | PathName::TunnelTls | PathName::TunnelWs => {
+        PathName::Tunnel | PathName::TunnelTls | PathName::TunnelWs | PathName::TunnelGrpc => {
             let mut agent_args = cfg.agent_args.clone();
             if path == PathName::TunnelWs {
                 agent_args.push("--transport=websocket".into());
@@ -107,7 +111,16 @@ fn start_path(
                 &cfg.server_args,
                 &agent_args,
             )?;
-            let (d, crypto) = if path == PathName::TunnelWs {
+            let (d, crypto) = if path == PathName::TunnelGrpc {
+                (
+                    Dialer::Grpc {
+                        path: t.uds.clone(),
+                        sink,
+                        echo,
+                    },
+                    "QUIC, TLS 1.3 AES-256-GCM",
+                )
+            } else if path == PathName::TunnelWs {
                 (
                     Dialer::Uds {
                         path: t.uds.clone(),
@@ -187,6 +200,7 @@ fn label(path: PathName) -> &'static str {
         PathName::Direct => "direct TCP",
         PathName::Tunnel => "tunnel (UDS CONNECT)",
         PathName::TunnelTls => "tunnel (mTLS CONNECT)",
+        PathName::TunnelGrpc => "tunnel (UDS Konnectivity gRPC)",
         PathName::TunnelWs => "tunnel over WebSocket (UDS CONNECT)",
         PathName::Ssh => "ssh -R",
         PathName::Rathole => "rathole",

@@ -1,4 +1,5 @@
-//! Loopback benchmark: direct TCP versus the tunnel, `ssh -R` and rathole.
+//! Loopback benchmark: direct TCP versus the tunnel (HTTP CONNECT, Konnectivity
+//! gRPC, WebSocket), `ssh -R` and rathole.
 //!
 //! ```text
 //! cargo build --release -p tunnel-server -p tunnel-agent -p integration
@@ -93,6 +94,7 @@ fn main() -> anyhow::Result<()> {
                 PathName::Direct,
                 PathName::Tunnel,
                 PathName::TunnelTls,
+                PathName::TunnelGrpc,
                 PathName::TunnelWs,
                 PathName::Ssh,
                 PathName::Rathole,

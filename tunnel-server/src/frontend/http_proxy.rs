@@ -4,9 +4,11 @@
 //! - `GET http://<node-ip>:<port>/path` (absolute-URI) is dialed through the
 //!   node's agent and sent on as an origin-form HTTP/1.1 request; the
 //!   response streams back. The client connection is kept alive across
-//!   requests; each request gets its own tunnel stream (a dial costs one
-//!   round trip to the agent, and a scrape is one request every few seconds,
-//!   so a pool would save little and hold edge connections open).
+//!   requests, and so is its edge connection: while a client keeps asking
+//!   for the same target (Prometheus scrapes a target over its own
+//!   connection), requests reuse one tunnel stream and one edge HTTP
+//!   connection instead of paying a dial each ([`EdgeSlot`]). A client
+//!   connection holds at most one edge connection, released when it closes.
 //! - `CONNECT host:port` (for `https://` targets) is answered `200` once the
 //!   agent's dial succeeded, then the bytes are spliced like on the CONNECT
 //!   front end.
@@ -21,7 +23,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
+use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -37,8 +40,37 @@ use crate::dial::{EdgeStream, Frontend};
 /// The metric label for requests on this front end.
 const PROTOCOL: &str = "http-proxy";
 
-/// Body type of every response this proxy writes.
+/// Body type of every response this proxy writes, and of requests it sends on.
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// An HTTP/1.1 connection to an edge service over one tunnel stream.
+struct EdgeHttp {
+    target: DialTarget,
+    node: String,
+    sender: SendRequest<ProxyBody>,
+}
+
+/// The edge connection a client connection used last, kept for its next
+/// request to the same target. hyper serves one request of a connection at
+/// a time, so the lock is never contended.
+#[derive(Default)]
+struct EdgeSlot(std::sync::Mutex<Option<EdgeHttp>>);
+
+impl EdgeSlot {
+    /// The kept connection if it goes to `target` and is still open.
+    fn take_for(&self, target: &DialTarget) -> Option<EdgeHttp> {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.take() {
+            Some(e) if &e.target == target && !e.sender.is_closed() => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Keeps `edge` for the next request (dropping any other).
+    fn put(&self, edge: EdgeHttp) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(edge);
+    }
+}
 
 /// Why a request cannot be proxied, before any dial.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -139,9 +171,10 @@ pub async fn serve(listener: TcpListener, ctx: Arc<FrontendContext>) {
         let _ = sock.set_nodelay(true);
         let ctx = ctx.clone();
         tokio::spawn(async move {
+            let slot = Arc::new(EdgeSlot::default());
             let svc = hyper::service::service_fn(move |req| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
+                let (ctx, slot) = (ctx.clone(), slot.clone());
+                async move { Ok::<_, Infallible>(handle(req, &ctx, &slot).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -159,11 +192,15 @@ pub async fn serve(listener: TcpListener, ctx: Arc<FrontendContext>) {
 /// requests (Prometheus reuses its connection every scrape interval).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(120);
 
-async fn handle(req: Request<Incoming>, ctx: &FrontendContext) -> Response<ProxyBody> {
+async fn handle(
+    req: Request<Incoming>,
+    ctx: &FrontendContext,
+    slot: &EdgeSlot,
+) -> Response<ProxyBody> {
     let resp = match request_target(req.method(), req.uri()) {
         Err(e) => error(e.http_status(), &e.to_string()),
         Ok(target) if req.method() == Method::CONNECT => connect(req, target, ctx).await,
-        Ok(target) => forward(req, target, ctx).await,
+        Ok(target) => forward(req, target, ctx, slot).await.unwrap_or_else(|e| e),
     };
     ctx.dialer
         .metrics()
@@ -215,17 +252,17 @@ async fn connect(
     resp
 }
 
-/// Absolute URI: dial, send the request as origin-form HTTP/1.1 over the
-/// tunnel stream, stream the response back.
-async fn forward(
-    req: Request<Incoming>,
-    target: DialTarget,
+/// Dials `target` and starts an HTTP/1.1 client connection on the stream.
+/// The connection task holds the stream slot until the connection ends.
+async fn dial_edge(
+    target: &DialTarget,
     ctx: &FrontendContext,
-) -> Response<ProxyBody> {
-    let stream = match ctx.dialer.dial(&target, Frontend::Http).await {
-        Ok(s) => s,
-        Err(e) => return error(e.http_status(), &e.to_string()),
-    };
+) -> Result<EdgeHttp, Response<ProxyBody>> {
+    let stream = ctx
+        .dialer
+        .dial(target, Frontend::Http)
+        .await
+        .map_err(|e| error(e.http_status(), &e.to_string()))?;
     let EdgeStream {
         send,
         recv,
@@ -235,11 +272,9 @@ async fn forward(
     } = stream;
     let span = tracing::info_span!("stream", node = %node, stream_id, %target);
     let io = TunnelIo::with_counter(send, recv, Box::new(ctx.dialer.byte_counter(&node)));
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(io)).await {
-        Ok(x) => x,
-        Err(e) => return error(502, &format!("HTTP to {target} via node {node}: {e}")),
-    };
-    // The connection task owns the stream slot until the response body is done.
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| error(502, &format!("HTTP to {target} via node {node}: {e}")))?;
     tokio::spawn(
         async move {
             let _active = _active;
@@ -247,9 +282,24 @@ async fn forward(
                 tracing::debug!(error = %e, "edge HTTP connection ended with error");
             }
         }
-        .instrument(span.clone()),
+        .instrument(span),
     );
+    Ok(EdgeHttp {
+        target: target.clone(),
+        node,
+        sender,
+    })
+}
 
+/// Absolute URI: send the request as origin-form HTTP/1.1 to the edge
+/// service (on the client connection's kept edge connection when it goes
+/// to the same target, else on a new dial) and stream the response back.
+async fn forward(
+    req: Request<Incoming>,
+    target: DialTarget,
+    ctx: &FrontendContext,
+    slot: &EdgeSlot,
+) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
     let (mut parts, body) = req.into_parts();
     let host = parts
         .uri
@@ -261,32 +311,70 @@ async fn forward(
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    parts.uri = match path.parse() {
-        Ok(u) => u,
-        Err(e) => return error(400, &format!("bad request path: {e}")),
-    };
+    parts.uri = path
+        .parse()
+        .map_err(|e| error(400, &format!("bad request path: {e}")))?;
     parts.version = Version::HTTP_11;
     parts.extensions = Default::default();
     strip_hop_by_hop(&mut parts.headers);
     // An absolute URI's authority replaces any Host header (RFC 9112 §3.2.2).
-    match HeaderValue::from_str(&host) {
-        Ok(v) => {
-            parts.headers.insert(hyper::header::HOST, v);
+    let host = HeaderValue::from_str(&host).map_err(|_| error(400, "bad host in request URI"))?;
+    parts.headers.insert(hyper::header::HOST, host);
+    // A kept connection may have been closed by the edge service just as
+    // this request went out; a request without a body that has no side
+    // effects is then sent once more on a new connection.
+    let retry_safe = matches!(parts.method, Method::GET | Method::HEAD) && body.is_end_stream();
+    let again = retry_safe.then(|| {
+        (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.headers.clone(),
+        )
+    });
+
+    let (mut edge, fresh) = match slot.take_for(&target) {
+        Some(e) => (e, false),
+        None => (dial_edge(&target, ctx).await?, true),
+    };
+    let first = send_on(&mut edge.sender, Request::from_parts(parts, body.boxed())).await;
+    let resp = match (first, again) {
+        (Ok(resp), _) => resp,
+        (Err(e), Some((method, uri, headers))) if !fresh => {
+            tracing::debug!(%target, error = %e, "kept edge connection was closed; sending again on a new one");
+            edge = dial_edge(&target, ctx).await?;
+            let mut retry = Request::new(empty());
+            *retry.method_mut() = method;
+            *retry.uri_mut() = uri;
+            *retry.headers_mut() = headers;
+            send_on(&mut edge.sender, retry)
+                .await
+                .map_err(|e| unanswered(&edge, &e))?
         }
-        Err(_) => return error(400, "bad host in request URI"),
-    }
-    let outgoing = Request::from_parts(parts, body);
-    match sender.send_request(outgoing).instrument(span).await {
-        Ok(resp) => {
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, body.boxed())
-        }
-        Err(e) => error(
-            502,
-            &format!("edge service {target} on node {node} did not answer: {e}"),
+        (Err(e), _) => return Err(unanswered(&edge, &e)),
+    };
+    slot.put(edge);
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// Sends one request once the connection is ready for it.
+async fn send_on(
+    sender: &mut SendRequest<ProxyBody>,
+    req: Request<ProxyBody>,
+) -> Result<Response<Incoming>, hyper::Error> {
+    sender.ready().await?;
+    sender.send_request(req).await
+}
+
+fn unanswered(edge: &EdgeHttp, e: &hyper::Error) -> Response<ProxyBody> {
+    error(
+        502,
+        &format!(
+            "edge service {} on node {} did not answer: {e}",
+            edge.target, edge.node
         ),
-    }
+    )
 }
 
 fn empty() -> ProxyBody {

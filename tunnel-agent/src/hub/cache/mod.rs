@@ -1,0 +1,268 @@
+//! The autonomy cache: what the node proxy stores from upstream responses and how it
+//! answers while the cloud is unreachable.
+//!
+//! Sans-IO decisions ([`RequestInfo`], [`ComponentRule`], selectors, [`WatchDecoder`],
+//! offline answers) sit beside a redb store written by one group-commit writer thread.
+//!
+//! Objects are kept per component in *sets*: one per list/watch scope (namespace plus
+//! canonical label and field selectors), replaced as a whole by a full list and kept
+//! current by the watch with the same scope, and one for get/create/update/patch
+//! responses. An offline list is answered from the set with the same scope, else from
+//! the union of the sets covering its namespace, filtered by its selectors; a get from
+//! the newest copy in any set.
+
+mod apply;
+mod component;
+mod error;
+mod field_selector;
+mod keys;
+mod label_selector;
+mod object;
+mod offline;
+mod path;
+mod request;
+mod status;
+mod store;
+mod watch_decoder;
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use apply::WriteOp;
+use keys::{ResourceKey, DIRECT_OWNER};
+use store::Store;
+use writer::{Job, WriterConfig};
+
+pub use component::ComponentRule;
+pub use error::{CacheError, ComponentRuleError, RequestError, SelectorError, WatchDecodeError};
+pub use field_selector::FieldSelector;
+pub use label_selector::LabelSelector;
+pub use request::{RequestInfo, RequestKind, Verb};
+pub use status::status_json;
+pub use watch_decoder::WatchDecoder;
+
+/// Where and how the cache stores: from `--cache-dir` and `--cache-max-bytes`.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Directory holding the database file (created if missing).
+    pub dir: PathBuf,
+    /// Quota of accounted bytes (keys plus values); new entries beyond it are refused.
+    pub max_bytes: u64,
+    /// Components not seen for this long have their entries deleted.
+    pub gc_after: Duration,
+    /// Longest time a write waits for others to share its transaction and fsync.
+    pub commit_interval: Duration,
+}
+
+/// What to answer a request while offline (or when upstream failed a get/list).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OfflineAnswer {
+    /// Answer with this status and `application/json` body.
+    Respond { status: u16, body: Bytes },
+    /// A watch: answer 200, send nothing, hold until the client's timeout or reconnect.
+    HoldWatch,
+}
+
+/// Counters for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Accounted bytes (keys plus values) currently stored.
+    pub bytes_used: u64,
+    /// Stored objects, discovery documents and list records.
+    pub objects: u64,
+    /// Writes refused for the quota or a full disk since open.
+    pub refused_writes: u64,
+    /// Durable transactions committed since open (each holds a batch of writes).
+    pub commits: u64,
+}
+
+/// The crash-safe per-component cache; cheap to clone (Arc inside), Send + Sync.
+#[derive(Clone)]
+pub struct AutonomyCache {
+    shared: Arc<Shared>,
+}
+
+/// Owned by all clones; dropping the last one stops the writer and closes the database.
+struct Shared {
+    store: Arc<Store>,
+    queue: Option<mpsc::Sender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(writer) = self.writer.take() {
+            // The writer finishes its current batch and exits; then the file is closed.
+            let _ = writer.join();
+        }
+    }
+}
+
+impl AutonomyCache {
+    /// Opens (or creates) the cache in `cfg.dir`, drops components idle for
+    /// `cfg.gc_after` and starts the writer thread; fast, no rebuild.
+    pub fn open(cfg: CacheConfig) -> Result<AutonomyCache, CacheError> {
+        let store = Arc::new(Store::open(&cfg.dir)?);
+        let writer_cfg = WriterConfig {
+            max_bytes: cfg.max_bytes,
+            gc_after: cfg.gc_after,
+            commit_interval: cfg.commit_interval,
+        };
+        writer::maintain(&store, &writer_cfg, true);
+        let (queue, jobs) = mpsc::channel(writer::QUEUE_DEPTH);
+        let writer_store = store.clone();
+        let writer = std::thread::Builder::new()
+            .name("cache-writer".into())
+            .spawn(move || writer::run(writer_store, writer_cfg, jobs))
+            .map_err(|e| CacheError::Open {
+                path: cfg.dir.clone(),
+                reason: format!("cannot start the writer thread: {e}"),
+            })?;
+        Ok(AutonomyCache {
+            shared: Arc::new(Shared {
+                store,
+                queue: Some(queue),
+                writer: Some(writer),
+            }),
+        })
+    }
+
+    /// Records a 2xx JSON response to a cacheable get/list/create/update/patch or
+    /// non-resource GET; resolves once durable on disk (group commit).
+    pub async fn record_response(
+        &self,
+        component: &str,
+        req: &RequestInfo,
+        body: Bytes,
+    ) -> Result<(), CacheError> {
+        if !req.cacheable() {
+            return Err(CacheError::NotCacheable {
+                reason: "not a cacheable request",
+            });
+        }
+        let Some(key) = ResourceKey::of(component, req) else {
+            serde_json::from_slice::<serde::de::IgnoredAny>(&body).map_err(|e| {
+                CacheError::BadJson {
+                    what: "document",
+                    reason: e.to_string(),
+                }
+            })?;
+            let op = WriteOp::Doc {
+                component: component.to_string(),
+                path: req.path.clone(),
+                body,
+            };
+            return self.submit(op).await;
+        };
+        let op = match req.verb {
+            Verb::List => WriteOp::ReplaceList {
+                list: object::parse_list(&body, req.continue_token.is_some())?,
+                collection: key.collection,
+                owner: key.list_owner,
+            },
+            Verb::Get | Verb::Create | Verb::Update | Verb::Patch => WriteOp::Upsert {
+                object: object::parse_object(body)?,
+                collection: key.collection,
+                owner: DIRECT_OWNER.to_string(),
+            },
+            _ => {
+                return Err(CacheError::NotCacheable {
+                    reason: "watch responses are recorded event by event",
+                })
+            }
+        };
+        self.submit(op).await
+    }
+
+    /// Records one watch event line exactly as upstream sent it; resolves once durable.
+    pub async fn record_watch_event(
+        &self,
+        component: &str,
+        req: &RequestInfo,
+        event: Bytes,
+    ) -> Result<(), CacheError> {
+        let key =
+            ResourceKey::of(component, req).filter(|_| req.verb == Verb::Watch && req.cacheable());
+        let Some(key) = key else {
+            return Err(CacheError::NotCacheable {
+                reason: "not a cacheable watch request",
+            });
+        };
+        let event = object::parse_event(&event)?;
+        if matches!(event, object::WatchEvent::Ignored) {
+            return Ok(());
+        }
+        let op = WriteOp::Event {
+            collection: key.collection,
+            owner: key.list_owner,
+            event,
+        };
+        self.submit(op).await
+    }
+
+    async fn submit(&self, op: WriteOp) -> Result<(), CacheError> {
+        let queue = self.shared.queue.as_ref().ok_or(CacheError::Closed)?;
+        let (done, outcome) = oneshot::channel();
+        let job = Job {
+            op,
+            done: Some(done),
+        };
+        queue.send(job).await.map_err(|_| CacheError::Closed)?;
+        outcome.await.map_err(|_| CacheError::Closed)?
+    }
+
+    /// What to answer while offline (or while online when upstream failed a get/list).
+    pub fn offline_answer(
+        &self,
+        component: &str,
+        req: &RequestInfo,
+        request_body: &[u8],
+    ) -> OfflineAnswer {
+        let store = &self.shared.store;
+        store
+            .asked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(component.to_string(), writer::unix_now());
+        let (answer, write) = offline::answer(store, component, req, request_body);
+        if let (Some(op), Some(queue)) = (write, self.shared.queue.as_ref()) {
+            // Best effort: the acknowledged object is kept current when there is room.
+            let _ = queue.try_send(Job { op, done: None });
+        }
+        answer
+    }
+
+    /// Bytes used, objects and refused writes, for metrics.
+    pub fn stats(&self) -> CacheStats {
+        let store = &self.shared.store;
+        CacheStats {
+            bytes_used: store.bytes_used.load(Ordering::Relaxed),
+            objects: store.entries.load(Ordering::Relaxed),
+            refused_writes: store.refused_writes.load(Ordering::Relaxed),
+            commits: store.commits.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "cache_tests.rs"]
+mod tests;
+
+#[cfg(test)]
+#[path = "offline_tests.rs"]
+mod offline_tests;
+
+#[cfg(test)]
+#[path = "enospc_tests.rs"]
+mod enospc_tests;
+
+#[cfg(test)]
+#[path = "crash_tests.rs"]
+mod crash_tests;
