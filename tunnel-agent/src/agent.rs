@@ -12,6 +12,9 @@ use crate::allowlist::Allowlist;
 use crate::config::AgentConfig;
 use crate::connector::Connector;
 use crate::edge::EdgeDialer;
+use crate::hub::run::RunningHub;
+use crate::hub::settings::{ApiserverTarget, HubConfig, HubSetting};
+use crate::hub::upstream::{DirectDialer, UpstreamDialer};
 use crate::metrics::AgentMetrics;
 use crate::proxy::HttpProxy;
 
@@ -20,6 +23,7 @@ pub struct RunningAgent {
     stop: watch::Sender<bool>,
     connector: tokio::task::JoinHandle<()>,
     admin: tokio::task::JoinHandle<()>,
+    hub: Option<RunningHub>,
 }
 
 impl RunningAgent {
@@ -28,6 +32,9 @@ impl RunningAgent {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), self.connector).await;
         self.admin.abort();
+        if let Some(hub) = self.hub {
+            hub.stop();
+        }
     }
 }
 
@@ -105,6 +112,17 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunningAgent> {
         connected: connected.clone(),
     };
 
+    let hub = match &cfg.hub {
+        HubSetting::Off(reason) => {
+            tracing::info!(reason, "node proxy (hub) not started");
+            None
+        }
+        HubSetting::On(hub_cfg) => {
+            let dialer = hub_dialer(hub_cfg)?;
+            Some(crate::hub::run::start(hub_cfg, dialer, metrics.clone()).await?)
+        }
+    };
+
     let admin_listener = transport::admin::bind(cfg.admin_addr)
         .await
         .with_context(|| format!("binding --admin-addr {}", cfg.admin_addr))?;
@@ -136,7 +154,22 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunningAgent> {
         stop,
         connector,
         admin,
+        hub,
     })
+}
+
+/// How the hub reaches the apiserver.
+fn hub_dialer(cfg: &HubConfig) -> anyhow::Result<Arc<dyn UpstreamDialer>> {
+    match &cfg.upstream {
+        ApiserverTarget::Direct { host, port } => Ok(Arc::new(DirectDialer {
+            host: host.clone(),
+            port: *port,
+        })),
+        // ---- TUNNEL DIALER CALL SITE (lead: plug the edge→cloud dialer in here) ----
+        // It must implement `hub::upstream::UpstreamDialer`, opening a stream to the
+        // server's --apiserver over this agent's tunnel connection.
+        ApiserverTarget::Tunnel => anyhow::bail!("--apiserver tunnel is not available yet"),
+    }
 }
 
 fn hostname() -> Option<String> {

@@ -13,6 +13,14 @@ pub struct AgentMetrics {
     pub streams_active: IntGauge,
     pub dial_failures: IntCounterVec,
     pub bytes_total: IntCounterVec,
+    /// Node proxy: 1 while the apiserver is considered reachable.
+    pub cloud_reachable: IntGauge,
+    /// Node proxy: switches between online and offline, by new state.
+    pub hub_switches: IntCounterVec,
+    /// Node proxy: requests of cached components, by how they were answered.
+    pub cache_requests: IntCounterVec,
+    /// Node proxy: cache operations that failed (requests still answered), by kind.
+    pub cache_errors: IntCounterVec,
 }
 
 impl AgentMetrics {
@@ -46,6 +54,35 @@ impl AgentMetrics {
             ),
             &["direction"],
         )?;
+        let cloud_reachable = IntGauge::new(
+            "tunnel_agent_cloud_reachable",
+            "1 while the node proxy's upstream apiserver answers, 0 while answering from the cache.",
+        )?;
+        let hub_switches = IntCounterVec::new(
+            Opts::new(
+                "tunnel_agent_hub_switches_total",
+                "Node proxy switches between online and offline, by the state switched to.",
+            ),
+            &["to"],
+        )?;
+        let cache_requests = IntCounterVec::new(
+            Opts::new(
+                "tunnel_agent_cache_requests_total",
+                "Node proxy requests of cached components; result: upstream, upstream_uncached, cache, held, error.",
+            ),
+            &["component", "verb", "result"],
+        )?;
+        let cache_errors = IntCounterVec::new(
+            Opts::new(
+                "tunnel_agent_cache_errors_total",
+                "Autonomy cache operations that failed; the request was answered anyway.",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(cloud_reachable.clone()))?;
+        registry.register(Box::new(hub_switches.clone()))?;
+        registry.register(Box::new(cache_requests.clone()))?;
+        registry.register(Box::new(cache_errors.clone()))?;
         registry.register(Box::new(connected.clone()))?;
         registry.register(Box::new(reconnects.clone()))?;
         registry.register(Box::new(streams_active.clone()))?;
@@ -58,6 +95,10 @@ impl AgentMetrics {
             streams_active,
             dial_failures,
             bytes_total,
+            cloud_reachable,
+            hub_switches,
+            cache_requests,
+            cache_errors,
         })
     }
 
