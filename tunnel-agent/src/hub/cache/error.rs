@@ -69,7 +69,7 @@ pub enum WatchDecodeError {
 }
 
 /// Why the cache refused or failed a write, or could not be opened.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CacheError {
     /// The write would take the cache over its `--cache-max-bytes` quota.
     #[error("cache quota exceeded: {used} of {max} bytes used, the write needs {needed} more")]
@@ -94,7 +94,6 @@ pub enum CacheError {
     Closed,
 }
 
-#[allow(dead_code)] // used by the store, arriving next
 impl CacheError {
     /// Storage errors from redb, turning ENOSPC into [`CacheError::DiskFull`].
     pub(crate) fn from_storage(err: impl Into<redb::Error>) -> CacheError {
@@ -109,7 +108,6 @@ impl CacheError {
 }
 
 /// True for "no space left on device" and "quota exceeded" I/O errors.
-#[allow(dead_code)]
 pub(crate) fn is_disk_full(err: &std::io::Error) -> bool {
     const ENOSPC: i32 = 28;
     const EDQUOT: i32 = 122;

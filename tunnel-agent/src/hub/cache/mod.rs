@@ -4,19 +4,33 @@
 //! Sans-IO decisions ([`RequestInfo`], [`ComponentRule`], selectors, [`WatchDecoder`],
 //! offline answers) sit beside a redb store written by one group-commit writer thread.
 
+mod apply;
 mod component;
 mod error;
 mod field_selector;
+mod keys;
 mod label_selector;
+mod object;
+mod offline;
 mod path;
 mod request;
 mod status;
+mod store;
 mod watch_decoder;
+mod writer;
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use apply::WriteOp;
+use keys::{ResourceKey, DIRECT_OWNER};
+use store::Store;
+use writer::{Job, WriterConfig};
 
 pub use component::ComponentRule;
 pub use error::{CacheError, ComponentRuleError, RequestError, SelectorError, WatchDecodeError};
@@ -57,19 +71,59 @@ pub struct CacheStats {
     pub objects: u64,
     /// Writes refused for the quota or a full disk since open.
     pub refused_writes: u64,
+    /// Durable transactions committed since open (each holds a batch of writes).
+    pub commits: u64,
 }
 
 /// The crash-safe per-component cache; cheap to clone (Arc inside), Send + Sync.
 #[derive(Clone)]
-pub struct AutonomyCache {}
+pub struct AutonomyCache {
+    shared: Arc<Shared>,
+}
+
+/// Owned by all clones; dropping the last one stops the writer and closes the database.
+struct Shared {
+    store: Arc<Store>,
+    queue: Option<mpsc::Sender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(writer) = self.writer.take() {
+            // The writer finishes its current batch and exits; then the file is closed.
+            let _ = writer.join();
+        }
+    }
+}
 
 impl AutonomyCache {
     /// Opens (or creates) the cache in `cfg.dir`, drops components idle for
     /// `cfg.gc_after` and starts the writer thread; fast, no rebuild.
     pub fn open(cfg: CacheConfig) -> Result<AutonomyCache, CacheError> {
-        Err(CacheError::Open {
-            path: cfg.dir,
-            reason: "not implemented yet".into(),
+        let store = Arc::new(Store::open(&cfg.dir)?);
+        let writer_cfg = WriterConfig {
+            max_bytes: cfg.max_bytes,
+            gc_after: cfg.gc_after,
+            commit_interval: cfg.commit_interval,
+        };
+        writer::maintain(&store, &writer_cfg, true);
+        let (queue, jobs) = mpsc::channel(writer::QUEUE_DEPTH);
+        let writer_store = store.clone();
+        let writer = std::thread::Builder::new()
+            .name("cache-writer".into())
+            .spawn(move || writer::run(writer_store, writer_cfg, jobs))
+            .map_err(|e| CacheError::Open {
+                path: cfg.dir.clone(),
+                reason: format!("cannot start the writer thread: {e}"),
+            })?;
+        Ok(AutonomyCache {
+            shared: Arc::new(Shared {
+                store,
+                queue: Some(queue),
+                writer: Some(writer),
+            }),
         })
     }
 
@@ -81,8 +135,43 @@ impl AutonomyCache {
         req: &RequestInfo,
         body: Bytes,
     ) -> Result<(), CacheError> {
-        let _ = (component, req, body);
-        Err(CacheError::Closed)
+        if !req.cacheable() {
+            return Err(CacheError::NotCacheable {
+                reason: "not a cacheable request",
+            });
+        }
+        let Some(key) = ResourceKey::of(component, req) else {
+            serde_json::from_slice::<serde::de::IgnoredAny>(&body).map_err(|e| {
+                CacheError::BadJson {
+                    what: "document",
+                    reason: e.to_string(),
+                }
+            })?;
+            let op = WriteOp::Doc {
+                component: component.to_string(),
+                path: req.path.clone(),
+                body,
+            };
+            return self.submit(op).await;
+        };
+        let op = match req.verb {
+            Verb::List => WriteOp::ReplaceList {
+                list: object::parse_list(&body)?,
+                collection: key.collection,
+                owner: key.list_owner,
+            },
+            Verb::Get | Verb::Create | Verb::Update | Verb::Patch => WriteOp::Upsert {
+                object: object::parse_object(body)?,
+                collection: key.collection,
+                owner: DIRECT_OWNER.to_string(),
+            },
+            _ => {
+                return Err(CacheError::NotCacheable {
+                    reason: "watch responses are recorded event by event",
+                })
+            }
+        };
+        self.submit(op).await
     }
 
     /// Records one watch event line exactly as upstream sent it; resolves once durable.
@@ -92,8 +181,34 @@ impl AutonomyCache {
         req: &RequestInfo,
         event: Bytes,
     ) -> Result<(), CacheError> {
-        let _ = (component, req, event);
-        Err(CacheError::Closed)
+        let key =
+            ResourceKey::of(component, req).filter(|_| req.verb == Verb::Watch && req.cacheable());
+        let Some(key) = key else {
+            return Err(CacheError::NotCacheable {
+                reason: "not a cacheable watch request",
+            });
+        };
+        let event = object::parse_event(&event)?;
+        if matches!(event, object::WatchEvent::Ignored) {
+            return Ok(());
+        }
+        let op = WriteOp::Event {
+            collection: key.collection,
+            owner: key.list_owner,
+            event,
+        };
+        self.submit(op).await
+    }
+
+    async fn submit(&self, op: WriteOp) -> Result<(), CacheError> {
+        let queue = self.shared.queue.as_ref().ok_or(CacheError::Closed)?;
+        let (done, outcome) = oneshot::channel();
+        let job = Job {
+            op,
+            done: Some(done),
+        };
+        queue.send(job).await.map_err(|_| CacheError::Closed)?;
+        outcome.await.map_err(|_| CacheError::Closed)?
     }
 
     /// What to answer while offline (or while online when upstream failed a get/list).
@@ -103,15 +218,32 @@ impl AutonomyCache {
         req: &RequestInfo,
         request_body: &[u8],
     ) -> OfflineAnswer {
-        let _ = (component, req, request_body);
-        OfflineAnswer::Respond {
-            status: 503,
-            body: status_json(503, "ServiceUnavailable", "offline: cache not ready"),
+        let store = &self.shared.store;
+        store
+            .asked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(component.to_string(), writer::unix_now());
+        let (answer, write) = offline::answer(store, component, req, request_body);
+        if let (Some(op), Some(queue)) = (write, self.shared.queue.as_ref()) {
+            // Best effort: the acknowledged object is kept current when there is room.
+            let _ = queue.try_send(Job { op, done: None });
         }
+        answer
     }
 
     /// Bytes used, objects and refused writes, for metrics.
     pub fn stats(&self) -> CacheStats {
-        CacheStats::default()
+        let store = &self.shared.store;
+        CacheStats {
+            bytes_used: store.bytes_used.load(Ordering::Relaxed),
+            objects: store.entries.load(Ordering::Relaxed),
+            refused_writes: store.refused_writes.load(Ordering::Relaxed),
+            commits: store.commits.load(Ordering::Relaxed),
+        }
     }
 }
+
+#[cfg(test)]
+#[path = "cache_tests.rs"]
+mod tests;

@@ -1,0 +1,504 @@
+//! The cache end to end on a real database in a temp dir: recording, offline answers,
+//! durability across reopen, quota, GC and group commit.
+
+use super::*;
+use serde_json::{json, Value};
+
+pub(super) fn config(dir: &std::path::Path) -> CacheConfig {
+    CacheConfig {
+        dir: dir.to_path_buf(),
+        max_bytes: 64 * 1024 * 1024,
+        gc_after: Duration::from_secs(3600),
+        commit_interval: Duration::from_millis(2),
+    }
+}
+
+pub(super) fn pod(ns: &str, name: &str, rv: u64, app: &str, node: &str) -> Value {
+    json!({
+        "kind": "Pod", "apiVersion": "v1",
+        "metadata": {"name": name, "namespace": ns, "resourceVersion": rv.to_string(),
+                     "labels": {"app": app}},
+        "spec": {"nodeName": node},
+        "status": {"phase": "Running"}
+    })
+}
+
+fn pod_list(rv: u64, items: &[Value]) -> Bytes {
+    let items: Vec<Value> = items
+        .iter()
+        .map(|p| {
+            let mut p = p.clone();
+            let obj = p.as_object_mut().unwrap();
+            obj.remove("kind");
+            obj.remove("apiVersion");
+            p
+        })
+        .collect();
+    let list = json!({"kind": "PodList", "apiVersion": "v1",
+        "metadata": {"resourceVersion": rv.to_string()}, "items": items});
+    Bytes::from(list.to_string())
+}
+
+fn event(kind: &str, object: &Value) -> Bytes {
+    Bytes::from(json!({"type": kind, "object": object}).to_string())
+}
+
+pub(super) fn req(method: &str, target: &str) -> RequestInfo {
+    RequestInfo::parse(method, target).unwrap()
+}
+
+fn answer(cache: &AutonomyCache, component: &str, r: &RequestInfo, body: &[u8]) -> (u16, Value) {
+    match cache.offline_answer(component, r, body) {
+        OfflineAnswer::Respond { status, body } => (status, serde_json::from_slice(&body).unwrap()),
+        OfflineAnswer::HoldWatch => panic!("unexpected HoldWatch for {}", r.path),
+    }
+}
+
+fn names(list: &Value) -> Vec<String> {
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn get_survives_reopen_and_misses_are_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = AutonomyCache::open(config(dir.path())).unwrap();
+    let get = req("GET", "/api/v1/namespaces/d/pods/a");
+    cache
+        .record_response(
+            "kubelet",
+            &get,
+            Bytes::from(pod("d", "a", 5, "web", "n1").to_string()),
+        )
+        .await
+        .unwrap();
+    drop(cache);
+    let cache = AutonomyCache::open(config(dir.path())).unwrap();
+    let (status, body) = answer(&cache, "kubelet", &get, b"");
+    assert_eq!(
+        (status, body["metadata"]["resourceVersion"].as_str()),
+        (200, Some("5"))
+    );
+    let (status, body) = answer(&cache, "kube-proxy", &get, b"");
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (404, Some("NotFound")),
+        "per component"
+    );
+    let (status, _) = answer(
+        &cache,
+        "kubelet",
+        &req("GET", "/api/v1/namespaces/d/pods/b"),
+        b"",
+    );
+    assert_eq!(status, 404);
+    assert!(cache.stats().objects >= 1);
+}
+
+#[tokio::test]
+async fn list_replaces_its_set_and_two_selectors_coexist() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = AutonomyCache::open(config(dir.path())).unwrap();
+    let web = req("GET", "/api/v1/pods?labelSelector=app%3Dweb");
+    let db = req("GET", "/api/v1/pods?labelSelector=app%3Ddb");
+    let (a, b, c) = (
+        pod("d", "a", 1, "web", "n1"),
+        pod("d", "b", 2, "web", "n1"),
+        pod("d", "c", 3, "db", "n1"),
+    );
+    cache
+        .record_response("kubelet", &web, pod_list(10, &[a.clone(), b.clone()]))
+        .await
+        .unwrap();
+    cache
+        .record_response("kubelet", &db, pod_list(11, std::slice::from_ref(&c)))
+        .await
+        .unwrap();
+    let (status, list) = answer(&cache, "kubelet", &web, b"");
+    assert_eq!(
+        (status, names(&list)),
+        (200, vec!["a".to_string(), "b".into()])
+    );
+    assert_eq!(list["kind"], "PodList");
+    assert_eq!(list["items"][0]["kind"], "Pod", "items regain their kind");
+    assert_eq!(list["metadata"]["resourceVersion"], "10");
+    assert_eq!(names(&answer(&cache, "kubelet", &db, b"").1), ["c"]);
+    // Upstream deleted b while we were offline: the next list drops it, db is untouched.
+    cache
+        .record_response("kubelet", &web, pod_list(12, std::slice::from_ref(&a)))
+        .await
+        .unwrap();
+    assert_eq!(names(&answer(&cache, "kubelet", &web, b"").1), ["a"]);
+    assert_eq!(names(&answer(&cache, "kubelet", &db, b"").1), ["c"]);
+    // An unseen selector is answered from the union of the sets, filtered.
+    let all = req("GET", "/api/v1/pods");
+    assert_eq!(names(&answer(&cache, "kubelet", &all, b"").1), ["a", "c"]);
+    let not_web = req("GET", "/api/v1/pods?labelSelector=app%21%3Dweb");
+    assert_eq!(names(&answer(&cache, "kubelet", &not_web, b"").1), ["c"]);
+    // A malformed list changes nothing.
+    let err = cache
+        .record_response("kubelet", &web, Bytes::from_static(b"{\"items\":["))
+        .await;
+    assert!(matches!(err, Err(CacheError::BadJson { .. })), "{err:?}");
+    assert_eq!(names(&answer(&cache, "kubelet", &web, b"").1), ["a"]);
+}
+
+#[tokio::test]
+async fn watch_events_respect_resource_version_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = AutonomyCache::open(config(dir.path())).unwrap();
+    let list = req("GET", "/api/v1/namespaces/d/pods");
+    let watch = req(
+        "GET",
+        "/api/v1/namespaces/d/pods?watch=true&resourceVersion=10",
+    );
+    cache
+        .record_response(
+            "kubelet",
+            &list,
+            pod_list(10, &[pod("d", "a", 5, "web", "n1")]),
+        )
+        .await
+        .unwrap();
+    let record = |e: Bytes| cache.record_watch_event("kubelet", &watch, e);
+    record(event("MODIFIED", &pod("d", "a", 12, "v12", "n1")))
+        .await
+        .unwrap();
+    record(event("MODIFIED", &pod("d", "a", 11, "stale", "n1")))
+        .await
+        .unwrap();
+    record(event("ADDED", &pod("d", "b", 13, "web", "n1")))
+        .await
+        .unwrap();
+    let (_, body) = answer(&cache, "kubelet", &list, b"");
+    assert_eq!(names(&body), ["a", "b"]);
+    assert_eq!(
+        body["items"][0]["metadata"]["labels"]["app"], "v12",
+        "older event ignored"
+    );
+    assert_eq!(body["metadata"]["resourceVersion"], "13");
+    record(event("DELETED", &pod("d", "b", 14, "web", "n1")))
+        .await
+        .unwrap();
+    record(event(
+        "BOOKMARK",
+        &json!({"kind": "Pod", "metadata": {"resourceVersion": "20"}}),
+    ))
+    .await
+    .unwrap();
+    record(event("ERROR", &json!({"kind": "Status", "code": 410})))
+        .await
+        .unwrap();
+    let bad = record(Bytes::from_static(
+        b"{\"type\":\"ADDED\",\"object\":{\"metadata\":{}}}",
+    ))
+    .await;
+    assert!(matches!(bad, Err(CacheError::BadJson { .. })));
+    let (_, body) = answer(&cache, "kubelet", &list, b"");
+    assert_eq!(names(&body), ["a"]);
+    assert_eq!(
+        body["metadata"]["resourceVersion"], "20",
+        "bookmark advances the list"
+    );
+    let get = req("GET", "/api/v1/namespaces/d/pods/b");
+    assert_eq!(
+        answer(&cache, "kubelet", &get, b"").0,
+        404,
+        "deleted object is gone"
+    );
+}
+
+#[tokio::test]
+async fn offline_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = AutonomyCache::open(config(dir.path())).unwrap();
+    let kubelet_pods = req("GET", "/api/v1/pods?fieldSelector=spec.nodeName%3Dn1");
+    let (status, body) = answer(&cache, "kubelet", &kubelet_pods, b"");
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (404, Some("NotFound")),
+        "nothing cached"
+    );
+    cache
+        .record_response("kubelet", &kubelet_pods, pod_list(3, &[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        answer(&cache, "kubelet", &kubelet_pods, b"").0,
+        404,
+        "empty pod list guard"
+    );
+    let proxy_svc = req("GET", "/api/v1/services");
+    assert_eq!(
+        answer(&cache, "kube-proxy", &proxy_svc, b"").0,
+        503,
+        "never listed"
+    );
+    let empty = json!({"kind": "ServiceList", "apiVersion": "v1", "metadata": {"resourceVersion": "4"}, "items": []});
+    cache
+        .record_response("kube-proxy", &proxy_svc, Bytes::from(empty.to_string()))
+        .await
+        .unwrap();
+    let (status, body) = answer(&cache, "kube-proxy", &proxy_svc, b"");
+    assert_eq!(
+        (status, body["kind"].as_str()),
+        (200, Some("ServiceList")),
+        "empty list is fine"
+    );
+
+    assert_eq!(
+        cache.offline_answer("kubelet", &req("GET", "/api/v1/pods?watch=1"), b""),
+        OfflineAnswer::HoldWatch
+    );
+    let bad_selector = req("GET", "/api/v1/pods?labelSelector=app+in+web");
+    let (status, body) = answer(&cache, "kubelet", &bad_selector, b"");
+    assert_eq!(status, 400);
+    assert!(
+        body["message"].as_str().unwrap().contains("app in web"),
+        "{body}"
+    );
+
+    let delete = req("DELETE", "/api/v1/namespaces/d/pods/a");
+    let (status, body) = answer(&cache, "kubelet", &delete, b"");
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (503, Some("ServiceUnavailable"))
+    );
+    assert!(body["message"].as_str().unwrap().contains("offline mode"));
+    let create = req("POST", "/api/v1/namespaces/d/configmaps");
+    assert_eq!(answer(&cache, "kubelet", &create, b"{}").0, 503);
+    let event_body = br#"{"kind":"Event","metadata":{"generateName":"x"}}"#;
+    let (status, body) = answer(
+        &cache,
+        "kubelet",
+        &req("POST", "/api/v1/namespaces/d/events"),
+        event_body,
+    );
+    assert_eq!((status, body["kind"].as_str()), (201, Some("Event")));
+    assert_eq!(
+        answer(
+            &cache,
+            "kubelet",
+            &req("GET", "/api/v1/namespaces/d/pods/a/log"),
+            b""
+        )
+        .0,
+        503
+    );
+
+    let version = req("GET", "/version");
+    assert_eq!(answer(&cache, "kubelet", &version, b"").0, 503);
+    cache
+        .record_response(
+            "kubelet",
+            &version,
+            Bytes::from_static(b"{\"gitVersion\":\"v1.30.0\"}"),
+        )
+        .await
+        .unwrap();
+    let (status, body) = answer(&cache, "kubelet", &version, b"");
+    assert_eq!(
+        (status, body["gitVersion"].as_str()),
+        (200, Some("v1.30.0"))
+    );
+    let bad = cache
+        .record_response("kubelet", &version, Bytes::from_static(b"<html>"))
+        .await;
+    assert!(matches!(bad, Err(CacheError::BadJson { .. })));
+}
+
+#[tokio::test]
+async fn lease_and_node_status_are_acknowledged_from_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = AutonomyCache::open(config(dir.path())).unwrap();
+    let lease_path = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/n1";
+    let lease = |rv: &str, renew: &str| {
+        json!({"kind": "Lease", "apiVersion": "coordination.k8s.io/v1",
+               "metadata": {"name": "n1", "namespace": "kube-node-lease", "resourceVersion": rv},
+               "spec": {"holderIdentity": "n1", "renewTime": renew}})
+    };
+    let put = req("PUT", lease_path);
+    let new_lease = lease("7", "t2").to_string();
+    assert_eq!(
+        answer(&cache, "kubelet", &put, new_lease.as_bytes()).0,
+        503,
+        "nothing cached"
+    );
+    cache
+        .record_response(
+            "kubelet",
+            &req("GET", lease_path),
+            Bytes::from(lease("7", "t1").to_string()),
+        )
+        .await
+        .unwrap();
+    let (status, body) = answer(&cache, "kubelet", &put, new_lease.as_bytes());
+    assert_eq!(
+        (status, body["spec"]["renewTime"].as_str()),
+        (200, Some("t2"))
+    );
+    // The acknowledged lease is stored (best effort, through the writer).
+    let mut renewed = None;
+    for _ in 0..200 {
+        let (_, got) = answer(&cache, "kubelet", &req("GET", lease_path), b"");
+        renewed = got["spec"]["renewTime"].as_str().map(str::to_string);
+        if renewed.as_deref() == Some("t2") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(renewed.as_deref(), Some("t2"));
+
+    let node = json!({"kind": "Node", "apiVersion": "v1",
+        "metadata": {"name": "n1", "resourceVersion": "3"},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
+    cache
+        .record_response(
+            "kubelet",
+            &req("GET", "/api/v1/nodes/n1"),
+            Bytes::from(node.to_string()),
+        )
+        .await
+        .unwrap();
+    let patch = req("PATCH", "/api/v1/nodes/n1/status");
+    let (status, body) = answer(
+        &cache,
+        "kubelet",
+        &patch,
+        br#"{"status":{"phase":"Pending","x":null}}"#,
+    );
+    assert_eq!(
+        (status, body["status"]["phase"].as_str()),
+        (200, Some("Pending"))
+    );
+    assert_eq!(
+        body["status"]["conditions"][0]["type"], "Ready",
+        "merge patch keeps the rest"
+    );
+    let smp = br#"{"status":{"$setElementOrder/conditions":[{"type":"Ready"}]}}"#;
+    let (status, body) = answer(&cache, "kubelet", &patch, smp);
+    assert_eq!(status, 200);
+    assert!(
+        body["status"].get("$setElementOrder/conditions").is_none(),
+        "directives not applied"
+    );
+    let other_lease = req(
+        "PUT",
+        "/apis/coordination.k8s.io/v1/namespaces/default/leases/n1",
+    );
+    assert_eq!(
+        answer(&cache, "kubelet", &other_lease, new_lease.as_bytes()).0,
+        503
+    );
+}
+
+#[tokio::test]
+async fn group_commit_resolves_every_future_in_few_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.commit_interval = Duration::from_millis(20);
+    let cache = AutonomyCache::open(cfg).unwrap();
+    let watch = req("GET", "/api/v1/pods?watch=true");
+    let before = cache.stats().commits;
+    let writes = (0..200u64).map(|i| {
+        let cache = cache.clone();
+        let watch = watch.clone();
+        tokio::spawn(async move {
+            let obj = pod("d", &format!("p{i}"), 100 + i, "web", "n1");
+            cache
+                .record_watch_event("kubelet", &watch, event("ADDED", &obj))
+                .await
+        })
+    });
+    for write in futures_join(writes.collect()).await {
+        write.unwrap();
+    }
+    let commits = cache.stats().commits - before;
+    assert!(
+        commits < 200,
+        "{commits} commits for 200 writes: no batching"
+    );
+    drop(cache);
+    let cache = AutonomyCache::open(config(dir.path())).unwrap();
+    let (_, list) = answer(&cache, "kubelet", &req("GET", "/api/v1/pods"), b"");
+    assert_eq!(names(&list).len(), 200, "every resolved write is durable");
+}
+
+async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn quota_refuses_growth_but_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.max_bytes = 4 * 1024;
+    let cache = AutonomyCache::open(cfg).unwrap();
+    let watch = req("GET", "/api/v1/pods?watch=true");
+    let mut refused = 0;
+    for i in 0..40u64 {
+        let obj = pod("d", &format!("p{i}"), i + 1, "web", "n1");
+        match cache
+            .record_watch_event("kubelet", &watch, event("ADDED", &obj))
+            .await
+        {
+            Ok(()) => {}
+            Err(CacheError::QuotaExceeded { max, .. }) => {
+                assert_eq!(max, 4096);
+                refused += 1;
+            }
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+    assert!(refused > 0 && refused < 40, "refused {refused}");
+    let stats = cache.stats();
+    assert!(stats.bytes_used <= 4096, "{stats:?}");
+    assert_eq!(stats.refused_writes, refused);
+    let (status, list) = answer(&cache, "kubelet", &req("GET", "/api/v1/pods"), b"");
+    assert_eq!(status, 200);
+    assert_eq!(names(&list).len(), 40 - refused as usize);
+    // Deletions always go through and make room again.
+    cache
+        .record_watch_event(
+            "kubelet",
+            &watch,
+            event("DELETED", &pod("d", "p0", 99, "web", "n1")),
+        )
+        .await
+        .unwrap();
+    assert!(cache.stats().bytes_used < stats.bytes_used);
+}
+
+#[tokio::test]
+async fn idle_components_are_collected_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = AutonomyCache::open(config(dir.path())).unwrap();
+    let get = req("GET", "/api/v1/namespaces/d/pods/a");
+    let body = Bytes::from(pod("d", "a", 1, "web", "n1").to_string());
+    cache
+        .record_response("old-agent", &get, body.clone())
+        .await
+        .unwrap();
+    cache.record_response("kubelet", &get, body).await.unwrap();
+    let used = cache.stats().bytes_used;
+    drop(cache);
+    // Make "old-agent" idle: kubelet asks again after the cutoff, old-agent does not.
+    std::thread::sleep(Duration::from_millis(2100));
+    let cache = AutonomyCache::open(config(dir.path())).unwrap();
+    let _ = cache.offline_answer("kubelet", &get, b"");
+    drop(cache);
+    let mut cfg = config(dir.path());
+    cfg.gc_after = Duration::from_secs(1);
+    let cache = AutonomyCache::open(cfg).unwrap();
+    assert_eq!(answer(&cache, "old-agent", &get, b"").0, 404);
+    assert_eq!(answer(&cache, "kubelet", &get, b"").0, 200);
+    assert!(cache.stats().bytes_used < used);
+}

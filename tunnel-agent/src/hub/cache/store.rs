@@ -1,0 +1,279 @@
+//! The redb database: its tables, opening (and reopening after an I/O error), and the
+//! read side used by offline answers. Writes happen only in the writer thread.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock};
+
+use bytes::Bytes;
+use redb::{Database, TableDefinition};
+
+use super::error::CacheError;
+use super::keys::{self, Collection, DIRECT_OWNER};
+use super::object::{self, ListMeta};
+
+/// Objects: component, gvr, owner, namespace, name → resourceVersion NUL json.
+pub(crate) const OBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("objects");
+/// List records: component, gvr, owner → [`ListMeta`] JSON.
+pub(crate) const LISTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("lists");
+/// Non-resource documents: component, path → body.
+pub(crate) const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
+/// Component → unix seconds when it was last recorded or asked for.
+pub(crate) const COMPONENTS: TableDefinition<&str, u64> = TableDefinition::new("components");
+/// Accounted bytes and entries, updated in the same transactions as the data.
+pub(crate) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+pub(crate) const BYTES_USED: &str = "bytes_used";
+pub(crate) const ENTRIES: &str = "entries";
+
+/// File name of the database inside the cache directory.
+const DB_FILE: &str = "cache.redb";
+/// redb's page cache; the default (1 GiB) is too much for an edge node.
+const PAGE_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+/// The database plus the counters the writer keeps current.
+pub(crate) struct Store {
+    path: PathBuf,
+    /// `None` after an I/O error until the writer reopens it.
+    db: RwLock<Option<Database>>,
+    pub bytes_used: AtomicU64,
+    pub entries: AtomicU64,
+    pub refused_writes: AtomicU64,
+    pub commits: AtomicU64,
+    /// Components asked for (offline) since the writer last persisted their time.
+    pub asked: Mutex<HashMap<String, u64>>,
+}
+
+/// Stored value: resourceVersion, NUL, JSON.
+pub(crate) fn encode_value(rv: Option<&str>, json: &[u8]) -> Vec<u8> {
+    let rv = rv.filter(|rv| !rv.contains('\0')).unwrap_or_default();
+    let mut value = Vec::with_capacity(rv.len() + 1 + json.len());
+    value.extend_from_slice(rv.as_bytes());
+    value.push(0);
+    value.extend_from_slice(json);
+    value
+}
+
+/// Splits a stored value into resourceVersion (if any) and JSON.
+pub(crate) fn decode_value(value: &[u8]) -> (Option<&str>, &[u8]) {
+    match value.iter().position(|b| *b == 0) {
+        Some(pos) => {
+            let rv = std::str::from_utf8(&value[..pos])
+                .ok()
+                .filter(|rv| !rv.is_empty());
+            (rv, &value[pos + 1..])
+        }
+        None => (None, value),
+    }
+}
+
+fn storage(err: impl Into<redb::Error>) -> CacheError {
+    CacheError::from_storage(err)
+}
+
+/// Opens or creates the database file and its tables.
+fn open_database(path: &Path) -> Result<Database, CacheError> {
+    let db = Database::builder()
+        .set_cache_size(PAGE_CACHE_BYTES)
+        .create(path)
+        .map_err(storage)?;
+    let mut txn = db.begin_write().map_err(storage)?;
+    txn.set_quick_repair(true);
+    txn.open_table(OBJECTS).map_err(storage)?;
+    txn.open_table(LISTS).map_err(storage)?;
+    txn.open_table(DOCS).map_err(storage)?;
+    txn.open_table(COMPONENTS).map_err(storage)?;
+    txn.open_table(COUNTERS).map_err(storage)?;
+    txn.commit().map_err(storage)?;
+    Ok(db)
+}
+
+/// One object found for a get, with the resourceVersion it was stored at.
+pub(crate) struct FoundObject {
+    pub resource_version: Option<String>,
+    pub json: Bytes,
+}
+
+impl Store {
+    /// Opens the database in `dir` (created if missing) and loads the counters.
+    pub(crate) fn open(dir: &Path) -> Result<Store, CacheError> {
+        let open_err = |reason: String| CacheError::Open {
+            path: dir.to_path_buf(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        let path = dir.join(DB_FILE);
+        let db = open_database(&path).map_err(|e| open_err(e.to_string()))?;
+        let store = Store {
+            path,
+            db: RwLock::new(Some(db)),
+            bytes_used: AtomicU64::new(0),
+            entries: AtomicU64::new(0),
+            refused_writes: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+            asked: Mutex::new(HashMap::new()),
+        };
+        let (bytes, entries) = store.with_db(|db| {
+            let txn = db.begin_read().map_err(storage)?;
+            let counters = txn.open_table(COUNTERS).map_err(storage)?;
+            let read = |name| -> Result<u64, CacheError> {
+                Ok(counters
+                    .get(name)
+                    .map_err(storage)?
+                    .map(|v| v.value())
+                    .unwrap_or(0))
+            };
+            Ok((read(BYTES_USED)?, read(ENTRIES)?))
+        })?;
+        store.bytes_used.store(bytes, Ordering::Relaxed);
+        store.entries.store(entries, Ordering::Relaxed);
+        Ok(store)
+    }
+
+    /// Runs `f` with the open database, or fails when it is being reopened.
+    pub(crate) fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, CacheError>,
+    ) -> Result<T, CacheError> {
+        let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        match guard.as_ref() {
+            Some(db) => f(db),
+            None => Err(CacheError::Storage(
+                "database is closed after an I/O error and not yet reopened".into(),
+            )),
+        }
+    }
+
+    /// Drops the database (poisoned by an I/O error) and opens it again; redb's quick
+    /// repair makes this fast. On failure the store stays closed until the next try.
+    pub(crate) fn reopen(&self) -> Result<(), CacheError> {
+        let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        *guard = None;
+        *guard = Some(open_database(&self.path)?);
+        Ok(())
+    }
+
+    /// Whether the database is currently open.
+    pub(crate) fn is_open(&self) -> bool {
+        self.db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// A stored non-resource document.
+    pub(crate) fn doc(&self, component: &str, path: &str) -> Result<Option<Bytes>, CacheError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(storage)?;
+            let docs = txn.open_table(DOCS).map_err(storage)?;
+            let key = keys::key(&[component, path]);
+            let found = docs.get(key.as_slice()).map_err(storage)?;
+            Ok(found.map(|v| Bytes::copy_from_slice(v.value())))
+        })
+    }
+
+    /// The newest stored copy of one object among all sets of its collection.
+    pub(crate) fn object(
+        &self,
+        c: &Collection,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<FoundObject>, CacheError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(storage)?;
+            let objects = txn.open_table(OBJECTS).map_err(storage)?;
+            let lists = txn.open_table(LISTS).map_err(storage)?;
+            let mut owners = vec![DIRECT_OWNER.to_string()];
+            let (start, end) = keys::prefix_range(&[&c.component, &c.gvr]);
+            for entry in lists
+                .range(start.as_slice()..end.as_slice())
+                .map_err(storage)?
+            {
+                let (key, _) = entry.map_err(storage)?;
+                owners.push(String::from_utf8_lossy(keys::last_part(key.value())).into_owned());
+            }
+            let mut best: Option<FoundObject> = None;
+            for owner in owners {
+                let key = keys::object_key(c, &owner, namespace, name);
+                let Some(value) = objects.get(key.as_slice()).map_err(storage)? else {
+                    continue;
+                };
+                let (rv, json) = decode_value(value.value());
+                let older = best.as_ref().is_some_and(|b| {
+                    object::is_older(rv, b.resource_version.as_deref()) || rv.is_none()
+                });
+                if !older {
+                    best = Some(FoundObject {
+                        resource_version: rv.map(str::to_string),
+                        json: Bytes::copy_from_slice(json),
+                    });
+                }
+            }
+            Ok(best)
+        })
+    }
+
+    /// The list records of a collection: owner and metadata.
+    pub(crate) fn lists(&self, c: &Collection) -> Result<Vec<(String, ListMeta)>, CacheError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(storage)?;
+            let lists = txn.open_table(LISTS).map_err(storage)?;
+            let (start, end) = keys::prefix_range(&[&c.component, &c.gvr]);
+            let mut found = Vec::new();
+            for entry in lists
+                .range(start.as_slice()..end.as_slice())
+                .map_err(storage)?
+            {
+                let (key, value) = entry.map_err(storage)?;
+                let owner = String::from_utf8_lossy(keys::last_part(key.value())).into_owned();
+                // A record that does not parse is skipped, never trusted.
+                if let Ok(meta) = serde_json::from_slice::<ListMeta>(value.value()) {
+                    found.push((owner, meta));
+                }
+            }
+            Ok(found)
+        })
+    }
+
+    /// The objects of one list set, as (namespace, name, resourceVersion, json).
+    pub(crate) fn set_objects(
+        &self,
+        c: &Collection,
+        owner: &str,
+    ) -> Result<Vec<SetObject>, CacheError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(storage)?;
+            let objects = txn.open_table(OBJECTS).map_err(storage)?;
+            let (start, end) = keys::prefix_range(&[&c.component, &c.gvr, owner]);
+            let mut found = Vec::new();
+            for entry in objects
+                .range(start.as_slice()..end.as_slice())
+                .map_err(storage)?
+            {
+                let (key, value) = entry.map_err(storage)?;
+                let ident = &key.value()[start.len()..];
+                let (rv, json) = decode_value(value.value());
+                found.push(SetObject {
+                    ident: ident.to_vec(),
+                    resource_version: rv.map(str::to_string),
+                    json: Bytes::copy_from_slice(json),
+                });
+            }
+            Ok(found)
+        })
+    }
+}
+
+/// One object of a list set; `ident` is `namespace NUL name`.
+pub(crate) struct SetObject {
+    pub ident: Vec<u8>,
+    pub resource_version: Option<String>,
+    pub json: Bytes,
+}
+
+impl SetObject {
+    /// The namespace part of the identity.
+    pub(crate) fn namespace(&self) -> &[u8] {
+        self.ident.split(|b| *b == 0).next().unwrap_or_default()
+    }
+}
