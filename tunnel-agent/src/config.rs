@@ -99,8 +99,8 @@ pub struct Cli {
     /// Cached components that have not asked for this long are removed.
     #[arg(long, default_value = "168h", value_parser = parse_duration)]
     pub cache_gc_after: Duration,
-    /// How often the hub probes the apiserver.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    /// How often the hub probes the apiserver (probes may overlap).
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     pub hub_probe_interval: Duration,
     /// A probe unanswered for this long counts as a failure (one failure = offline).
     #[arg(long, default_value = "1500ms", value_parser = parse_duration)]
