@@ -176,7 +176,7 @@ impl Hub {
             }
         }
         let (mut parts, body) = resp.into_parts();
-        let recording = match (&c.component, parts.status == StatusCode::OK && c.recorded()) {
+        let recording = match (&c.component, parts.status.is_success() && c.recorded()) {
             (Some(component), true) => Some(component.clone()),
             _ => None,
         };
