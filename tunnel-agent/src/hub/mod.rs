@@ -12,3 +12,4 @@ pub mod server;
 pub mod settings;
 pub mod upstream;
 pub mod upstream_tls;
+pub mod watch_pump;

@@ -15,9 +15,10 @@ use tokio::net::TcpListener;
 use crate::hub::cache::{AutonomyCache, ComponentRule, OfflineAnswer, RequestInfo, Verb};
 use crate::hub::forward::{credentials, requested_upgrade, strip_hop_by_hop, upstream_request};
 use crate::hub::prober::HubHealth;
-use crate::hub::record::{pump_body, pump_watch, CacheFailures, RecordCtx};
+use crate::hub::record::{pump_body, CacheFailures, RecordCtx};
 use crate::hub::respond::{self, channel_body, HubBody};
 use crate::hub::upstream::UpstreamClient;
+use crate::hub::watch_pump::pump_watch;
 use crate::metrics::AgentMetrics;
 
 /// Request bodies read for offline answers (lease and node-status writes) are capped here.
