@@ -10,6 +10,7 @@ pub mod client;
 pub mod cluster;
 pub mod grpc;
 pub mod http;
+pub mod k8s;
 pub mod netns;
 pub mod pki;
 pub mod process;
