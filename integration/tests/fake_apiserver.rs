@@ -538,3 +538,53 @@ async fn link_relay_cut_blackholes_and_restore_recovers() {
         "{reset:?}"
     );
 }
+
+#[tokio::test]
+async fn watch_list_sends_initial_events_and_watches_can_be_ended() {
+    let (api, client) = plain().await;
+    api.upsert(
+        &Res::leases(),
+        json!({"metadata": {"name": "edge-1", "namespace": "kube-node-lease"}}),
+    );
+    let path = "/apis/coordination.k8s.io/v1/leases?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true";
+    let mut w = client.watch(path).await.unwrap_or_else(|e| panic!("{e}"));
+    let added = w
+        .until(EVENT_WAIT, |_| true)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (added["type"].as_str(), added["object"]["kind"].as_str()),
+        (Some("ADDED"), Some("Lease"))
+    );
+    let end = w
+        .until(EVENT_WAIT, |_| true)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(end["type"], "BOOKMARK");
+    assert_eq!(
+        end["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+    assert_eq!(
+        end["object"]["metadata"]["resourceVersion"],
+        api.current_rv().to_string()
+    );
+    let refused = client
+        .get("/api/v1/pods?watch=1&sendInitialEvents=true")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(refused.status, 400, "watch-list needs allowWatchBookmarks");
+
+    assert_eq!(api.active_watches(), 1);
+    api.end_watches();
+    let closed = w.next(EVENT_WAIT).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        closed.is_none(),
+        "end_watches closes the stream: {closed:?}"
+    );
+    let deadline = Instant::now() + EVENT_WAIT;
+    while api.active_watches() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(api.active_watches(), 0);
+}

@@ -93,6 +93,9 @@ pub struct Query {
     pub resource_version_match: Option<String>,
     pub timeout_seconds: Option<u64>,
     pub allow_watch_bookmarks: bool,
+    /// `sendInitialEvents=true` (watch-list): current state as ADDED, then a BOOKMARK
+    /// annotated `k8s.io/initial-events-end`.
+    pub send_initial_events: bool,
     pub label_selector: String,
     pub field_selector: String,
 }
@@ -109,6 +112,7 @@ pub fn parse_query(query: &str) -> Query {
             "resourceVersionMatch" => q.resource_version_match = Some(v),
             "timeoutSeconds" => q.timeout_seconds = v.parse().ok(),
             "allowWatchBookmarks" => q.allow_watch_bookmarks = v == "1" || v == "true",
+            "sendInitialEvents" => q.send_initial_events = v == "1" || v == "true",
             "labelSelector" => q.label_selector = v,
             "fieldSelector" => q.field_selector = v,
             _ => {}

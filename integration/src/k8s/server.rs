@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -66,6 +67,10 @@ pub(super) struct Shared {
     pub requests: Mutex<VecDeque<RecordedRequest>>,
     /// Set to true when the server is dropped: streams and connections end.
     pub shutdown: watch::Sender<bool>,
+    /// Bumped by `end_watches`: every open watch stream ends.
+    pub end_watches: watch::Sender<u64>,
+    /// Watch streams currently open.
+    pub active_watches: AtomicUsize,
     pub server_address: String,
 }
 
@@ -131,6 +136,8 @@ impl FakeApiserver {
             fault: Mutex::new(Fault::None),
             requests: Mutex::new(VecDeque::new()),
             shutdown: watch::Sender::new(false),
+            end_watches: watch::Sender::new(0),
+            active_watches: AtomicUsize::new(0),
             server_address: addr.to_string(),
         });
         tracing::info!(component = "fake-apiserver", %addr, scheme, "serving");
@@ -228,6 +235,18 @@ impl FakeApiserver {
             objects,
             events_per_sec,
         )
+    }
+
+    /// Number of watch streams open right now (e.g. to see a proxy's watch arrive or end).
+    pub fn active_watches(&self) -> usize {
+        self.shared.active_watches.load(Ordering::SeqCst)
+    }
+
+    /// Ends every open watch stream cleanly (like an apiserver restart); clients re-watch.
+    pub fn end_watches(&self) {
+        self.shared
+            .end_watches
+            .send_modify(|generation| *generation += 1);
     }
 
     /// Replaces the active fault (`Fault::None` clears it).

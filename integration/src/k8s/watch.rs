@@ -1,11 +1,13 @@
 //! Watch streams: 200 chunked `application/json`, one event per line, replayed from the
 //! history and then live, closed at `timeoutSeconds`; 410 as an ERROR event.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::{Response, StatusCode};
+use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::body::ApiBody;
@@ -31,7 +33,16 @@ pub fn start(
     filter: ObjectFilter,
     query: &Query,
 ) -> Result<Response<ApiBody>, ApiError> {
-    let from_rv = parse_rv(query.resource_version.as_deref())?;
+    let mut from_rv = parse_rv(query.resource_version.as_deref())?;
+    if query.send_initial_events {
+        if !query.allow_watch_bookmarks {
+            return Err(ApiError::BadRequest(
+                "sendInitialEvents requires allowWatchBookmarks=true".into(),
+            ));
+        }
+        // Watch-list: the current state first, whatever resourceVersion (NotOlderThan).
+        from_rv = None;
+    }
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     let response = with_type(StatusCode::OK, ApiBody::Stream(rx), "application/json");
     let start = lock(&shared.store).watch_start(res, filter.namespace.as_deref(), from_rv);
@@ -54,40 +65,85 @@ pub fn start(
         )
     };
     let stream = WatchStream {
-        shared,
+        shared: shared.clone(),
+        kind: res.kind.clone(),
+        api_version: res.api_version(),
         storage: res.storage_key(),
         filter,
         bookmarks: query.allow_watch_bookmarks,
+        initial_events_end: query.send_initial_events,
         tx,
     };
+    let open = OpenWatch::count(shared.clone());
     tokio::spawn(async move {
-        let run = stream.run(start);
-        match timeout {
-            Some(limit) => {
-                let _ = tokio::time::timeout(limit, run).await;
+        let _open = open;
+        let mut ended = shared.end_watches.subscribe();
+        let mut shutdown = shared.shutdown.subscribe();
+        let limit = async {
+            match timeout {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
             }
-            None => run.await,
+        };
+        tokio::select! {
+            _ = stream.run(start) => {}
+            _ = limit => {}
+            _ = ended.changed() => {}
+            _ = shutdown.wait_for(|stop| *stop) => {}
         }
     });
     Ok(response)
 }
 
+/// Counts an open watch stream in [`Shared::active_watches`] for as long as it lives.
+struct OpenWatch(Arc<Shared>);
+
+impl OpenWatch {
+    fn count(shared: Arc<Shared>) -> Self {
+        shared.active_watches.fetch_add(1, Ordering::SeqCst);
+        Self(shared)
+    }
+}
+
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        self.0.active_watches.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// One open watch: reads the history from its cursor and sends what its filter selects.
 struct WatchStream {
     shared: Arc<Shared>,
+    kind: String,
+    api_version: String,
     storage: String,
     filter: ObjectFilter,
     bookmarks: bool,
+    /// Send the `k8s.io/initial-events-end` BOOKMARK after the initial ADDED events.
+    initial_events_end: bool,
     tx: mpsc::Sender<Bytes>,
 }
 
 impl WatchStream {
-    /// Streams until the client leaves, history is lost under it, or the server stops.
+    /// Streams until the client leaves or history is lost under it.
     async fn run(self, start: WatchStart) {
         let mut changed = self.shared.changed.subscribe();
-        let mut shutdown = self.shared.shutdown.subscribe();
         for obj in start.initial.iter().filter(|o| self.filter.matches(o)) {
             if !self.send(EventType::Added.as_str(), obj).await {
+                return;
+            }
+        }
+        if self.initial_events_end {
+            let end = json!({
+                "kind": self.kind,
+                "apiVersion": self.api_version,
+                "metadata": {
+                    "resourceVersion": start.min_rv.to_string(),
+                    "creationTimestamp": null,
+                    "annotations": { "k8s.io/initial-events-end": "true" },
+                },
+            });
+            if !self.send(EventType::Bookmark.as_str(), &end).await {
                 return;
             }
         }
@@ -110,7 +166,6 @@ impl WatchStream {
             }
             tokio::select! {
                 result = changed.changed() => if result.is_err() { return },
-                _ = shutdown.wait_for(|stop| *stop) => return,
                 _ = self.tx.closed() => return,
             }
         }
