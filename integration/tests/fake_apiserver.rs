@@ -588,3 +588,37 @@ async fn watch_list_sends_initial_events_and_watches_can_be_ended() {
     }
     assert_eq!(api.active_watches(), 0);
 }
+
+#[tokio::test]
+async fn link_relay_rate_limit_slows_transfers() {
+    let (api, _) = plain().await;
+    let relay = LinkRelay::start(api.addr())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let client = ApiClient::plain(relay.addr()).with_timeout(Duration::from_secs(15));
+    let bytes = 300_000;
+    api.set_fault(Fault::HugeBody {
+        path_prefix: "/api/v1/pods".into(),
+        bytes,
+    });
+    relay.set_rate_limit(Some(200_000));
+    let started = Instant::now();
+    let resp = client
+        .get("/api/v1/pods")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let took = started.elapsed();
+    assert_eq!(resp.body.len() as u64, bytes);
+    assert!(
+        took >= Duration::from_millis(1200),
+        "300 kB at 200 kB/s took {took:?}"
+    );
+    relay.set_rate_limit(None);
+    let started = Instant::now();
+    let resp = client
+        .get("/api/v1/pods")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.body.len() as u64, bytes);
+    assert!(started.elapsed() < took, "unlimited is faster");
+}

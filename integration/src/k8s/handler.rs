@@ -14,7 +14,7 @@ use super::body::ApiBody;
 use super::discovery;
 use super::fault::{FaultAction, MALFORMED_BODY};
 use super::filter::{list_item, ObjectFilter};
-use super::meta::merge_patch;
+use super::meta::{merge_patch, strategic_merge_patch};
 use super::resource::Res;
 use super::route::{parse_path, parse_query, Query, ResourcePath, Route};
 use super::server::{lock, RecordedRequest, Shared};
@@ -163,22 +163,16 @@ async fn resource(
             Ok(json_response(StatusCode::OK, &obj))
         }
         (Method::PATCH, Some(name)) => {
-            let media = content_type
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_owned();
-            if media != "application/merge-patch+json"
-                && media != "application/strategic-merge-patch+json"
-            {
-                return Err(ApiError::UnsupportedMediaType);
-            }
+            let apply = match content_type.split(';').next().unwrap_or("").trim() {
+                "application/merge-patch+json" => merge_patch,
+                "application/strategic-merge-patch+json" => strategic_merge_patch,
+                _ => return Err(ApiError::UnsupportedMediaType),
+            };
             let patch = read_json(req).await?;
             let obj = shared.mutate(|s| {
                 let stored = s.get(&res, ns, name).ok_or_else(|| not_found(&res, name))?;
                 let mut next = (*stored).clone();
-                merge_patch(&mut next, &patch);
+                apply(&mut next, &patch);
                 s.update(&res, ns, name, next, status_only)
             })?;
             Ok(json_response(StatusCode::OK, &obj))

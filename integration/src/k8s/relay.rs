@@ -27,6 +27,8 @@ pub struct LinkState {
     pub resets: u64,
     /// The relay was dropped.
     pub closed: bool,
+    /// Bytes per second per connection and direction, `None` for unlimited.
+    pub rate_limit: Option<u64>,
 }
 
 /// What a connection does now, given the link state when it was accepted and now.
@@ -108,6 +110,14 @@ impl LinkRelay {
     pub fn restore(&self) {
         tracing::info!(component = "link-relay", addr = %self.addr, "restore");
         self.state.send_modify(|s| s.cut = false);
+    }
+
+    /// Throttles every connection (open and new) to `bytes_per_sec` in each direction, like a
+    /// slow WAN link; `None` lifts the limit.
+    pub fn set_rate_limit(&self, bytes_per_sec: Option<u64>) {
+        tracing::info!(component = "link-relay", addr = %self.addr, ?bytes_per_sec, "rate limit");
+        self.state
+            .send_modify(|s| s.rate_limit = bytes_per_sec.map(|r| r.max(1)));
     }
 
     /// Resets (RST) every open connection, like a link flap; later ones forward normally.
@@ -229,8 +239,10 @@ async fn pump(
             }
             end => return end,
         }
+        let rate = state.borrow().rate_limit;
+        let chunk = rate.map_or(RELAY_BUFFER, |r| chunk_for_rate(r, RELAY_BUFFER));
         let n = tokio::select! {
-            read = from.read(&mut buf) => match read {
+            read = from.read(&mut buf[..chunk]) => match read {
                 Ok(0) => {
                     let _ = to.shutdown().await;
                     return Fate::Forward;
@@ -248,7 +260,20 @@ async fn pump(
         if !write_while_forwarding(&mut to, &buf[..n], born, &mut state).await {
             return Fate::Close;
         }
+        if let Some(rate) = rate {
+            // Pace to the limit; a state change (cut, reset) ends the pause early.
+            let pause = Duration::from_secs_f64(n as f64 / rate as f64);
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = state.changed() => {}
+            }
+        }
     }
+}
+
+/// Bytes to relay at once under a rate limit: about 1/20 s worth, so pacing is smooth.
+fn chunk_for_rate(bytes_per_sec: u64, max: usize) -> usize {
+    usize::try_from(bytes_per_sec / 20).map_or(max, |c| c.clamp(1, max))
 }
 
 /// Writes `data` unless the link stops forwarding first (then the rest is dropped, like
@@ -284,8 +309,15 @@ mod tests {
             cut,
             cuts,
             resets,
-            closed: false,
+            ..LinkState::default()
         }
+    }
+
+    #[test]
+    fn rate_limited_chunks_stay_within_bounds() {
+        assert_eq!(chunk_for_rate(40_000, RELAY_BUFFER), 2_000);
+        assert_eq!(chunk_for_rate(1, RELAY_BUFFER), 1);
+        assert_eq!(chunk_for_rate(u64::MAX, RELAY_BUFFER), RELAY_BUFFER);
     }
 
     #[test]
