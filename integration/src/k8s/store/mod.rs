@@ -10,6 +10,9 @@ use super::meta::{meta_str, metadata_mut, now_rfc3339, resource_version, set_top
 use super::resource::Res;
 use super::status::ApiError;
 
+mod history;
+mod writes;
+
 /// Events kept for watch replay; older resourceVersions get 410 Gone.
 pub const DEFAULT_HISTORY: usize = 10_000;
 
@@ -252,92 +255,6 @@ impl Store {
         }
     }
 
-    /// Creates a new object (POST): 409 if the name is taken; `generateName` is honoured.
-    pub fn create(
-        &mut self,
-        res: &Res,
-        namespace: Option<&str>,
-        mut body: Value,
-    ) -> Result<Arc<Value>, ApiError> {
-        if meta_str(&body, "resourceVersion").is_some_and(|rv| !rv.is_empty()) {
-            return Err(ApiError::BadRequest(
-                "resourceVersion should not be set on objects to be created".into(),
-            ));
-        }
-        check_namespace(&body, namespace)?;
-        let name = match meta_str(&body, "name").filter(|n| !n.is_empty()) {
-            Some(n) => n.to_owned(),
-            None => match meta_str(&body, "generateName").filter(|n| !n.is_empty()) {
-                Some(prefix) => format!("{prefix}{:05x}", self.uid_counter + 1),
-                None => {
-                    return Err(ApiError::BadRequest(
-                        "metadata.name: Required value: name or generateName is required".into(),
-                    ))
-                }
-            },
-        };
-        if self.get(res, namespace, &name).is_some() {
-            return Err(ApiError::AlreadyExists {
-                resource: res.resource.clone(),
-                name,
-            });
-        }
-        if let Some(ns) = namespace {
-            metadata_mut(&mut body).insert("namespace".into(), Value::String(ns.into()));
-        }
-        Ok(self.commit(res, namespace, &name, body, None))
-    }
-
-    /// Replaces an object (PUT): 404 if absent, 409 if the body's resourceVersion is stale.
-    ///
-    /// With `status_only` (the `/status` subresource) only `status` is taken from the body.
-    /// An update that changes nothing keeps the resourceVersion and emits no event.
-    pub fn update(
-        &mut self,
-        res: &Res,
-        namespace: Option<&str>,
-        name: &str,
-        body: Value,
-        status_only: bool,
-    ) -> Result<Arc<Value>, ApiError> {
-        if meta_str(&body, "name").is_some_and(|n| n != name) {
-            return Err(ApiError::BadRequest(format!(
-                "the name of the object ({}) does not match the name on the URL ({name})",
-                meta_str(&body, "name").unwrap_or_default()
-            )));
-        }
-        check_namespace(&body, namespace)?;
-        let stored = self
-            .get(res, namespace, name)
-            .ok_or_else(|| ApiError::NotFound {
-                resource: res.resource.clone(),
-                name: name.to_owned(),
-            })?;
-        let body_rv = meta_str(&body, "resourceVersion").filter(|rv| !rv.is_empty());
-        if body_rv.is_some_and(|rv| Some(rv) != meta_str(&stored, "resourceVersion")) {
-            return Err(ApiError::Conflict {
-                resource: res.resource.clone(),
-                name: name.to_owned(),
-            });
-        }
-        let mut next = if status_only {
-            let mut next = (*stored).clone();
-            if let (Value::Object(map), Some(status)) = (&mut next, body.get("status")) {
-                map.insert("status".into(), status.clone());
-            }
-            next
-        } else {
-            body
-        };
-        if let Some(ns) = namespace {
-            metadata_mut(&mut next).insert("namespace".into(), Value::String(ns.into()));
-        }
-        if same_content(&stored, &next) {
-            return Ok(stored);
-        }
-        Ok(self.commit(res, namespace, name, next, Some(stored)))
-    }
-
     /// Deletes an object; returns it with the deletion's resourceVersion (DELETED's object).
     pub fn delete(&mut self, res: &Res, namespace: Option<&str>, name: &str) -> Option<Arc<Value>> {
         let previous = self.objects.remove(&Self::key(res, namespace, name))?;
@@ -364,99 +281,6 @@ impl Store {
     pub fn compact(&mut self, rv: u64) {
         self.oldest_rv = self.oldest_rv.max(rv.min(self.rv));
     }
-
-    /// Where a watch of `res` from `from_rv` starts; `None` = current state first (rv unset
-    /// or "0"). 410 ([`ApiError::WatchExpired`]) if `from_rv` is older than the history.
-    pub fn watch_start(
-        &self,
-        res: &Res,
-        namespace: Option<&str>,
-        from_rv: Option<u64>,
-    ) -> Result<WatchStart, ApiError> {
-        match from_rv {
-            None => Ok(WatchStart {
-                initial: self.list(res, namespace),
-                cursor: self.next_seq,
-                min_rv: self.rv,
-            }),
-            Some(rv) if rv < self.oldest_rv => Err(ApiError::WatchExpired {
-                requested: rv,
-                oldest: self.oldest_rv,
-            }),
-            Some(rv) => {
-                let index = self.history.partition_point(|e| e.rv <= rv);
-                let cursor = self
-                    .history
-                    .get(index)
-                    .map_or(self.next_seq, |entry| entry.seq);
-                Ok(WatchStart {
-                    initial: Vec::new(),
-                    cursor,
-                    min_rv: rv,
-                })
-            }
-        }
-    }
-
-    /// History entries of type `storage` from sequence `cursor` on, at most `max`; and the
-    /// cursor to continue from. [`FellBehind`] if entries the watcher needed were evicted.
-    pub fn read_from(
-        &self,
-        storage: &str,
-        cursor: u64,
-        max: usize,
-    ) -> Result<(Vec<HistoryEntry>, u64), FellBehind> {
-        let first_seq = self.history.front().map_or(self.next_seq, |e| e.seq);
-        if cursor < first_seq {
-            return Err(FellBehind);
-        }
-        let skip = usize::try_from(cursor - first_seq).unwrap_or(usize::MAX);
-        let mut next = cursor;
-        let mut out = Vec::new();
-        for entry in self.history.iter().skip(skip).take(max) {
-            next = entry.seq + 1;
-            if entry.storage == storage {
-                out.push(entry.clone());
-            }
-        }
-        Ok((out, next.max(cursor)))
-    }
-}
-
-/// 400 when the body names another namespace than the URL.
-fn check_namespace(body: &Value, namespace: Option<&str>) -> Result<(), ApiError> {
-    match (
-        meta_str(body, "namespace").filter(|n| !n.is_empty()),
-        namespace,
-    ) {
-        (Some(body_ns), Some(url_ns)) if body_ns != url_ns => Err(ApiError::BadRequest(
-            "the namespace of the provided object does not match the namespace sent on the request"
-                .into(),
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// Whether two versions of an object differ only in server-set metadata.
-fn same_content(stored: &Value, next: &Value) -> bool {
-    let strip = |v: &Value| {
-        let mut v = v.clone();
-        let meta = metadata_mut(&mut v);
-        for field in [
-            "resourceVersion",
-            "uid",
-            "creationTimestamp",
-            "managedFields",
-        ] {
-            meta.remove(field);
-        }
-        if let Value::Object(map) = &mut v {
-            map.remove("kind");
-            map.remove("apiVersion");
-        }
-        v
-    };
-    strip(stored) == strip(next)
 }
 
 /// Parses a `resourceVersion` parameter: `None` for unset or "0" (current state).
@@ -476,15 +300,15 @@ pub fn object_rv(obj: &Value) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn store() -> Store {
+    pub(super) fn store() -> Store {
         Store::new(Res::defaults(), 4, 42)
     }
 
-    fn pod(name: &str) -> Value {
+    pub(super) fn pod(name: &str) -> Value {
         json!({"metadata": {"name": name, "namespace": "ns"}, "spec": {"nodeName": "n1"}})
     }
 
@@ -508,62 +332,6 @@ mod tests {
             meta_str(&a2, "uid"),
             "uid survives updates"
         );
-    }
-
-    #[test]
-    fn stale_update_conflicts_and_no_op_update_keeps_rv() {
-        let mut s = store();
-        let a = s
-            .upsert(&Res::pods(), pod("a"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let same = s.update(&Res::pods(), Some("ns"), "a", (*a).clone(), false);
-        assert_eq!(same.map(|o| object_rv(&o)), Ok(object_rv(&a)));
-        let mut changed = (*a).clone();
-        changed["spec"]["nodeName"] = json!("n2");
-        let updated = s.update(&Res::pods(), Some("ns"), "a", changed.clone(), false);
-        assert!(updated.is_ok());
-        let stale = s.update(&Res::pods(), Some("ns"), "a", changed, false);
-        assert!(matches!(stale, Err(ApiError::Conflict { .. })));
-    }
-
-    #[test]
-    fn watch_replays_after_an_rv_and_expires_evicted_history() {
-        let mut s = store();
-        let first = s
-            .upsert(&Res::pods(), pod("a"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let rv = object_rv(&first);
-        s.upsert(&Res::pods(), pod("b"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let start = s
-            .watch_start(&Res::pods(), None, Some(rv))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let (events, _) = s.read_from("/pods", start.cursor, 100).unwrap_or_default();
-        assert_eq!(events.len(), 1);
-        assert_eq!(meta_str(&events[0].object, "name"), Some("b"));
-        for name in ["c", "d", "e", "f"] {
-            s.upsert(&Res::pods(), pod(name))
-                .unwrap_or_else(|e| panic!("{e}"));
-        }
-        assert!(matches!(
-            s.watch_start(&Res::pods(), None, Some(rv)),
-            Err(ApiError::WatchExpired { .. })
-        ));
-        assert_eq!(
-            s.read_from("/pods", start.cursor, 100).err(),
-            Some(FellBehind)
-        );
-    }
-
-    #[test]
-    fn compact_expires_older_watches_only() {
-        let mut s = store();
-        s.upsert(&Res::pods(), pod("a"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let rv = s.current_rv();
-        s.compact(rv);
-        assert!(s.watch_start(&Res::pods(), None, Some(rv)).is_ok());
-        assert!(s.watch_start(&Res::pods(), None, Some(rv - 1)).is_err());
     }
 
     #[test]
