@@ -111,6 +111,17 @@ impl ApiClient {
         })
     }
 
+    /// Verifies the server certificate for `name` instead of `localhost` (e.g.
+    /// `kubernetes.default.svc`, as a client dialing through the tunnel would).
+    pub fn with_server_name(mut self, name: &str) -> Result<Self, ClientError> {
+        let name = ServerName::try_from(name.to_owned())
+            .map_err(|e| ClientError::Tls(format!("server name {name:?}: {e}")))?;
+        if let Some((_, server_name)) = &mut self.tls {
+            *server_name = name;
+        }
+        Ok(self)
+    }
+
     /// Sends this User-Agent (the node proxy keys its cache on it).
     pub fn with_user_agent(mut self, user_agent: &str) -> Self {
         self.user_agent = user_agent.to_owned();

@@ -23,7 +23,7 @@ use super::store::{object_rv, parse_rv, EventType, HistoryEntry, WatchStart};
 const STREAM_BUFFER: usize = 64;
 /// History entries read per lock.
 const READ_BATCH: usize = 256;
-/// Timeout when the client gives none (kube-apiserver picks 30-60 min at random).
+/// Timeout when the client gives none or 0 (kube-apiserver picks 30-60 min at random).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// Starts a watch of `res` selected by `filter`, answering 200 with a streaming body.
@@ -61,6 +61,7 @@ pub fn start(
         Some(
             query
                 .timeout_seconds
+                .filter(|secs| *secs > 0)
                 .map_or(DEFAULT_TIMEOUT, Duration::from_secs),
         )
     };
