@@ -636,3 +636,81 @@ async fn link_relay_rate_limit_slows_transfers() {
     assert_eq!(resp.body.len() as u64, bytes);
     assert!(started.elapsed() < took, "unlimited is faster");
 }
+
+#[tokio::test]
+async fn bad_requests_get_the_apiserver_status_codes() {
+    let (api, client) = plain().await;
+    let node = json!({"metadata": {"name": "edge-1"}});
+    api.upsert(&Res::nodes(), node.clone());
+    let status = |resp: Result<integration::k8s::ApiResponse, _>| match resp {
+        Ok(r) => (
+            r.status,
+            r.json().map(|s| s["reason"].clone()).unwrap_or_default(),
+        ),
+        Err(e) => panic!("{e}"),
+    };
+    let nodes = "/api/v1/nodes";
+    let huge = json!({"metadata": {"name": "big"}, "data": "x".repeat(4 * 1024 * 1024)});
+    let post = |body: Value| {
+        let client = client.clone();
+        async move {
+            client
+                .request(Method::POST, nodes, Some("application/json"), Some(&body))
+                .await
+        }
+    };
+    assert_eq!(
+        status(post(huge).await),
+        (413, json!("RequestEntityTooLarge"))
+    );
+    assert_eq!(
+        status(post(node.clone()).await),
+        (409, json!("AlreadyExists"))
+    );
+    assert_eq!(
+        status(post(json!({"metadata": {}})).await),
+        (400, json!("BadRequest"))
+    );
+    let renamed = client
+        .request(
+            Method::PUT,
+            "/api/v1/nodes/other",
+            Some("application/json"),
+            Some(&node),
+        )
+        .await;
+    assert_eq!(status(renamed), (400, json!("BadRequest")));
+    let collection = client.request(Method::DELETE, nodes, None, None).await;
+    assert_eq!(status(collection), (405, json!("MethodNotAllowed")));
+    let ahead = format!("{nodes}?resourceVersion={}", api.current_rv() + 100);
+    assert_eq!(status(client.get(&ahead).await), (504, json!("Timeout")));
+    assert_eq!(
+        status(client.get("/api/v1/nodes/edge-1/proxy").await).0,
+        404
+    );
+    assert_eq!(
+        status(client.get("/api/v1/namespaces/ns/nodes").await).0,
+        404
+    );
+
+    // A watch of one named object, via the legacy /watch/ path.
+    let mut w = client
+        .watch("/api/v1/watch/nodes/edge-1?resourceVersion=0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    api.upsert(&Res::nodes(), json!({"metadata": {"name": "edge-2"}}));
+    api.upsert(
+        &Res::nodes(),
+        json!({"metadata": {"name": "edge-1", "labels": {"a": "b"}}}),
+    );
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let ev = w
+            .until(EVENT_WAIT, |_| true)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ev["object"]["metadata"]["name"], "edge-1");
+        kinds.push(ev["type"].as_str().unwrap_or("").to_owned());
+    }
+    assert_eq!(kinds, ["ADDED", "MODIFIED"]);
+}

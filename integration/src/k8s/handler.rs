@@ -3,8 +3,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
@@ -24,6 +23,8 @@ use super::watch;
 
 /// Largest request body accepted (kube-apiserver's limit is 3 MiB).
 const MAX_REQUEST_BODY: usize = 3 * 1024 * 1024;
+/// Most of an oversized body read and dropped before answering 413.
+const MAX_DRAINED: usize = 16 * 1024 * 1024;
 
 /// Answers one request.
 pub async fn handle(
@@ -239,23 +240,31 @@ fn list(
     Ok(json_response(StatusCode::OK, &doc))
 }
 
-/// Reads a bounded JSON request body.
+/// Reads a bounded JSON request body. An oversized body is still read (and dropped) up to
+/// [`MAX_DRAINED`] so the client receives the 413 instead of a reset connection.
 async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
-    let collected = Limited::new(req.into_body(), MAX_REQUEST_BODY)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                ApiError::TooLarge {
-                    limit: MAX_REQUEST_BODY,
-                }
-            } else {
-                ApiError::BadRequest(format!("reading the request body: {e}"))
-            }
-        })?;
-    let bytes: Bytes = collected.to_bytes();
+    let mut body = req.into_body();
+    let mut bytes = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::BadRequest(format!("reading the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen = seen.saturating_add(data.len());
+        if seen > MAX_DRAINED {
+            break;
+        }
+        if seen <= MAX_REQUEST_BODY {
+            bytes.extend_from_slice(&data);
+        }
+    }
+    if seen > MAX_REQUEST_BODY {
+        return Err(ApiError::TooLarge {
+            limit: MAX_REQUEST_BODY,
+        });
+    }
     serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::BadRequest(format!("couldn't get version/kind; json parse error: {e}"))
     })

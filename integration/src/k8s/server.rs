@@ -107,11 +107,8 @@ impl Shared {
 }
 
 /// An in-process kube-apiserver speaking the real JSON API over HTTP/1.1 (plain or TLS):
-/// the oracle the node proxy is tested against. Stops serving when dropped.
-///
-/// Not implemented (documented gaps): `limit`/`continue` paging (whole lists are returned),
-/// protobuf and Table output, JSON patch and server-side apply (415), deletecollection (405),
-/// HTTP/2, `sendInitialEvents`.
+/// the oracle the node proxy is tested against. Stops serving when dropped. Gaps are listed
+/// in the module docs.
 pub struct FakeApiserver {
     shared: Arc<Shared>,
     addr: SocketAddr,

@@ -49,10 +49,12 @@ impl Store {
         if cursor < first_seq {
             return Err(FellBehind);
         }
-        let skip = usize::try_from(cursor - first_seq).unwrap_or(usize::MAX);
+        let skip = usize::try_from(cursor - first_seq)
+            .unwrap_or(usize::MAX)
+            .min(self.history.len());
         let mut next = cursor;
         let mut out = Vec::new();
-        for entry in self.history.iter().skip(skip).take(max) {
+        for entry in self.history.range(skip..).take(max) {
             next = entry.seq + 1;
             if entry.storage == storage {
                 out.push(entry.clone());
