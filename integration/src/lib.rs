@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod grpc;
 pub mod http;
 pub mod hub;
+pub mod k8s;
 pub mod netns;
 pub mod pki;
 pub mod process;
