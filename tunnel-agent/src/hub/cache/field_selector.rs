@@ -46,8 +46,15 @@ impl FieldSelector {
 
     /// Whether `object` satisfies every term; a missing or null field reads as "".
     pub fn matches(&self, object: &Value) -> bool {
+        self.matches_with(|path| field_value(object, path))
+    }
+
+    /// Like [`matches`](Self::matches) with the field lookup supplied (the cache reads
+    /// fields straight from stored JSON text): `lookup(path)` gives the leaf as a string,
+    /// "" when missing or null, `None` for objects and arrays.
+    pub(crate) fn matches_with(&self, lookup: impl Fn(&str) -> Option<String>) -> bool {
         self.terms.iter().all(|term| {
-            let actual = field_value(object, &term.path);
+            let actual = lookup(&term.path);
             (actual.as_deref() == Some(term.value.as_str())) == term.equals
         })
     }
@@ -99,6 +106,11 @@ fn field_value(object: &Value, path: &str) -> Option<String> {
             None => return Some(String::new()),
         }
     }
+    leaf_string(node)
+}
+
+/// A leaf as a field selector compares it.
+pub(crate) fn leaf_string(node: &Value) -> Option<String> {
     match node {
         Value::Null => Some(String::new()),
         Value::String(s) => Some(s.clone()),

@@ -43,7 +43,11 @@ impl ResourceKey {
         else {
             return None;
         };
-        let namespace = namespace.clone().unwrap_or_default();
+        // A Namespace object is cluster-scoped, though its path names it as namespace.
+        let namespace = match resource.as_str() {
+            "namespaces" => String::new(),
+            _ => namespace.clone().unwrap_or_default(),
+        };
         let label = canonical(req.label_selector.as_deref(), |s| {
             LabelSelector::parse(s).map(|s| s.to_string()).ok()
         });

@@ -247,3 +247,15 @@ impl AutonomyCache {
 #[cfg(test)]
 #[path = "cache_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "offline_tests.rs"]
+mod offline_tests;
+
+#[cfg(test)]
+#[path = "enospc_tests.rs"]
+mod enospc_tests;
+
+#[cfg(test)]
+#[path = "crash_tests.rs"]
+mod crash_tests;

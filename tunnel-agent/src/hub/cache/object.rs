@@ -212,6 +212,25 @@ pub(crate) fn kind_of(object: &[u8]) -> (String, String) {
     }
 }
 
+/// The value at a dotted `path` of a JSON object's text, scanning only the members on
+/// the way (no full tree is built): `Ok(None)` when a member is missing, `Err` when the
+/// text (or a value on the way) is not a JSON object.
+pub(crate) fn raw_lookup<'a>(
+    json: &'a str,
+    path: &str,
+) -> Result<Option<&'a RawValue>, serde_json::Error> {
+    let mut current: &'a RawValue = serde_json::from_str(json)?;
+    for key in path.split('.') {
+        let members: std::collections::BTreeMap<String, &'a RawValue> =
+            serde_json::from_str(current.get())?;
+        match members.get(key) {
+            Some(next) => current = next,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(current))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,6 +291,19 @@ mod tests {
         );
         let error = br#"{"type":"ERROR","object":{"kind":"Status","code":410}}"#;
         assert!(matches!(parse_event(error).unwrap(), WatchEvent::Ignored));
+    }
+
+    #[test]
+    fn raw_lookup_walks_dotted_paths() {
+        let json = r#"{"a":{"b":{"c":"x"},"n":3},"s":"t"}"#;
+        assert_eq!(raw_lookup(json, "a.b.c").unwrap().unwrap().get(), "\"x\"");
+        assert_eq!(raw_lookup(json, "a.n").unwrap().unwrap().get(), "3");
+        assert!(raw_lookup(json, "a.missing").unwrap().is_none());
+        assert!(
+            raw_lookup(json, "s.deeper").is_err(),
+            "a string has no members"
+        );
+        assert!(raw_lookup("{", "a").is_err());
     }
 
     #[test]

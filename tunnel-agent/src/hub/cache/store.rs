@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redb::{Database, TableDefinition};
@@ -30,6 +31,10 @@ pub(crate) const ENTRIES: &str = "entries";
 const DB_FILE: &str = "cache.redb";
 /// redb's page cache; the default (1 GiB) is too much for an edge node.
 const PAGE_CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// Free space that must be writable before a database poisoned by ENOSPC is reopened.
+const REOPEN_PROBE_BYTES: usize = 256 * 1024;
+/// How long writes are refused after a storage error before the next try.
+const REOPEN_BACKOFF: Duration = Duration::from_secs(1);
 
 /// The database plus the counters the writer keeps current.
 pub(crate) struct Store {
@@ -42,6 +47,8 @@ pub(crate) struct Store {
     pub commits: AtomicU64,
     /// Components asked for (offline) since the writer last persisted their time.
     pub asked: Mutex<HashMap<String, u64>>,
+    /// After a storage error: refuse writes with this error until then.
+    refuse_writes: Mutex<Option<(Instant, CacheError)>>,
 }
 
 /// Stored value: resourceVersion, NUL, JSON.
@@ -112,6 +119,7 @@ impl Store {
             refused_writes: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             asked: Mutex::new(HashMap::new()),
+            refuse_writes: Mutex::new(None),
         };
         let (bytes, entries) = store.with_db(|db| {
             let txn = db.begin_read().map_err(storage)?;
@@ -144,21 +152,74 @@ impl Store {
         }
     }
 
-    /// Drops the database (poisoned by an I/O error) and opens it again; redb's quick
-    /// repair makes this fast. On failure the store stays closed until the next try.
-    pub(crate) fn reopen(&self) -> Result<(), CacheError> {
-        let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
-        *guard = None;
-        *guard = Some(open_database(&self.path)?);
+    /// After a write failed with an I/O error redb refuses every further use of the
+    /// database (`PreviousIo`), reads included: reopen it at once so stored entries stay
+    /// readable (quick repair keeps this fast), and refuse writes for a moment.
+    pub(crate) fn mark_failed(&self, err: &CacheError) {
+        if !matches!(err, CacheError::DiskFull | CacheError::Storage(_)) {
+            return;
+        }
+        *self
+            .refuse_writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) =
+            Some((Instant::now() + REOPEN_BACKOFF, err.clone()));
+        if let Err(reopen) = self.reopen() {
+            tracing::warn!(error = %reopen, path = %self.path.display(), "cache database reopen failed; retrying before the next write");
+        }
+    }
+
+    /// Whether a write may be attempted now: not while a recent storage error holds,
+    /// nor while the disk is still full (a small probe file cannot be written).
+    pub(crate) fn ensure_writable(&self) -> Result<(), CacheError> {
+        let mut refuse = self
+            .refuse_writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((until, err)) = refuse.as_ref() {
+            if Instant::now() < *until {
+                return Err(err.clone());
+            }
+            if let Err(err) = self.probe_free_space() {
+                *refuse = Some((Instant::now() + REOPEN_BACKOFF, err.clone()));
+                return Err(err);
+            }
+            *refuse = None;
+        }
+        drop(refuse);
+        let closed = self
+            .db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none();
+        if closed {
+            self.reopen().inspect_err(|err| self.mark_failed(err))?;
+        }
         Ok(())
     }
 
-    /// Whether the database is currently open.
-    pub(crate) fn is_open(&self) -> bool {
-        self.db
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
+    /// Drops the database and opens it again.
+    fn reopen(&self) -> Result<(), CacheError> {
+        let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        *guard = None;
+        *guard = Some(open_database(&self.path)?);
+        tracing::info!(path = %self.path.display(), "cache database reopened after a storage error");
+        Ok(())
+    }
+
+    /// Writes and syncs a scratch file so a reopen is not attempted on a full disk.
+    fn probe_free_space(&self) -> Result<(), CacheError> {
+        use std::io::Write;
+        let probe = self.path.with_extension("space-probe");
+        let result = std::fs::File::create(&probe).and_then(|mut file| {
+            file.write_all(&[0u8; REOPEN_PROBE_BYTES])?;
+            file.sync_all()
+        });
+        let _ = std::fs::remove_file(&probe);
+        result.map_err(|err| match super::error::is_disk_full(&err) {
+            true => CacheError::DiskFull,
+            false => CacheError::Storage(format!("cannot write in the cache directory: {err}")),
+        })
     }
 
     /// A stored non-resource document.

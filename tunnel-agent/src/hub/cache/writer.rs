@@ -90,36 +90,38 @@ pub(crate) fn run(store: Arc<Store>, cfg: WriterConfig, mut queue: mpsc::Receive
 
 /// One transaction for the whole batch; answers every job.
 fn commit_batch(store: &Store, cfg: &WriterConfig, batch: Vec<Job>, warned_full: &AtomicBool) {
-    if !store.is_open() {
-        if let Err(err) = store.reopen() {
-            tracing::warn!(error = %err, "cache database still unavailable; refusing writes");
-        }
+    if let Err(err) = store.ensure_writable() {
+        let results = vec![Err(err); batch.len()];
+        return deliver(store, cfg, batch, results, warned_full);
     }
     let ops: Vec<&WriteOp> = batch.iter().map(|job| &job.op).collect();
     let results = match write_transaction(store, cfg, &ops) {
         Ok(results) => results,
         Err(err) => {
-            if matches!(err, CacheError::DiskFull | CacheError::Storage(_)) {
-                tracing::warn!(error = %err, writes = ops.len(), "cache commit failed; reopening the database");
-                if let Err(reopen) = store.reopen() {
-                    tracing::warn!(error = %reopen, "cache database reopen failed");
-                }
-            }
+            tracing::warn!(error = %err, writes = ops.len(), "cache commit failed; nothing of the batch was stored");
+            store.mark_failed(&err);
             vec![Err(err); ops.len()]
         }
     };
+    deliver(store, cfg, batch, results, warned_full);
+}
+
+/// Resolves every job's future; counts refusals and logs one line when the cache
+/// fills up (and one when it has room again), not one per write.
+fn deliver(
+    store: &Store,
+    cfg: &WriterConfig,
+    batch: Vec<Job>,
+    results: Vec<Result<(), CacheError>>,
+    warned_full: &AtomicBool,
+) {
     let mut refused = 0u64;
     for (job, result) in batch.into_iter().zip(results) {
-        if matches!(
-            result,
-            Err(CacheError::QuotaExceeded { .. } | CacheError::DiskFull)
-        ) {
+        if let Err(err @ (CacheError::QuotaExceeded { .. } | CacheError::DiskFull)) = &result {
             refused += 1;
             if !warned_full.swap(true, Ordering::Relaxed) {
-                if let Err(err) = &result {
-                    tracing::warn!(component = job.op.component(), error = %err,
-                        "autonomy cache full: refusing new entries, still serving stored ones");
-                }
+                tracing::warn!(component = job.op.component(), error = %err,
+                    "autonomy cache full: refusing new entries, still serving stored ones");
             }
         }
         if let Some(done) = job.done {
@@ -148,8 +150,11 @@ fn write_transaction(
         let (results, bytes, entries) = {
             let mut tables = Tables::open(&txn, cfg.max_bytes)?;
             let mut results = Vec::with_capacity(ops.len());
+            let mut touched = std::collections::HashSet::new();
             for op in ops {
-                tables.touch(op.component(), now)?;
+                if touched.insert(op.component()) {
+                    tables.touch(op.component(), now)?;
+                }
                 match tables.apply(op) {
                     Err(CacheError::QuotaExceeded { used, max, needed }) => {
                         results.push(Err(CacheError::QuotaExceeded { used, max, needed }))
@@ -198,6 +203,9 @@ pub(crate) fn maintain(store: &Store, cfg: &WriterConfig, collect: bool) {
         store.entries.store(entries, Ordering::Relaxed);
         Ok(removed)
     });
+    if let Err(err) = &result {
+        store.mark_failed(err);
+    }
     match result {
         Ok(removed) if !removed.is_empty() => {
             tracing::info!(components = ?removed, "autonomy cache dropped idle components")
