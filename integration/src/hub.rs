@@ -262,7 +262,7 @@ impl Tmpfs {
     /// Bytes used in the file system (from statvfs).
     pub fn used_bytes(&self) -> u64 {
         nix::sys::statvfs::statvfs(&self.path)
-            .map(|s| (s.blocks() - s.blocks_free()) as u64 * s.fragment_size() as u64)
+            .map(|s| s.blocks().saturating_sub(s.blocks_free()) * s.fragment_size())
             .unwrap_or(0)
     }
 }
