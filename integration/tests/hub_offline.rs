@@ -261,6 +261,18 @@ async fn offline_within_3_s_of_the_cut_with_requests_in_flight() {
     assert!(took < Duration::from_secs(3), "offline after {took:?}");
     assert_eq!(env.reachable(), Some(false));
     assert!(env.agent_logs().contains("cloud unreachable"));
+    let metrics = env.agent().metrics().unwrap();
+    let answered_from_cache = metrics.lines().any(|l| {
+        l.starts_with("tunnel_agent_cache_requests_total")
+            && l.contains(r#"component="kubelet""#)
+            && l.contains(r#"verb="get""#)
+            && l.contains(r#"result="cache""#)
+    });
+    assert!(answered_from_cache, "no cache answer counted:\n{metrics}");
+    assert!(
+        metrics.contains(r#"tunnel_agent_hub_switches_total{to="offline"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,8 +67,8 @@ pub fn held_watch(
         .unwrap_or(DEFAULT_HELD_WATCH);
     tokio::spawn(async move {
         let online = reachability.wait_for(|r| r.forwards());
+        // A client that left early costs this task until then (bounded by the timeout).
         let _ = tokio::time::timeout(limit, online).await;
-        // Also ends early if the client went away: the sender notices on close.
         drop(tx);
     });
     let mut r = Response::new(body);

@@ -120,22 +120,41 @@ impl UpstreamClient {
         req.headers_mut()
             .entry(hyper::header::HOST)
             .or_insert_with(|| self.host.clone());
-        let pooled = if upgrade { None } else { self.take_idle(creds) };
-        let mut sender = match pooled {
-            Some(s) => s,
-            None => self.connect(creds, upgrade).await?,
-        };
+        if !upgrade {
+            if let Some(mut sender) = self.take_idle(creds) {
+                match sender.try_send_request(req).await {
+                    Ok(resp) => {
+                        self.recycle(creds, sender);
+                        return Ok(resp);
+                    }
+                    // The idle connection was closed under us before the request
+                    // went out: not a sign of an unreachable cloud, try a new one.
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => {
+                            tracing::debug!(error = %e.error(), "idle apiserver connection unusable; using a new one");
+                            req = unsent;
+                        }
+                        None => return Err(UpstreamError::Http(e.into_error())),
+                    },
+                }
+            }
+        }
+        let mut sender = self.connect(creds, upgrade).await?;
         let resp = sender.send_request(req).await?;
         if !upgrade {
-            // Back to the pool once this response's body is done.
-            let me = self.clone();
-            tokio::spawn(async move {
-                if sender.ready().await.is_ok() {
-                    me.put_idle(creds, sender);
-                }
-            });
+            self.recycle(creds, sender);
         }
         Ok(resp)
+    }
+
+    /// Puts `sender` back in the pool once its current response's body is done.
+    fn recycle(self: &Arc<Self>, creds: Credentials, mut sender: SendRequest<UpstreamBody>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                me.put_idle(creds, sender);
+            }
+        });
     }
 
     /// Drops every idle connection (the link went down: they are likely dead).
