@@ -25,7 +25,7 @@ pub(crate) enum WriteOp {
         owner: String,
         object: StoredObject,
     },
-    /// Replace a list set atomically.
+    /// Replace a list set atomically (a page of a paginated list is only merged in).
     ReplaceList {
         collection: Collection,
         owner: String,
@@ -257,6 +257,9 @@ impl<'t> Tables<'t> {
         owner: &str,
         list: &ParsedList,
     ) -> Result<(), CacheError> {
+        if list.partial {
+            return self.merge_page(c, owner, list);
+        }
         let old = self.range_sizes(Which::Objects, &[&c.component, &c.gvr, owner])?;
         let list_key = keys::list_key(c, owner);
         let meta =
@@ -284,6 +287,30 @@ impl<'t> Tables<'t> {
             self.put(Which::Objects, key, value)?;
         }
         self.put(Which::Lists, &list_key, &meta)
+    }
+
+    /// A page of a paginated list is not the whole set: its objects are added (the
+    /// next full list or watch removes what upstream deleted); the list record is
+    /// created if missing, without a resourceVersion.
+    fn merge_page(
+        &mut self,
+        c: &Collection,
+        owner: &str,
+        list: &ParsedList,
+    ) -> Result<(), CacheError> {
+        for item in &list.items {
+            self.upsert(c, owner, item)?;
+        }
+        let list_key = keys::list_key(c, owner);
+        if self.stored_len(Which::Lists, &list_key)?.is_none() {
+            let meta = ListMeta {
+                resource_version: None,
+                ..list.meta.clone()
+            };
+            let meta = serde_json::to_vec(&meta).map_err(|e| CacheError::Storage(e.to_string()))?;
+            self.put(Which::Lists, &list_key, &meta)?;
+        }
+        Ok(())
     }
 
     fn event(&mut self, c: &Collection, owner: &str, event: &WatchEvent) -> Result<(), CacheError> {

@@ -323,3 +323,39 @@ async fn idle_components_are_collected_at_open() {
     assert_eq!(answer(&cache, "kubelet", &get, b"").0, 200);
     assert!(cache.stats().bytes_used < used);
 }
+
+#[tokio::test]
+async fn pages_of_a_paginated_list_merge_instead_of_replacing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = AutonomyCache::open(config(dir.path())).unwrap();
+    let list = req("GET", "/api/v1/pods?limit=1");
+    let first_page = json!({"kind": "PodList", "apiVersion": "v1",
+        "metadata": {"resourceVersion": "5", "continue": "token-1"},
+        "items": [pod("d", "a", 1, "web", "n1")]});
+    cache
+        .record_response("kubelet", &list, Bytes::from(first_page.to_string()))
+        .await
+        .unwrap();
+    let next = req("GET", "/api/v1/pods?limit=1&continue=token-1");
+    assert_eq!(next.continue_token.as_deref(), Some("token-1"));
+    cache
+        .record_response(
+            "kubelet",
+            &next,
+            pod_list(5, &[pod("d", "b", 2, "web", "n1")]),
+        )
+        .await
+        .unwrap();
+    let all = req("GET", "/api/v1/pods");
+    assert_eq!(names(&answer(&cache, "kubelet", &all, b"").1), ["a", "b"]);
+    // A full list replaces the set again.
+    cache
+        .record_response(
+            "kubelet",
+            &all,
+            pod_list(6, &[pod("d", "b", 2, "web", "n1")]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(names(&answer(&cache, "kubelet", &all, b"").1), ["b"]);
+}

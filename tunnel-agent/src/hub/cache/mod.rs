@@ -3,6 +3,13 @@
 //!
 //! Sans-IO decisions ([`RequestInfo`], [`ComponentRule`], selectors, [`WatchDecoder`],
 //! offline answers) sit beside a redb store written by one group-commit writer thread.
+//!
+//! Objects are kept per component in *sets*: one per list/watch scope (namespace plus
+//! canonical label and field selectors), replaced as a whole by a full list and kept
+//! current by the watch with the same scope, and one for get/create/update/patch
+//! responses. An offline list is answered from the set with the same scope, else from
+//! the union of the sets covering its namespace, filtered by its selectors; a get from
+//! the newest copy in any set.
 
 mod apply;
 mod component;
@@ -156,7 +163,7 @@ impl AutonomyCache {
         };
         let op = match req.verb {
             Verb::List => WriteOp::ReplaceList {
-                list: object::parse_list(&body)?,
+                list: object::parse_list(&body, req.continue_token.is_some())?,
                 collection: key.collection,
                 owner: key.list_owner,
             },

@@ -31,6 +31,9 @@ pub(crate) struct ListMeta {
 pub(crate) struct ParsedList {
     pub meta: ListMeta,
     pub items: Vec<StoredObject>,
+    /// One page of a paginated list (`continue` in the request or the response):
+    /// not the whole set.
+    pub partial: bool,
 }
 
 /// One watch event, decoded.
@@ -56,6 +59,8 @@ struct Head {
 
 #[derive(Deserialize, Default)]
 struct MetaHead {
+    #[serde(rename = "continue")]
+    continue_token: Option<String>,
     name: Option<String>,
     namespace: Option<String>,
     #[serde(rename = "resourceVersion")]
@@ -108,7 +113,8 @@ fn stored(head: Head, json: Bytes, what: &'static str) -> Result<StoredObject, C
 
 /// Parses a list response; items get the `kind`/`apiVersion` they lack in typed lists,
 /// so a get answered from a list item looks like the apiserver's.
-pub(crate) fn parse_list(json: &[u8]) -> Result<ParsedList, CacheError> {
+/// `later_page`: the request carried a `continue` token.
+pub(crate) fn parse_list(json: &[u8], later_page: bool) -> Result<ParsedList, CacheError> {
     let body: ListBody =
         serde_json::from_slice(json).map_err(|e| bad_json("list")(e.to_string()))?;
     let kind = body.kind.unwrap_or_default();
@@ -135,6 +141,7 @@ pub(crate) fn parse_list(json: &[u8]) -> Result<ParsedList, CacheError> {
             resource_version: body.metadata.resource_version,
         },
         items,
+        partial: later_page || body.metadata.continue_token.is_some_and(|c| !c.is_empty()),
     })
 }
 
@@ -239,7 +246,7 @@ mod tests {
     fn list_items_gain_kind_and_api_version() {
         let list = br#"{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"42"},
             "items":[{"metadata":{"name":"a","namespace":"d","resourceVersion":"40"}},{"metadata":{"name":"b"},"kind":"Pod"}]}"#;
-        let parsed = parse_list(list).unwrap();
+        let parsed = parse_list(list, false).unwrap();
         assert_eq!(parsed.meta.kind, "PodList");
         assert_eq!(parsed.meta.resource_version.as_deref(), Some("42"));
         let first: serde_json::Value = serde_json::from_slice(&parsed.items[0].json).unwrap();
@@ -267,7 +274,7 @@ mod tests {
             ));
         }
         assert!(matches!(
-            parse_list(b"{\"items\":[{\"metadata\":{}}]}"),
+            parse_list(b"{\"items\":[{\"metadata\":{}}]}", false),
             Err(CacheError::BadJson { .. })
         ));
         assert!(matches!(

@@ -60,16 +60,24 @@ pub enum RequestKind {
 /// A parsed Kubernetes API request: what the cache keys, records and answers by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestInfo {
+    /// The Kubernetes verb (a GET of a collection is `List`, with `watch` `Watch`).
     pub verb: Verb,
     /// The decoded path without query or trailing slash, e.g. `/api/v1/pods`.
     pub path: String,
+    /// Resource coordinates, or non-resource.
     pub kind: RequestKind,
+    /// `labelSelector=`, decoded; `None` when absent or empty.
     pub label_selector: Option<String>,
+    /// `fieldSelector=`, decoded; `None` when absent or empty.
     pub field_selector: Option<String>,
+    /// `resourceVersion=`.
     pub resource_version: Option<String>,
+    /// `timeoutSeconds=` (a held offline watch ends after it).
     pub timeout_seconds: Option<u64>,
     /// `watch=true`, or the legacy `/watch/` path prefix.
     pub watch: bool,
+    /// `continue=`: a later page of a paginated list.
+    pub continue_token: Option<String>,
 }
 
 /// Resources never cached: authorization and certificate requests are answered per call.
@@ -118,6 +126,7 @@ impl RequestInfo {
             resource_version: None,
             timeout_seconds: None,
             watch: false,
+            continue_token: None,
         };
         info.read_query(query)?;
         info.verb = match method.to_ascii_uppercase().as_str() {
@@ -143,6 +152,9 @@ impl RequestInfo {
                 }
                 "resourceVersion" if self.resource_version.is_none() => {
                     self.resource_version = Some(value).filter(|v| !v.is_empty());
+                }
+                "continue" if self.continue_token.is_none() => {
+                    self.continue_token = Some(value).filter(|v| !v.is_empty());
                 }
                 "timeoutSeconds" if self.timeout_seconds.is_none() && !value.is_empty() => {
                     let seconds = value.parse().map_err(|_| RequestError::BadNumber {
