@@ -412,6 +412,12 @@ async fn faults_break_requests_as_configured() {
     assert!(started.elapsed() >= Duration::from_millis(600));
 
     api.set_fault(Fault::WatchNeverEnds);
+    api.add_fault(Fault::Status {
+        path_prefix: "/version".into(),
+        code: 429,
+        reason: "TooManyRequests".into(),
+    });
+    assert_eq!(get_json(&client, "/version").await.0, 429, "faults stack");
     let mut w = client
         .watch("/api/v1/pods?watch=1&timeoutSeconds=1")
         .await

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use super::churn::{self, ChurnHandle};
-use super::fault::Fault;
+use super::fault::{Fault, FaultSet};
 use super::handler;
 use super::resource::Res;
 use super::store::{object_rv, Store, DEFAULT_HISTORY};
@@ -63,7 +63,7 @@ pub(super) struct Shared {
     pub store: Mutex<Store>,
     /// Bumped after every store change; watch streams wait on it.
     pub changed: watch::Sender<u64>,
-    pub fault: Mutex<Fault>,
+    pub fault: Mutex<FaultSet>,
     pub requests: Mutex<VecDeque<RecordedRequest>>,
     /// Set to true when the server is dropped: streams and connections end.
     pub shutdown: watch::Sender<bool>,
@@ -91,8 +91,8 @@ impl Shared {
         result
     }
 
-    /// The active fault.
-    pub fn fault(&self) -> Fault {
+    /// The faults in force.
+    pub fn fault(&self) -> FaultSet {
         lock(&self.fault).clone()
     }
 
@@ -130,7 +130,7 @@ impl FakeApiserver {
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::new(Res::defaults(), DEFAULT_HISTORY, seed)),
             changed: watch::Sender::new(0),
-            fault: Mutex::new(Fault::None),
+            fault: Mutex::new(FaultSet::default()),
             requests: Mutex::new(VecDeque::new()),
             shutdown: watch::Sender::new(false),
             end_watches: watch::Sender::new(0),
@@ -246,9 +246,14 @@ impl FakeApiserver {
             .send_modify(|generation| *generation += 1);
     }
 
-    /// Replaces the active fault (`Fault::None` clears it).
+    /// Replaces the faults in force with this one (`Fault::None` clears them all).
     pub fn set_fault(&self, fault: Fault) {
-        *lock(&self.shared.fault) = fault;
+        lock(&self.shared.fault).replace(fault);
+    }
+
+    /// Adds a fault to those in force (the first one matching a path decides its answer).
+    pub fn add_fault(&self, fault: Fault) {
+        lock(&self.shared.fault).add(fault);
     }
 
     /// The last (up to 10,000) requests received, oldest first.
