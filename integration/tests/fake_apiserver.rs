@@ -164,6 +164,12 @@ async fn label_and_field_selectors_filter_lists() {
         got.sort();
         assert_eq!(got, *want, "{query}");
     }
+    let (status, ns) = get_json(&client, "/api/v1/namespaces/b").await;
+    assert_eq!(
+        (status, ns["kind"].as_str()),
+        (200, Some("Namespace")),
+        "namespace created"
+    );
     let (_, ns_b) = get_json(&client, "/api/v1/namespaces/b/pods?labelSelector=app").await;
     assert_eq!(names(&ns_b), ["db-1"]);
     let (status, bad) = get_json(&client, "/api/v1/pods?labelSelector=app+in+web").await;
@@ -673,6 +679,15 @@ async fn bad_requests_get_the_apiserver_status_codes() {
         status(post(node.clone()).await),
         (409, json!("AlreadyExists"))
     );
+    let protobuf = client
+        .request(
+            Method::POST,
+            "/api/v1/namespaces/ns/configmaps",
+            Some("application/vnd.kubernetes.protobuf"),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status(protobuf), (415, json!("UnsupportedMediaType")));
     assert_eq!(
         status(post(json!({"metadata": {}})).await),
         (400, json!("BadRequest"))
@@ -719,4 +734,156 @@ async fn bad_requests_get_the_apiserver_status_codes() {
         kinds.push(ev["type"].as_str().unwrap_or("").to_owned());
     }
     assert_eq!(kinds, ["ADDED", "MODIFIED"]);
+}
+
+/// Runs kubectl (real client-go) against `kubeconfig`: (exit code, stdout, stderr).
+fn kubectl(
+    bin: &std::path::Path,
+    kubeconfig: &std::path::Path,
+    args: &[&str],
+) -> (i32, String, String) {
+    let out = std::process::Command::new(bin)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// kubectl from `$KUBECTL` or PATH, if there is one.
+fn find_kubectl() -> Option<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("KUBECTL") {
+        return Some(path.into());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join("kubectl"))
+        .find(|p| p.is_file())
+}
+
+/// The fake against a real client-go (kubectl over TLS with a client certificate):
+/// discovery, tables, selectors, a custom resource, merge patches, delete, 404, watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_understands_the_fake_apiserver() {
+    let Some(bin) = find_kubectl() else {
+        eprintln!(
+            "SKIPPED kubectl_understands_the_fake_apiserver: no kubectl on PATH or in $KUBECTL"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let pki = ApiserverPki::generate(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let (cert, key) = pki
+        .client("admin", "kubernetes-admin", Some("system:masters"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let api = FakeApiserver::start(FakeApiserverOptions {
+        tls: Some(pki.server_tls(true)),
+        ..FakeApiserverOptions::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let cfg = dir.path().join("kubeconfig");
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: admin\n  user:\n    client-certificate: {}\n    client-key: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: admin\ncurrent-context: fake\n",
+        api.url(),
+        pki.ca_cert().display(),
+        cert.display(),
+        key.display()
+    );
+    std::fs::write(&cfg, kubeconfig).unwrap_or_else(|e| panic!("{e}"));
+    api.upsert(
+        &Res::pods(),
+        pod("ns", "web-1", "edge-1", json!({"app": "web"})),
+    );
+    api.upsert(
+        &Res::pods(),
+        pod("ns", "db-1", "edge-2", json!({"app": "db"})),
+    );
+    api.upsert(
+        &Res::widgets(),
+        json!({"metadata": {"name": "w1", "namespace": "ns"}}),
+    );
+    api.upsert(&Res::nodes(), json!({"metadata": {"name": "edge-1"}}));
+    let run = |args: &'static [&'static str]| {
+        let (bin, cfg) = (bin.clone(), cfg.clone());
+        tokio::task::spawn_blocking(move || kubectl(&bin, &cfg, args))
+    };
+    let ok = |(code, out, err): (i32, String, String)| {
+        assert_eq!(code, 0, "kubectl failed: {err}");
+        out
+    };
+    let join = |r: Result<(i32, String, String), tokio::task::JoinError>| {
+        r.unwrap_or_else(|e| panic!("{e}"))
+    };
+
+    let out = ok(join(run(&["get", "pods", "-A", "-o", "name"]).await));
+    assert_eq!(out, "pod/db-1\npod/web-1\n");
+    let out = ok(join(
+        run(&["get", "pods", "-n", "ns", "-l", "app=web", "-o", "name"]).await,
+    ));
+    assert_eq!(out, "pod/web-1\n");
+    let out = ok(join(
+        run(&[
+            "get",
+            "pods",
+            "-A",
+            "--field-selector",
+            "spec.nodeName=edge-2",
+            "-o",
+            "name",
+        ])
+        .await,
+    ));
+    assert_eq!(out, "pod/db-1\n");
+    let out = ok(join(
+        run(&["get", "widgets", "-n", "ns", "-o", "name"]).await,
+    ));
+    assert_eq!(out, "widget.example.com/w1\n");
+    let out = ok(join(run(&["api-resources", "-o", "name"]).await));
+    assert!(
+        out.contains("leases.coordination.k8s.io") && out.contains("widgets.example.com"),
+        "{out}"
+    );
+    ok(join(run(&["get", "nodes"]).await));
+
+    ok(join(
+        run(&["label", "pod", "web-1", "-n", "ns", "x=y"]).await,
+    ));
+    let labelled = api
+        .get(&Res::pods(), Some("ns"), "web-1")
+        .unwrap_or_default();
+    assert_eq!(labelled["metadata"]["labels"]["x"], "y");
+    ok(join(run(&["annotate", "node", "edge-1", "k=v"]).await));
+    let node = api.get(&Res::nodes(), None, "edge-1").unwrap_or_default();
+    assert_eq!(node["metadata"]["annotations"]["k"], "v");
+    ok(join(
+        run(&["delete", "pod", "db-1", "-n", "ns", "--wait=false"]).await,
+    ));
+    assert!(api.get(&Res::pods(), Some("ns"), "db-1").is_none());
+    let (code, _, err) = join(run(&["get", "pod", "db-1", "-n", "ns"]).await);
+    assert_eq!(code, 1);
+    assert!(err.contains("pods \"db-1\" not found"), "{err}");
+
+    let watch = run(&[
+        "get",
+        "pods",
+        "-n",
+        "ns",
+        "-w",
+        "-o",
+        "name",
+        "--request-timeout=4s",
+    ]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    api.upsert(&Res::pods(), pod("ns", "late", "edge-1", json!({})));
+    let out = ok(join(watch.await));
+    assert!(out.lines().any(|l| l == "pod/late"), "{out}");
+    assert!(api
+        .requests()
+        .iter()
+        .all(|r| r.client_cn.as_deref() == Some("kubernetes-admin")));
 }

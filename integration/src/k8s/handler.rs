@@ -154,11 +154,13 @@ async fn resource(
         (Method::POST, None) if status_only => Err(ApiError::MethodNotAllowed),
         (Method::POST, None) if res.namespaced && ns.is_none() => Err(ApiError::MethodNotAllowed),
         (Method::POST, None) => {
+            require_json(&content_type)?;
             let body = read_json(req).await?;
             let obj = shared.mutate(|s| s.create(&res, ns, body))?;
             Ok(json_response(StatusCode::CREATED, &obj))
         }
         (Method::PUT, Some(name)) => {
+            require_json(&content_type)?;
             let body = read_json(req).await?;
             let obj = shared.mutate(|s| s.update(&res, ns, name, body, status_only))?;
             Ok(json_response(StatusCode::OK, &obj))
@@ -185,6 +187,15 @@ async fn resource(
             Ok(json_response(StatusCode::OK, &gone))
         }
         _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+/// 415 for a body that is not JSON (e.g. kubectl's and kubelet's protobuf), so client-go
+/// retries in JSON; a missing Content-Type is read as JSON.
+fn require_json(content_type: &str) -> Result<(), ApiError> {
+    match content_type.split(';').next().unwrap_or("").trim() {
+        "" | "application/json" => Ok(()),
+        _ => Err(ApiError::UnsupportedMediaType),
     }
 }
 

@@ -24,6 +24,10 @@
 //! rv (older: 200 with an ERROR event carrying a 410 `Expired` Status); an object leaving a
 //! watch's selectors is sent as DELETED, one entering as ADDED (as the watch cache does).
 //!
+//! Writing a namespaced object creates its Namespace object if missing (kubectl looks the
+//! namespace up after a 404). Request bodies must be JSON: protobuf bodies (kubectl and
+//! kubelet send them for built-in types) get 415, which client-go does not retry in JSON.
+//!
 //! Not implemented: `limit`/`continue` paging (whole lists are returned, without a
 //! `continue` token, which client-go accepts), protobuf and Table output (JSON is always
 //! returned), JSON patch and server-side apply (415), deletecollection (405), HTTP/2 (ALPN

@@ -32,8 +32,8 @@ pub enum ApiError {
     /// 413 for a request body over the limit.
     #[error("the request body is larger than {limit} bytes")]
     TooLarge { limit: usize },
-    /// 415 for a patch type the fake does not implement.
-    #[error("the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json")]
+    /// 415 for a body format the fake does not decode (protobuf, YAML, JSON patch, apply).
+    #[error("the body of the request was in an unknown format - accepted media types include: application/json, application/merge-patch+json, application/strategic-merge-patch+json")]
     UnsupportedMediaType,
     /// 504 for a list at a resourceVersion the server has not reached yet.
     #[error("Too large resource version: {requested}, current: {current}")]
