@@ -47,12 +47,17 @@ impl Default for FakeApiserverOptions {
 /// One request as the server saw it, for assertions on what a client (or proxy) sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordedRequest {
+    /// HTTP method, e.g. `GET`.
     pub method: String,
     /// Path and query, as sent.
     pub path_and_query: String,
+    /// `User-Agent` (the proxy's cache key for components).
     pub user_agent: Option<String>,
+    /// `Accept` (the proxy forces JSON for what it caches).
     pub accept: Option<String>,
+    /// `Authorization` (bearer tokens must pass through the proxy).
     pub authorization: Option<String>,
+    /// `Content-Type` of the request body.
     pub content_type: Option<String>,
     /// Common name of the verified client certificate, if one was presented.
     pub client_cn: Option<String>,
