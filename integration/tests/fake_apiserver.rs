@@ -824,6 +824,13 @@ async fn kubectl_understands_the_fake_apiserver() {
     let out = ok(join(run(&["get", "pods", "-A", "-o", "name"]).await));
     assert_eq!(out, "pod/db-1\npod/web-1\n");
     let out = ok(join(
+        run(&["get", "pods", "-A", "-o", "name", "--chunk-size=1"]).await,
+    ));
+    assert_eq!(
+        out, "pod/db-1\npod/web-1\n",
+        "client-go follows continue tokens"
+    );
+    let out = ok(join(
         run(&["get", "pods", "-n", "ns", "-l", "app=web", "-o", "name"]).await,
     ));
     assert_eq!(out, "pod/web-1\n");
@@ -887,4 +894,57 @@ async fn kubectl_understands_the_fake_apiserver() {
         .requests()
         .iter()
         .all(|r| r.client_cn.as_deref() == Some("kubernetes-admin")));
+}
+
+#[tokio::test]
+async fn lists_page_with_limit_and_continue() {
+    let (api, client) = plain().await;
+    for i in 0..5 {
+        let labels = json!({"app": if i % 2 == 0 { "web" } else { "db" }});
+        api.upsert(&Res::pods(), pod("ns", &format!("p{i}"), "edge-1", labels));
+    }
+    let list_rv = api.current_rv().to_string();
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/namespaces/ns/pods?limit=2".to_owned();
+    let mut tokens = Vec::new();
+    for _ in 0..10 {
+        let (status, page) = get_json(&client, &path).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["metadata"]["resourceVersion"], list_rv.as_str());
+        assert!(names(&page).len() <= 2);
+        seen.extend(names(&page));
+        match page["metadata"]["continue"].as_str() {
+            Some(token) => {
+                let remaining = page["metadata"]["remainingItemCount"].as_u64();
+                assert_eq!(remaining, Some(5 - seen.len() as u64));
+                tokens.push(token.to_owned());
+                path = format!("/api/v1/namespaces/ns/pods?limit=2&continue={token}");
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["p0", "p1", "p2", "p3", "p4"]);
+    assert_eq!(tokens.len(), 2);
+
+    let (_, web) = get_json(&client, "/api/v1/pods?limit=2&labelSelector=app%3Dweb").await;
+    assert_eq!(
+        names(&web),
+        ["p0", "p2"],
+        "pages are filled with selected items"
+    );
+    let (_, whole) = get_json(&client, "/api/v1/pods?limit=2&resourceVersion=0").await;
+    assert_eq!(
+        names(&whole).len(),
+        5,
+        "rv=0 is served whole, like the watch cache"
+    );
+    assert!(whole["metadata"].get("continue").is_none());
+
+    let (status, bad) = get_json(&client, "/api/v1/pods?limit=2&continue=nonsense").await;
+    assert_eq!((status, bad["reason"].as_str()), (400, Some("BadRequest")));
+    api.upsert(&Res::pods(), pod("ns", "later", "edge-1", json!({})));
+    api.compact(api.current_rv());
+    let old = format!("/api/v1/namespaces/ns/pods?limit=2&continue={}", tokens[0]);
+    let (status, expired) = get_json(&client, &old).await;
+    assert_eq!((status, expired["reason"].as_str()), (410, Some("Expired")));
 }
