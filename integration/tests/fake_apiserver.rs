@@ -471,19 +471,47 @@ async fn churn_writes_at_roughly_the_asked_rate() {
     }
 }
 
+/// A TLS fake apiserver requiring client certificates, and one client certificate for it.
+struct TlsApi {
+    pki: ApiserverPki,
+    api: FakeApiserver,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsApi {
+    async fn start(cn: &str, org: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let pki = ApiserverPki::generate(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let (cert, key) = pki
+            .client("client", cn, Some(org))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let api = FakeApiserver::start(FakeApiserverOptions {
+            tls: Some(pki.server_tls(true)),
+            ..FakeApiserverOptions::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        Self {
+            pki,
+            api,
+            cert,
+            key,
+            _dir: dir,
+        }
+    }
+}
+
 #[tokio::test]
 async fn tls_with_client_certificates_records_the_cn() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let pki = ApiserverPki::generate(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-    let (cert, key) = pki
-        .client("kubelet", "system:node:edge-1", Some("system:nodes"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let api = FakeApiserver::start(FakeApiserverOptions {
-        tls: Some(pki.server_tls(true)),
-        ..FakeApiserverOptions::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let TlsApi {
+        pki,
+        api,
+        cert,
+        key,
+        _dir,
+    } = TlsApi::start("system:node:edge-1", "system:nodes").await;
     assert!(api.url().starts_with("https://127.0.0.1:"));
     let client = ApiClient::tls(api.addr(), &pki.ca_cert(), Some((&cert, &key)))
         .unwrap_or_else(|e| panic!("{e}"))
@@ -776,17 +804,13 @@ async fn kubectl_understands_the_fake_apiserver() {
         );
         return;
     };
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let pki = ApiserverPki::generate(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-    let (cert, key) = pki
-        .client("admin", "kubernetes-admin", Some("system:masters"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let api = FakeApiserver::start(FakeApiserverOptions {
-        tls: Some(pki.server_tls(true)),
-        ..FakeApiserverOptions::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let TlsApi {
+        pki,
+        api,
+        cert,
+        key,
+        _dir: dir,
+    } = TlsApi::start("kubernetes-admin", "system:masters").await;
     let cfg = dir.path().join("kubeconfig");
     let kubeconfig = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: admin\n  user:\n    client-certificate: {}\n    client-key: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: admin\ncurrent-context: fake\n",
