@@ -164,6 +164,12 @@ async fn label_and_field_selectors_filter_lists() {
         got.sort();
         assert_eq!(got, *want, "{query}");
     }
+    let (status, ns) = get_json(&client, "/api/v1/namespaces/b").await;
+    assert_eq!(
+        (status, ns["kind"].as_str()),
+        (200, Some("Namespace")),
+        "namespace created"
+    );
     let (_, ns_b) = get_json(&client, "/api/v1/namespaces/b/pods?labelSelector=app").await;
     assert_eq!(names(&ns_b), ["db-1"]);
     let (status, bad) = get_json(&client, "/api/v1/pods?labelSelector=app+in+web").await;
@@ -412,6 +418,12 @@ async fn faults_break_requests_as_configured() {
     assert!(started.elapsed() >= Duration::from_millis(600));
 
     api.set_fault(Fault::WatchNeverEnds);
+    api.add_fault(Fault::Status {
+        path_prefix: "/version".into(),
+        code: 429,
+        reason: "TooManyRequests".into(),
+    });
+    assert_eq!(get_json(&client, "/version").await.0, 429, "faults stack");
     let mut w = client
         .watch("/api/v1/pods?watch=1&timeoutSeconds=1")
         .await
@@ -459,19 +471,47 @@ async fn churn_writes_at_roughly_the_asked_rate() {
     }
 }
 
+/// A TLS fake apiserver requiring client certificates, and one client certificate for it.
+struct TlsApi {
+    pki: ApiserverPki,
+    api: FakeApiserver,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsApi {
+    async fn start(cn: &str, org: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let pki = ApiserverPki::generate(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let (cert, key) = pki
+            .client("client", cn, Some(org))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let api = FakeApiserver::start(FakeApiserverOptions {
+            tls: Some(pki.server_tls(true)),
+            ..FakeApiserverOptions::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        Self {
+            pki,
+            api,
+            cert,
+            key,
+            _dir: dir,
+        }
+    }
+}
+
 #[tokio::test]
 async fn tls_with_client_certificates_records_the_cn() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let pki = ApiserverPki::generate(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-    let (cert, key) = pki
-        .client("kubelet", "system:node:edge-1", Some("system:nodes"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let api = FakeApiserver::start(FakeApiserverOptions {
-        tls: Some(pki.server_tls(true)),
-        ..FakeApiserverOptions::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let TlsApi {
+        pki,
+        api,
+        cert,
+        key,
+        _dir,
+    } = TlsApi::start("system:node:edge-1", "system:nodes").await;
     assert!(api.url().starts_with("https://127.0.0.1:"));
     let client = ApiClient::tls(api.addr(), &pki.ca_cert(), Some((&cert, &key)))
         .unwrap_or_else(|e| panic!("{e}"))
@@ -508,7 +548,8 @@ async fn link_relay_cut_blackholes_and_restore_recovers() {
     let relay = LinkRelay::start(api.addr())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let client = ApiClient::plain(relay.addr()).with_timeout(Duration::from_millis(1500));
+    let client = ApiClient::plain(relay.addr());
+    let impatient = client.clone().with_timeout(Duration::from_millis(1500));
     assert_eq!(get_json(&client, "/version").await.0, 200);
     let mut w = client
         .watch("/api/v1/pods?watch=1")
@@ -517,7 +558,7 @@ async fn link_relay_cut_blackholes_and_restore_recovers() {
 
     relay.cut();
     let started = Instant::now();
-    let cut = client.get("/version").await;
+    let cut = impatient.get("/version").await;
     assert!(
         matches!(cut, Err(integration::k8s::ClientError::Timeout(_))),
         "{cut:?}"
@@ -667,6 +708,15 @@ async fn bad_requests_get_the_apiserver_status_codes() {
         status(post(node.clone()).await),
         (409, json!("AlreadyExists"))
     );
+    let protobuf = client
+        .request(
+            Method::POST,
+            "/api/v1/namespaces/ns/configmaps",
+            Some("application/vnd.kubernetes.protobuf"),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status(protobuf), (415, json!("UnsupportedMediaType")));
     assert_eq!(
         status(post(json!({"metadata": {}})).await),
         (400, json!("BadRequest"))
@@ -713,4 +763,212 @@ async fn bad_requests_get_the_apiserver_status_codes() {
         kinds.push(ev["type"].as_str().unwrap_or("").to_owned());
     }
     assert_eq!(kinds, ["ADDED", "MODIFIED"]);
+}
+
+/// Runs kubectl (real client-go) against `kubeconfig`: (exit code, stdout, stderr).
+fn kubectl(
+    bin: &std::path::Path,
+    kubeconfig: &std::path::Path,
+    args: &[&str],
+) -> (i32, String, String) {
+    let out = std::process::Command::new(bin)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// kubectl from `$KUBECTL` or PATH, if there is one.
+fn find_kubectl() -> Option<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("KUBECTL") {
+        return Some(path.into());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join("kubectl"))
+        .find(|p| p.is_file())
+}
+
+/// The fake against a real client-go (kubectl over TLS with a client certificate):
+/// discovery, tables, selectors, a custom resource, merge patches, delete, 404, watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_understands_the_fake_apiserver() {
+    let Some(bin) = find_kubectl() else {
+        eprintln!(
+            "SKIPPED kubectl_understands_the_fake_apiserver: no kubectl on PATH or in $KUBECTL"
+        );
+        return;
+    };
+    let TlsApi {
+        pki,
+        api,
+        cert,
+        key,
+        _dir: dir,
+    } = TlsApi::start("kubernetes-admin", "system:masters").await;
+    let cfg = dir.path().join("kubeconfig");
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: admin\n  user:\n    client-certificate: {}\n    client-key: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: admin\ncurrent-context: fake\n",
+        api.url(),
+        pki.ca_cert().display(),
+        cert.display(),
+        key.display()
+    );
+    std::fs::write(&cfg, kubeconfig).unwrap_or_else(|e| panic!("{e}"));
+    api.upsert(
+        &Res::pods(),
+        pod("ns", "web-1", "edge-1", json!({"app": "web"})),
+    );
+    api.upsert(
+        &Res::pods(),
+        pod("ns", "db-1", "edge-2", json!({"app": "db"})),
+    );
+    api.upsert(
+        &Res::widgets(),
+        json!({"metadata": {"name": "w1", "namespace": "ns"}}),
+    );
+    api.upsert(&Res::nodes(), json!({"metadata": {"name": "edge-1"}}));
+    let run = |args: &'static [&'static str]| {
+        let (bin, cfg) = (bin.clone(), cfg.clone());
+        tokio::task::spawn_blocking(move || kubectl(&bin, &cfg, args))
+    };
+    let ok = |(code, out, err): (i32, String, String)| {
+        assert_eq!(code, 0, "kubectl failed: {err}");
+        out
+    };
+    let join = |r: Result<(i32, String, String), tokio::task::JoinError>| {
+        r.unwrap_or_else(|e| panic!("{e}"))
+    };
+
+    let out = ok(join(run(&["get", "pods", "-A", "-o", "name"]).await));
+    assert_eq!(out, "pod/db-1\npod/web-1\n");
+    let out = ok(join(
+        run(&["get", "pods", "-A", "-o", "name", "--chunk-size=1"]).await,
+    ));
+    assert_eq!(
+        out, "pod/db-1\npod/web-1\n",
+        "client-go follows continue tokens"
+    );
+    let out = ok(join(
+        run(&["get", "pods", "-n", "ns", "-l", "app=web", "-o", "name"]).await,
+    ));
+    assert_eq!(out, "pod/web-1\n");
+    let out = ok(join(
+        run(&[
+            "get",
+            "pods",
+            "-A",
+            "--field-selector",
+            "spec.nodeName=edge-2",
+            "-o",
+            "name",
+        ])
+        .await,
+    ));
+    assert_eq!(out, "pod/db-1\n");
+    let out = ok(join(
+        run(&["get", "widgets", "-n", "ns", "-o", "name"]).await,
+    ));
+    assert_eq!(out, "widget.example.com/w1\n");
+    let out = ok(join(run(&["api-resources", "-o", "name"]).await));
+    assert!(
+        out.contains("leases.coordination.k8s.io") && out.contains("widgets.example.com"),
+        "{out}"
+    );
+    ok(join(run(&["get", "nodes"]).await));
+
+    ok(join(
+        run(&["label", "pod", "web-1", "-n", "ns", "x=y"]).await,
+    ));
+    let labelled = api
+        .get(&Res::pods(), Some("ns"), "web-1")
+        .unwrap_or_default();
+    assert_eq!(labelled["metadata"]["labels"]["x"], "y");
+    ok(join(run(&["annotate", "node", "edge-1", "k=v"]).await));
+    let node = api.get(&Res::nodes(), None, "edge-1").unwrap_or_default();
+    assert_eq!(node["metadata"]["annotations"]["k"], "v");
+    ok(join(
+        run(&["delete", "pod", "db-1", "-n", "ns", "--wait=false"]).await,
+    ));
+    assert!(api.get(&Res::pods(), Some("ns"), "db-1").is_none());
+    let (code, _, err) = join(run(&["get", "pod", "db-1", "-n", "ns"]).await);
+    assert_eq!(code, 1);
+    assert!(err.contains("pods \"db-1\" not found"), "{err}");
+
+    let watch = run(&[
+        "get",
+        "pods",
+        "-n",
+        "ns",
+        "-w",
+        "-o",
+        "name",
+        "--request-timeout=4s",
+    ]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    api.upsert(&Res::pods(), pod("ns", "late", "edge-1", json!({})));
+    let out = ok(join(watch.await));
+    assert!(out.lines().any(|l| l == "pod/late"), "{out}");
+    assert!(api
+        .requests()
+        .iter()
+        .all(|r| r.client_cn.as_deref() == Some("kubernetes-admin")));
+}
+
+#[tokio::test]
+async fn lists_page_with_limit_and_continue() {
+    let (api, client) = plain().await;
+    for i in 0..5 {
+        let labels = json!({"app": if i % 2 == 0 { "web" } else { "db" }});
+        api.upsert(&Res::pods(), pod("ns", &format!("p{i}"), "edge-1", labels));
+    }
+    let list_rv = api.current_rv().to_string();
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/namespaces/ns/pods?limit=2".to_owned();
+    let mut tokens = Vec::new();
+    for _ in 0..10 {
+        let (status, page) = get_json(&client, &path).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["metadata"]["resourceVersion"], list_rv.as_str());
+        assert!(names(&page).len() <= 2);
+        seen.extend(names(&page));
+        match page["metadata"]["continue"].as_str() {
+            Some(token) => {
+                let remaining = page["metadata"]["remainingItemCount"].as_u64();
+                assert_eq!(remaining, Some(5 - seen.len() as u64));
+                tokens.push(token.to_owned());
+                path = format!("/api/v1/namespaces/ns/pods?limit=2&continue={token}");
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["p0", "p1", "p2", "p3", "p4"]);
+    assert_eq!(tokens.len(), 2);
+
+    let (_, web) = get_json(&client, "/api/v1/pods?limit=2&labelSelector=app%3Dweb").await;
+    assert_eq!(
+        names(&web),
+        ["p0", "p2"],
+        "pages are filled with selected items"
+    );
+    let (_, whole) = get_json(&client, "/api/v1/pods?limit=2&resourceVersion=0").await;
+    assert_eq!(
+        names(&whole).len(),
+        5,
+        "rv=0 is served whole, like the watch cache"
+    );
+    assert!(whole["metadata"].get("continue").is_none());
+
+    let (status, bad) = get_json(&client, "/api/v1/pods?limit=2&continue=nonsense").await;
+    assert_eq!((status, bad["reason"].as_str()), (400, Some("BadRequest")));
+    api.upsert(&Res::pods(), pod("ns", "later", "edge-1", json!({})));
+    api.compact(api.current_rv());
+    let old = format!("/api/v1/namespaces/ns/pods?limit=2&continue={}", tokens[0]);
+    let (status, expired) = get_json(&client, &old).await;
+    assert_eq!((status, expired["reason"].as_str()), (410, Some("Expired")));
 }

@@ -22,7 +22,9 @@ const MIN_TICK: Duration = Duration::from_millis(2);
 /// One write a churner made.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChurnEvent {
+    /// Object name (`churn-<i>`).
     pub name: String,
+    /// The resourceVersion the write produced.
     pub rv: u64,
     /// True for the initial creation of the object, false for a modification.
     pub created: bool,

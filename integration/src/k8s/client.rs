@@ -26,21 +26,28 @@ const MAX_BODY: usize = 64 * 1024 * 1024;
 /// Why a test request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// TCP connect or TLS handshake failed.
     #[error("connecting to {addr}: {source}")]
     Connect {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// HTTP/1.1 protocol error (also: connection closed mid-body).
     #[error("HTTP: {0}")]
     Http(#[from] hyper::Error),
+    /// The request could not be built (bad path or header).
     #[error("building the request: {0}")]
     Request(#[from] hyper::http::Error),
+    /// The body could not be read, or was over the limit.
     #[error("reading the body: {0}")]
     Body(String),
+    /// Nothing arrived in time (what a cut link looks like).
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// The body or watch line is not JSON.
     #[error("body is not JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// CA, client certificate or server name unusable.
     #[error("TLS setup: {0}")]
     Tls(String),
 }
@@ -48,8 +55,11 @@ pub enum ClientError {
 /// A response read whole.
 #[derive(Debug, Clone)]
 pub struct ApiResponse {
+    /// HTTP status code.
     pub status: u16,
+    /// Response headers.
     pub headers: HeaderMap,
+    /// The whole body.
     pub body: Bytes,
 }
 

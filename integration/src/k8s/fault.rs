@@ -75,6 +75,39 @@ impl Fault {
     }
 }
 
+/// The faults in force: `set_fault` replaces them, `add_fault` stacks one more.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FaultSet(Vec<Fault>);
+
+impl FaultSet {
+    /// Keeps only `fault` (none for [`Fault::None`]).
+    pub fn replace(&mut self, fault: Fault) {
+        self.0.clear();
+        self.add(fault);
+    }
+
+    /// Adds `fault` to those in force.
+    pub fn add(&mut self, fault: Fault) {
+        if fault != Fault::None {
+            self.0.push(fault);
+        }
+    }
+
+    /// The first fault that applies to `path`, in the order they were added.
+    pub fn action_for(&self, path: &str) -> FaultAction {
+        self.0
+            .iter()
+            .map(|f| f.action_for(path))
+            .find(|action| *action != FaultAction::Serve)
+            .unwrap_or(FaultAction::Serve)
+    }
+
+    /// Whether any fault makes watches ignore their timeout.
+    pub fn watch_never_ends(&self) -> bool {
+        self.0.iter().any(Fault::watch_never_ends)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +131,19 @@ mod tests {
         assert!(serde_json::from_slice::<serde_json::Value>(MALFORMED_BODY).is_err());
         assert!(Fault::WatchNeverEnds.watch_never_ends());
         assert_eq!(Fault::WatchNeverEnds.action_for("/api"), FaultAction::Serve);
+    }
+
+    #[test]
+    fn fault_sets_stack_and_replace() {
+        let mut set = FaultSet::default();
+        set.add(Fault::WatchNeverEnds);
+        set.add(Fault::MalformedJson {
+            path_prefix: "/api/v1/pods".into(),
+        });
+        assert!(set.watch_never_ends());
+        assert_eq!(set.action_for("/api/v1/pods"), FaultAction::Malformed);
+        assert_eq!(set.action_for("/version"), FaultAction::Serve);
+        set.replace(Fault::None);
+        assert_eq!(set, FaultSet::default());
     }
 }

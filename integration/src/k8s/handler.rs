@@ -14,6 +14,7 @@ use super::discovery;
 use super::fault::{FaultAction, MALFORMED_BODY};
 use super::filter::{list_item, ObjectFilter};
 use super::meta::{merge_patch, strategic_merge_patch};
+use super::paging::{self, ContinueToken};
 use super::resource::Res;
 use super::route::{parse_path, parse_query, Query, ResourcePath, Route};
 use super::server::{lock, RecordedRequest, Shared};
@@ -154,11 +155,13 @@ async fn resource(
         (Method::POST, None) if status_only => Err(ApiError::MethodNotAllowed),
         (Method::POST, None) if res.namespaced && ns.is_none() => Err(ApiError::MethodNotAllowed),
         (Method::POST, None) => {
+            require_json(&content_type)?;
             let body = read_json(req).await?;
             let obj = shared.mutate(|s| s.create(&res, ns, body))?;
             Ok(json_response(StatusCode::CREATED, &obj))
         }
         (Method::PUT, Some(name)) => {
+            require_json(&content_type)?;
             let body = read_json(req).await?;
             let obj = shared.mutate(|s| s.update(&res, ns, name, body, status_only))?;
             Ok(json_response(StatusCode::OK, &obj))
@@ -188,6 +191,15 @@ async fn resource(
     }
 }
 
+/// 415 for a body that is not JSON (e.g. kubectl's and kubelet's protobuf), so client-go
+/// retries in JSON; a missing Content-Type is read as JSON.
+fn require_json(content_type: &str) -> Result<(), ApiError> {
+    match content_type.split(';').next().unwrap_or("").trim() {
+        "" | "application/json" => Ok(()),
+        _ => Err(ApiError::UnsupportedMediaType),
+    }
+}
+
 fn not_found(res: &Res, name: &str) -> ApiError {
     ApiError::NotFound {
         resource: res.resource.clone(),
@@ -195,7 +207,8 @@ fn not_found(res: &Res, name: &str) -> ApiError {
     }
 }
 
-/// A list: `<Kind>List` with the current resourceVersion and items without kind/apiVersion.
+/// A list: `<Kind>List` with the current resourceVersion and items without kind/apiVersion,
+/// one page of it when `limit` is set.
 fn list(
     shared: &Shared,
     res: &Res,
@@ -209,7 +222,13 @@ fn list(
         &query.field_selector,
     )
     .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let requested = parse_rv(query.resource_version.as_deref())?;
+    let rv_param = query.resource_version.as_deref();
+    let requested = parse_rv(rv_param)?;
+    let after = query
+        .continue_token
+        .as_deref()
+        .map(ContinueToken::decode)
+        .transpose()?;
     let store = lock(&shared.store);
     let current = store.current_rv();
     if let Some(rv) = requested {
@@ -224,17 +243,33 @@ fn list(
             return Err(ApiError::ListExpired);
         }
     }
-    let items: Vec<Value> = store
+    if after.as_ref().is_some_and(|t| t.rv < store.oldest_rv()) {
+        return Err(ApiError::ContinueExpired);
+    }
+    let selected: Vec<_> = store
         .list(res, namespace)
-        .iter()
+        .into_iter()
         .filter(|o| filter.matches(o))
-        .map(|o| list_item(o))
         .collect();
     drop(store);
+    // The watch cache (rv "0") ignores limit; so does the fake.
+    let limit = if rv_param == Some("0") {
+        0
+    } else {
+        query.limit
+    };
+    let list_rv = after.as_ref().map_or(current, |t| t.rv);
+    let page = paging::page(selected, after.as_ref(), limit, list_rv);
+    let mut meta = json!({ "resourceVersion": list_rv.to_string() });
+    if let (Some(token), Some(remaining)) = (page.continue_token, page.remaining) {
+        meta["continue"] = json!(token);
+        meta["remainingItemCount"] = json!(remaining);
+    }
+    let items: Vec<Value> = page.items.iter().map(|o| list_item(o)).collect();
     let doc = json!({
         "kind": res.list_kind(),
         "apiVersion": res.api_version(),
-        "metadata": { "resourceVersion": current.to_string() },
+        "metadata": meta,
         "items": items,
     });
     Ok(json_response(StatusCode::OK, &doc))

@@ -24,8 +24,15 @@
 //! rv (older: 200 with an ERROR event carrying a 410 `Expired` Status); an object leaving a
 //! watch's selectors is sent as DELETED, one entering as ADDED (as the watch cache does).
 //!
-//! Not implemented: `limit`/`continue` paging (whole lists are returned, without a
-//! `continue` token, which client-go accepts), protobuf and Table output (JSON is always
+//! Writing a namespaced object creates its Namespace object if missing (kubectl looks the
+//! namespace up after a 404). Request bodies must be JSON: protobuf bodies (kubectl and
+//! kubelet send them for built-in types) get 415, which client-go does not retry in JSON.
+//!
+//! Lists page with `limit`/`continue` in key order (except at resourceVersion "0", served
+//! whole as from the watch cache); later pages show current objects, not an etcd snapshot,
+//! and a token older than the history gets 410.
+//!
+//! Not implemented: protobuf and Table output (JSON is always
 //! returned), JSON patch and server-side apply (415), deletecollection (405), HTTP/2 (ALPN
 //! offers only http/1.1), periodic automatic bookmarks (use `emit_bookmark`), waiting for a
 //! too-new list resourceVersion (504 at once), status-subresource protection of `status` on
@@ -39,6 +46,7 @@ mod fault;
 mod filter;
 mod handler;
 mod meta;
+mod paging;
 mod relay;
 mod resource;
 mod route;

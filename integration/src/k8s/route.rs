@@ -96,6 +96,10 @@ pub struct Query {
     /// `sendInitialEvents=true` (watch-list): current state as ADDED, then a BOOKMARK
     /// annotated `k8s.io/initial-events-end`.
     pub send_initial_events: bool,
+    /// Page size of a list (0 or absent: everything).
+    pub limit: usize,
+    /// Continue token of the previous page.
+    pub continue_token: Option<String>,
     pub label_selector: String,
     pub field_selector: String,
 }
@@ -113,6 +117,8 @@ pub fn parse_query(query: &str) -> Query {
             "timeoutSeconds" => q.timeout_seconds = v.parse().ok(),
             "allowWatchBookmarks" => q.allow_watch_bookmarks = v == "1" || v == "true",
             "sendInitialEvents" => q.send_initial_events = v == "1" || v == "true",
+            "limit" => q.limit = v.parse().unwrap_or(0),
+            "continue" => q.continue_token = Some(v).filter(|t| !t.is_empty()),
             "labelSelector" => q.label_selector = v,
             "fieldSelector" => q.field_selector = v,
             _ => {}

@@ -10,18 +10,25 @@ use serde_json::Value;
 /// Why a selector string was refused (answered as a 400 `BadRequest` Status).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectorError {
+    /// A requirement without a key (`=x`).
     #[error("unable to parse requirement: {0:?}: found no key")]
     MissingKey(String),
+    /// A key with characters labels cannot have.
     #[error("unable to parse requirement: invalid label key {0:?}")]
     InvalidKey(String),
+    /// A value with characters labels cannot have.
     #[error("unable to parse requirement: invalid label value {0:?}")]
     InvalidValue(String),
+    /// `in`/`notin` without `( ... )`.
     #[error("unable to parse requirement: {0:?}: expected a parenthesised set of values")]
     BadSet(String),
+    /// Something other than the known operators after the key.
     #[error("unable to parse requirement: {0:?}: unknown operator")]
     UnknownOperator(String),
+    /// `>`/`<` with a non-integer.
     #[error("unable to parse requirement: {0:?}: value of > or < must be an integer")]
     NotAnInteger(String),
+    /// A field term without `=`, `==` or `!=`.
     #[error("invalid selector: {0:?}; can't understand {1:?}")]
     BadField(String, String),
 }

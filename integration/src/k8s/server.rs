@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use super::churn::{self, ChurnHandle};
-use super::fault::Fault;
+use super::fault::{Fault, FaultSet};
 use super::handler;
 use super::resource::Res;
 use super::store::{object_rv, Store, DEFAULT_HISTORY};
@@ -47,12 +47,17 @@ impl Default for FakeApiserverOptions {
 /// One request as the server saw it, for assertions on what a client (or proxy) sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordedRequest {
+    /// HTTP method, e.g. `GET`.
     pub method: String,
     /// Path and query, as sent.
     pub path_and_query: String,
+    /// `User-Agent` (the proxy's cache key for components).
     pub user_agent: Option<String>,
+    /// `Accept` (the proxy forces JSON for what it caches).
     pub accept: Option<String>,
+    /// `Authorization` (bearer tokens must pass through the proxy).
     pub authorization: Option<String>,
+    /// `Content-Type` of the request body.
     pub content_type: Option<String>,
     /// Common name of the verified client certificate, if one was presented.
     pub client_cn: Option<String>,
@@ -63,7 +68,7 @@ pub(super) struct Shared {
     pub store: Mutex<Store>,
     /// Bumped after every store change; watch streams wait on it.
     pub changed: watch::Sender<u64>,
-    pub fault: Mutex<Fault>,
+    pub fault: Mutex<FaultSet>,
     pub requests: Mutex<VecDeque<RecordedRequest>>,
     /// Set to true when the server is dropped: streams and connections end.
     pub shutdown: watch::Sender<bool>,
@@ -91,8 +96,8 @@ impl Shared {
         result
     }
 
-    /// The active fault.
-    pub fn fault(&self) -> Fault {
+    /// The faults in force.
+    pub fn fault(&self) -> FaultSet {
         lock(&self.fault).clone()
     }
 
@@ -130,7 +135,7 @@ impl FakeApiserver {
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::new(Res::defaults(), DEFAULT_HISTORY, seed)),
             changed: watch::Sender::new(0),
-            fault: Mutex::new(Fault::None),
+            fault: Mutex::new(FaultSet::default()),
             requests: Mutex::new(VecDeque::new()),
             shutdown: watch::Sender::new(false),
             end_watches: watch::Sender::new(0),
@@ -246,9 +251,14 @@ impl FakeApiserver {
             .send_modify(|generation| *generation += 1);
     }
 
-    /// Replaces the active fault (`Fault::None` clears it).
+    /// Replaces the faults in force with this one (`Fault::None` clears them all).
     pub fn set_fault(&self, fault: Fault) {
-        *lock(&self.shared.fault) = fault;
+        lock(&self.shared.fault).replace(fault);
+    }
+
+    /// Adds a fault to those in force (the first one matching a path decides its answer).
+    pub fn add_fault(&self, fault: Fault) {
+        lock(&self.shared.fault).add(fault);
     }
 
     /// The last (up to 10,000) requests received, oldest first.

@@ -26,14 +26,17 @@ pub enum ApiError {
     /// 410 for a list at a resourceVersion older than the kept history.
     #[error("The resourceVersion for the provided list is too old.")]
     ListExpired,
+    /// 410 for a continue token older than the kept history.
+    #[error("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.")]
+    ContinueExpired,
     /// 410 for a watch from a resourceVersion older than the kept history.
     #[error("too old resource version: {requested} ({oldest})")]
     WatchExpired { requested: u64, oldest: u64 },
     /// 413 for a request body over the limit.
     #[error("the request body is larger than {limit} bytes")]
     TooLarge { limit: usize },
-    /// 415 for a patch type the fake does not implement.
-    #[error("the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json")]
+    /// 415 for a body format the fake does not decode (protobuf, YAML, JSON patch, apply).
+    #[error("the body of the request was in an unknown format - accepted media types include: application/json, application/merge-patch+json, application/strategic-merge-patch+json")]
     UnsupportedMediaType,
     /// 504 for a list at a resourceVersion the server has not reached yet.
     #[error("Too large resource version: {requested}, current: {current}")]
@@ -51,7 +54,7 @@ impl ApiError {
             Self::AlreadyExists { .. } | Self::Conflict { .. } => 409,
             Self::BadRequest(_) => 400,
             Self::MethodNotAllowed => 405,
-            Self::ListExpired | Self::WatchExpired { .. } => 410,
+            Self::ListExpired | Self::ContinueExpired | Self::WatchExpired { .. } => 410,
             Self::TooLarge { .. } => 413,
             Self::UnsupportedMediaType => 415,
             Self::TooLargeResourceVersion { .. } => 504,
@@ -67,7 +70,9 @@ impl ApiError {
             Self::Conflict { .. } => "Conflict".into(),
             Self::BadRequest(_) => "BadRequest".into(),
             Self::MethodNotAllowed => "MethodNotAllowed".into(),
-            Self::ListExpired | Self::WatchExpired { .. } => "Expired".into(),
+            Self::ListExpired | Self::ContinueExpired | Self::WatchExpired { .. } => {
+                "Expired".into()
+            }
             Self::TooLarge { .. } => "RequestEntityTooLarge".into(),
             Self::UnsupportedMediaType => "UnsupportedMediaType".into(),
             Self::TooLargeResourceVersion { .. } => "Timeout".into(),

@@ -27,18 +27,22 @@ pub struct ServerTls {
 /// Why the TLS material could not be created or loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
+    /// rcgen refused to build a key or certificate.
     #[error("generating {what}: {source}")]
     Generate {
         what: &'static str,
         source: rcgen::Error,
     },
+    /// A PEM file could not be written.
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A PEM file could not be read or parsed.
     #[error(transparent)]
     Load(#[from] certs::CertError),
+    /// rustls refused the configuration.
     #[error("building the {what}: {reason}")]
     Config { what: &'static str, reason: String },
 }

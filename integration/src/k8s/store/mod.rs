@@ -182,8 +182,26 @@ impl Store {
             metadata_mut(&mut obj).remove("namespace");
             None
         };
+        if let Some(ns) = &namespace {
+            self.ensure_namespace(ns);
+        }
         let previous = self.get(res, namespace.as_deref(), &name);
         Ok(self.commit(res, namespace.as_deref(), &name, obj, previous))
+    }
+
+    /// Creates the Namespace object a namespaced object lives in, if it is missing, so that
+    /// clients that look the namespace up (kubectl does on 404) find it.
+    fn ensure_namespace(&mut self, namespace: &str) {
+        let ns_res = Res::namespaces();
+        if !self.resources.contains(&ns_res) || self.get(&ns_res, None, namespace).is_some() {
+            return;
+        }
+        let obj = serde_json::json!({
+            "metadata": { "name": namespace },
+            "spec": { "finalizers": ["kubernetes"] },
+            "status": { "phase": "Active" },
+        });
+        self.commit(&ns_res, None, namespace, obj, None);
     }
 
     /// Stores `obj` under a new resourceVersion and records ADDED or MODIFIED.
@@ -320,7 +338,11 @@ pub(super) mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let b = s.upsert(&Res::configmaps(), json!({"metadata": {"name": "b"}}));
         let b = b.unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(object_rv(&a) + 1, object_rv(&b));
+        assert!(object_rv(&a) < object_rv(&b));
+        assert!(
+            s.get(&Res::namespaces(), None, "default").is_some(),
+            "namespace created"
+        );
         assert_eq!(a["kind"], "Pod");
         assert_eq!(b["metadata"]["namespace"], "default");
         assert!(meta_str(&a, "uid").is_some() && meta_str(&a, "creationTimestamp").is_some());

@@ -42,6 +42,9 @@ impl Store {
         if let Some(ns) = namespace {
             metadata_mut(&mut body).insert("namespace".into(), Value::String(ns.into()));
         }
+        if let Some(ns) = namespace {
+            self.ensure_namespace(ns);
+        }
         Ok(self.commit(res, namespace, &name, body, None))
     }
 
