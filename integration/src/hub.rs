@@ -20,6 +20,8 @@ pub struct HubOptions {
     pub agent_args: Vec<String>,
     /// `--cache-dir` (default: a fresh directory in the test's temp dir).
     pub cache_dir: Option<PathBuf>,
+    /// The fake apiserver accepts clients without a certificate (to see bearer tokens pass).
+    pub optional_client_cert: bool,
 }
 
 /// A fake apiserver, the relay in front of it, and a cluster whose agent runs the hub.
@@ -44,7 +46,7 @@ impl HubEnv {
         let dir = tempfile::tempdir()?;
         let apiserver_pki = ApiserverPki::generate(dir.path())?;
         let api = FakeApiserver::start(FakeApiserverOptions {
-            tls: Some(apiserver_pki.server_tls(true)),
+            tls: Some(apiserver_pki.server_tls(!opts.optional_client_cert)),
             ..Default::default()
         })
         .await?;
@@ -283,10 +285,20 @@ pub async fn get_counting(
     path: &str,
     user_agent: &str,
 ) -> anyhow::Result<(u16, u64)> {
+    get_counting_with(addr, path, user_agent, "").await
+}
+
+/// [`get_counting`] with extra header lines (each ending in `\r\n`).
+pub async fn get_counting_with(
+    addr: SocketAddr,
+    path: &str,
+    user_agent: &str,
+    extra_headers: &str,
+) -> anyhow::Result<(u16, u64)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     let head = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: {user_agent}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: {user_agent}\r\nAccept: application/json\r\n{extra_headers}Connection: close\r\n\r\n"
     );
     s.write_all(head.as_bytes()).await?;
     let mut buf = vec![0u8; 64 * 1024];

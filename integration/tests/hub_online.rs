@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use integration::hub::{pod, HubEnv, KUBELET};
+use integration::hub::{get_counting_with, pod, HubEnv, HubOptions, KUBELET};
 use integration::k8s::Res;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -27,7 +27,7 @@ async fn get_and_list_are_byte_identical_to_upstream() {
         );
     }
     let hub = env.kubelet();
-    let direct = env.direct(KUBELET);
+    let direct = env.direct("oracle/1.0");
     for path in [
         "/api/v1/namespaces/default/pods",
         "/api/v1/namespaces/default/pods/pod-3",
@@ -48,9 +48,15 @@ async fn get_and_list_are_byte_identical_to_upstream() {
     let r = seen
         .iter()
         .find(|r| {
-            r.path_and_query == "/api/v1/namespaces/default/pods/pod-3" && r.client_cn.is_some()
+            r.path_and_query == "/api/v1/namespaces/default/pods/pod-3"
+                && r.user_agent.as_deref() == Some(KUBELET)
         })
-        .expect("request seen upstream");
+        .expect("the hub's request seen upstream");
+    assert_eq!(
+        r.client_cn.as_deref(),
+        Some("system:node:edge-1"),
+        "node certificate"
+    );
     assert_eq!(r.accept.as_deref(), Some("application/json"));
     assert_eq!(r.user_agent.as_deref(), Some(KUBELET));
 }
@@ -112,4 +118,52 @@ async fn paths_with_dot_dot_are_refused_with_a_status() {
             .all(|r| !r.path_and_query.contains("..")),
         "a `..` path reached upstream"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_pass_through_without_the_node_certificate() {
+    let env = HubEnv::start(HubOptions {
+        optional_client_cert: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    env.wait_reachable(true, LIMIT).await.unwrap();
+    env.api.clear_requests();
+    let with_token = "/api/v1/namespaces/default/configmaps?token=1";
+    let (status, _) = get_counting_with(
+        env.hub_addr,
+        with_token,
+        "coredns/1.11",
+        "Authorization: Bearer abc\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    let without = "/api/v1/namespaces/default/configmaps?token=0";
+    assert_eq!(
+        env.client("coredns/1.11")
+            .get(without)
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let seen = env.api.requests();
+    let token = seen
+        .iter()
+        .find(|r| r.path_and_query == with_token)
+        .expect("token request upstream");
+    assert_eq!(token.authorization.as_deref(), Some("Bearer abc"));
+    assert_eq!(
+        token.client_cn, None,
+        "a request with its own token must not carry the node certificate"
+    );
+    let node = seen
+        .iter()
+        .find(|r| r.path_and_query == without)
+        .expect("request upstream");
+    assert_eq!(node.authorization, None);
+    // (This apiserver does not ask for certificates; the node certificate is
+    // checked in get_and_list_are_byte_identical_to_upstream, where it must.)
 }
