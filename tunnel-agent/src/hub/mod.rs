@@ -13,3 +13,6 @@ pub mod settings;
 pub mod upstream;
 pub mod upstream_tls;
 pub mod watch_pump;
+
+#[cfg(test)]
+mod upgrade_tests;
