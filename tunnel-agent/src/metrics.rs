@@ -21,6 +21,10 @@ pub struct AgentMetrics {
     pub cache_requests: IntCounterVec,
     /// Node proxy: cache operations that failed (requests still answered), by kind.
     pub cache_errors: IntCounterVec,
+    /// Node proxy: bytes the autonomy cache accounts (keys plus values).
+    pub cache_bytes: IntGauge,
+    /// Node proxy: cache writes refused for the quota or a full disk since start.
+    pub cache_refused_writes: IntGauge,
 }
 
 impl AgentMetrics {
@@ -79,6 +83,16 @@ impl AgentMetrics {
             ),
             &["kind"],
         )?;
+        let cache_bytes = IntGauge::new(
+            "tunnel_agent_cache_bytes",
+            "Bytes the autonomy cache holds (keys plus values), against --cache-max-bytes.",
+        )?;
+        let cache_refused_writes = IntGauge::new(
+            "tunnel_agent_cache_refused_writes",
+            "Autonomy cache writes refused since start because of the quota or a full disk.",
+        )?;
+        registry.register(Box::new(cache_bytes.clone()))?;
+        registry.register(Box::new(cache_refused_writes.clone()))?;
         registry.register(Box::new(cloud_reachable.clone()))?;
         registry.register(Box::new(hub_switches.clone()))?;
         registry.register(Box::new(cache_requests.clone()))?;
@@ -99,6 +113,8 @@ impl AgentMetrics {
             hub_switches,
             cache_requests,
             cache_errors,
+            cache_bytes,
+            cache_refused_writes,
         })
     }
 

@@ -96,6 +96,7 @@ pub async fn start(
         })?;
     tracing::info!(addr = %cfg.listen, upstream = ?cfg.upstream, cache_dir = %cfg.cache_dir.display(),
         "node proxy listening");
+    let stats = tokio::spawn(export_cache_stats(cache.clone(), metrics.clone()));
     let hub = Arc::new(Hub {
         client,
         health: health.clone(),
@@ -107,6 +108,24 @@ pub async fn start(
     let prober = tokio::spawn(health.run_prober(cfg.probe.clone()));
     let serving = tokio::spawn(server::serve(listener, hub));
     Ok(RunningHub {
-        tasks: vec![prober, serving],
+        tasks: vec![prober, serving, stats],
     })
+}
+
+/// How often the cache's size and refusals are copied into the metrics.
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Copies [`AutonomyCache::stats`] into the gauges, forever.
+async fn export_cache_stats(cache: AutonomyCache, metrics: AgentMetrics) {
+    let mut tick = tokio::time::interval(STATS_INTERVAL);
+    loop {
+        tick.tick().await;
+        let stats = cache.stats();
+        metrics
+            .cache_bytes
+            .set(i64::try_from(stats.bytes_used).unwrap_or(i64::MAX));
+        metrics
+            .cache_refused_writes
+            .set(i64::try_from(stats.refused_writes).unwrap_or(i64::MAX));
+    }
 }
