@@ -10,6 +10,8 @@ pub mod client;
 pub mod cluster;
 pub mod grpc;
 pub mod http;
+pub mod hub;
+pub mod k8s;
 pub mod netns;
 pub mod pki;
 pub mod process;

@@ -1,7 +1,7 @@
 //! Starting, waiting for, signalling and reading the logs of the binaries.
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,14 +11,14 @@ use nix::unistd::Pid;
 
 use crate::pki::Pki;
 
-/// Path of a workspace binary next to the running test executable.
+/// Path of a workspace binary next to the running test executable (or bench binary).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
+    // target/<profile>/deps/<test> or target/<profile>/<bench> -> target/<profile>/<name>
+    let mut dir = exe.parent().expect("target directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("target directory");
+    }
     let p = dir.join(name);
     assert!(
         p.exists(),

@@ -12,6 +12,9 @@ use crate::allowlist::Allowlist;
 use crate::config::AgentConfig;
 use crate::connector::Connector;
 use crate::edge::EdgeDialer;
+use crate::hub::run::RunningHub;
+use crate::hub::settings::{ApiserverTarget, HubConfig, HubSetting};
+use crate::hub::upstream::{DirectDialer, TunnelDialer, UpstreamDialer};
 use crate::link::AgentLink;
 use crate::metrics::AgentMetrics;
 use crate::proxy::HttpProxy;
@@ -25,6 +28,7 @@ pub struct RunningAgent {
     connector: tokio::task::JoinHandle<()>,
     admin: tokio::task::JoinHandle<()>,
     renewal: tokio::task::JoinHandle<()>,
+    hub: Option<RunningHub>,
 }
 
 impl RunningAgent {
@@ -34,6 +38,9 @@ impl RunningAgent {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), self.connector).await;
         self.admin.abort();
         self.renewal.abort();
+        if let Some(hub) = self.hub {
+            hub.stop();
+        }
     }
 }
 
@@ -123,6 +130,18 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunningAgent> {
     }
     let (link_publisher, link) = crate::link::channel();
     let renewal = tokio::spawn(crate::renew::run(tls.clone(), link.clone()));
+    // The node proxy serves from its cache whether or not the server is
+    // reachable, so it starts before the first connection attempt.
+    let hub = match &cfg.hub {
+        HubSetting::Off(reason) => {
+            tracing::info!(reason, "node proxy (hub) not started");
+            None
+        }
+        HubSetting::On(hub_cfg) => {
+            let dialer = hub_dialer(hub_cfg, &link);
+            Some(crate::hub::run::start(hub_cfg, dialer, metrics.clone()).await?)
+        }
+    };
     let connector = Connector {
         server_host: cfg.server_host.clone(),
         server_port: cfg.server_port,
@@ -157,7 +176,20 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunningAgent> {
         connector,
         admin,
         renewal,
+        hub,
     })
+}
+
+/// How the node proxy reaches the apiserver: directly, or (`--apiserver
+/// tunnel`) over this agent's own server connection to the server's `--apiserver`.
+fn hub_dialer(cfg: &HubConfig, link: &AgentLink) -> Arc<dyn UpstreamDialer> {
+    match &cfg.upstream {
+        ApiserverTarget::Direct { host, port } => Arc::new(DirectDialer {
+            host: host.clone(),
+            port: *port,
+        }),
+        ApiserverTarget::Tunnel => Arc::new(TunnelDialer { link: link.clone() }),
+    }
 }
 
 fn hostname() -> Option<String> {

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use transport::cli::parse_duration;
+use transport::cli::{parse_bytes, parse_duration};
 
 use crate::allowlist::AllowRule;
+use crate::hub::settings::{self, HubConfig, HubConfigError, HubSetting, ProbeSettings};
 
 /// `tunnel-agent`: the edge end of the tunnel.
 #[derive(Debug, Parser)]
@@ -70,6 +71,46 @@ pub struct Cli {
     /// Silence after which the server connection is declared dead.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    /// Node proxy listener for kubelet and friends (plain HTTP; `off` disables it).
+    #[arg(long, default_value = "127.0.0.1:10261", value_name = "ADDR|off")]
+    pub hub_addr: String,
+    /// Upstream of the node proxy: https://HOST[:PORT], or `tunnel`. Without it the hub does not run.
+    #[arg(long, value_name = "URL|tunnel")]
+    pub apiserver: Option<String>,
+    /// Client certificate for proxied requests without credentials (default: --tls-cert).
+    #[arg(long, value_name = "FILE")]
+    pub hub_client_cert: Option<PathBuf>,
+    /// Key of --hub-client-cert (default: --tls-key).
+    #[arg(long, value_name = "FILE")]
+    pub hub_client_key: Option<PathBuf>,
+    /// CA bundle verifying the apiserver (default: the system trust store).
+    #[arg(long, value_name = "FILE")]
+    pub hub_apiserver_ca: Option<PathBuf>,
+    /// TLS server name of the apiserver (default: the --apiserver host, or
+    /// kubernetes.default.svc with --apiserver tunnel).
+    #[arg(long, value_name = "NAME")]
+    pub hub_apiserver_server_name: Option<String>,
+    /// User-Agent components whose responses are cached; `*` = all.
+    #[arg(long, default_value = "kubelet,kube-proxy,coredns,flanneld")]
+    pub hub_components: String,
+    /// Autonomy cache directory.
+    #[arg(long, default_value = "/var/lib/tunnel-agent/cache")]
+    pub cache_dir: PathBuf,
+    /// Disk quota of the cache (e.g. 1GiB, 512MiB, 100M, 4096).
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    pub cache_max_bytes: u64,
+    /// Cached components that have not asked for this long are removed.
+    #[arg(long, default_value = "168h", value_parser = parse_duration)]
+    pub cache_gc_after: Duration,
+    /// How often the hub probes the apiserver (probes may overlap).
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub hub_probe_interval: Duration,
+    /// A probe unanswered for this long counts as a failure (one failure = offline).
+    #[arg(long, default_value = "1500ms", value_parser = parse_duration)]
+    pub hub_probe_timeout: Duration,
+    /// Consecutive successful probes must span this long before the hub goes back online.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub hub_online_after: Duration,
 }
 
 /// `--transport` values.
@@ -103,6 +144,8 @@ pub struct AgentConfig {
     pub idle_timeout: Duration,
     pub proxy: Option<String>,
     pub quic_probe_interval: Duration,
+    /// The node proxy, or why it is off.
+    pub hub: HubSetting,
 }
 
 /// A required flag is missing or a value is unusable.
@@ -118,13 +161,15 @@ pub enum ConfigError {
     ProbeTooShort,
     #[error("--keepalive ({keepalive:?}) must be shorter than --idle-timeout ({idle:?})")]
     KeepaliveTooLong { keepalive: Duration, idle: Duration },
+    #[error(transparent)]
+    Hub(#[from] HubConfigError),
 }
 
 impl TryFrom<Cli> for AgentConfig {
     type Error = ConfigError;
 
     fn try_from(c: Cli) -> Result<Self, Self::Error> {
-        let server = c.server.ok_or(ConfigError::Missing("server"))?;
+        let server = c.server.clone().ok_or(ConfigError::Missing("server"))?;
         let (host, port) =
             split_host_port(&server).ok_or(ConfigError::BadServer(server.clone()))?;
         if c.quic_probe_interval < Duration::from_secs(1) {
@@ -136,7 +181,9 @@ impl TryFrom<Cli> for AgentConfig {
                 idle: c.idle_timeout,
             });
         }
+        let hub = hub_setting(&c)?;
         Ok(AgentConfig {
+            hub,
             server_host: host,
             server_port: port,
             node_name: c.node_name,
@@ -161,6 +208,42 @@ impl TryFrom<Cli> for AgentConfig {
             quic_probe_interval: c.quic_probe_interval,
         })
     }
+}
+
+/// Validates the hub flags; the hub runs only with `--apiserver` and a `--hub-addr`.
+fn hub_setting(c: &Cli) -> Result<HubSetting, ConfigError> {
+    let listen = settings::parse_listen(&c.hub_addr)?;
+    let components = settings::parse_components(&c.hub_components)?;
+    let probe = ProbeSettings {
+        interval: c.hub_probe_interval,
+        timeout: c.hub_probe_timeout,
+        online_after: c.hub_online_after,
+    };
+    settings::check_probe(&probe)?;
+    let Some(apiserver) = c.apiserver.as_deref() else {
+        return Ok(HubSetting::Off(
+            "no --apiserver: the node proxy has no upstream",
+        ));
+    };
+    let upstream = settings::parse_apiserver(apiserver)?;
+    let Some(listen) = listen else {
+        return Ok(HubSetting::Off("--hub-addr off"));
+    };
+    let tls_cert = c.tls_cert.clone().ok_or(ConfigError::Missing("tls-cert"))?;
+    let tls_key = c.tls_key.clone().ok_or(ConfigError::Missing("tls-key"))?;
+    Ok(HubSetting::On(Box::new(HubConfig {
+        listen,
+        server_name: settings::server_name(&upstream, c.hub_apiserver_server_name.as_deref()),
+        upstream,
+        client_cert: c.hub_client_cert.clone().unwrap_or(tls_cert),
+        client_key: c.hub_client_key.clone().unwrap_or(tls_key),
+        apiserver_ca: c.hub_apiserver_ca.clone(),
+        components,
+        cache_dir: c.cache_dir.clone(),
+        cache_max_bytes: c.cache_max_bytes,
+        cache_gc_after: c.cache_gc_after,
+        probe,
+    })))
 }
 
 /// Splits `host:port` / `[v6]:port` into a host (no brackets) and port.
@@ -228,6 +311,59 @@ mod tests {
         a.pop();
         a.push("nope");
         assert!(parse(&a).unwrap_err().contains("malformed bootstrap token"));
+    }
+
+    #[test]
+    fn hub_runs_only_with_an_apiserver() {
+        let c = parse(BASE).unwrap();
+        assert!(matches!(c.hub, HubSetting::Off(r) if r.contains("--apiserver")));
+        let mut a = BASE.to_vec();
+        a.extend(["--apiserver", "https://10.0.0.1:6443"]);
+        let HubSetting::On(h) = parse(&a).unwrap().hub else {
+            panic!("hub should run with --apiserver");
+        };
+        assert_eq!(h.listen, "127.0.0.1:10261".parse().unwrap());
+        assert_eq!(h.client_cert, PathBuf::from("a.crt"));
+        assert_eq!(h.client_key, PathBuf::from("a.key"));
+        assert_eq!(h.cache_dir, PathBuf::from("/var/lib/tunnel-agent/cache"));
+        assert_eq!(h.cache_max_bytes, 1 << 30);
+        assert_eq!(h.cache_gc_after, Duration::from_secs(168 * 3600));
+        assert_eq!(h.server_name, "10.0.0.1");
+        assert_eq!(h.apiserver_ca, None);
+        a.extend(["--hub-addr", "off"]);
+        assert!(matches!(parse(&a).unwrap().hub, HubSetting::Off(_)));
+    }
+
+    #[test]
+    fn hub_flags_parse_and_errors_name_them() {
+        let mut a = BASE.to_vec();
+        a.extend([
+            "--apiserver",
+            "tunnel",
+            "--cache-max-bytes",
+            "512MiB",
+            "--hub-client-cert",
+            "h.crt",
+            "--hub-addr",
+            "127.0.0.1:1",
+        ]);
+        let HubSetting::On(h) = parse(&a).unwrap().hub else {
+            panic!("hub should run");
+        };
+        assert_eq!(h.cache_max_bytes, 512 << 20);
+        assert_eq!(h.client_cert, PathBuf::from("h.crt"));
+        assert_eq!(h.server_name, settings::IN_CLUSTER_SERVER_NAME);
+        for (flag, value) in [
+            ("--apiserver", "http://x"),
+            ("--hub-addr", "nope"),
+            ("--cache-max-bytes", "lots"),
+            ("--hub-probe-timeout", "1ms"),
+        ] {
+            let mut a = BASE.to_vec();
+            a.extend(["--apiserver", "https://a:1", flag, value]);
+            let e = parse(&a).unwrap_err();
+            assert!(e.contains(flag), "{flag} {value}: {e}");
+        }
     }
 
     #[test]

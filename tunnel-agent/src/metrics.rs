@@ -15,6 +15,18 @@ pub struct AgentMetrics {
     pub bytes_total: IntCounterVec,
     /// `notAfter` of the agent's certificate (Unix seconds), refreshed on every load.
     pub certificate_expiry: IntGauge,
+    /// Node proxy: 1 while the apiserver is considered reachable.
+    pub cloud_reachable: IntGauge,
+    /// Node proxy: switches between online and offline, by new state.
+    pub hub_switches: IntCounterVec,
+    /// Node proxy: requests of cached components, by how they were answered.
+    pub cache_requests: IntCounterVec,
+    /// Node proxy: cache operations that failed (requests still answered), by kind.
+    pub cache_errors: IntCounterVec,
+    /// Node proxy: bytes the autonomy cache accounts (keys plus values).
+    pub cache_bytes: IntGauge,
+    /// Node proxy: cache writes refused for the quota or a full disk since start.
+    pub cache_refused_writes: IntGauge,
 }
 
 impl AgentMetrics {
@@ -53,6 +65,45 @@ impl AgentMetrics {
             "Expiry (notAfter) of the agent's certificate, Unix seconds.",
         )?;
         registry.register(Box::new(certificate_expiry.clone()))?;
+        let cloud_reachable = IntGauge::new(
+            "tunnel_agent_cloud_reachable",
+            "1 while the node proxy's upstream apiserver answers, 0 while answering from the cache.",
+        )?;
+        let hub_switches = IntCounterVec::new(
+            Opts::new(
+                "tunnel_agent_hub_switches_total",
+                "Node proxy switches between online and offline, by the state switched to.",
+            ),
+            &["to"],
+        )?;
+        let cache_requests = IntCounterVec::new(
+            Opts::new(
+                "tunnel_agent_cache_requests_total",
+                "Node proxy requests of cached components; result: upstream, upstream_uncached, cache, held, error.",
+            ),
+            &["component", "verb", "result"],
+        )?;
+        let cache_errors = IntCounterVec::new(
+            Opts::new(
+                "tunnel_agent_cache_errors_total",
+                "Autonomy cache operations that failed; the request was answered anyway.",
+            ),
+            &["kind"],
+        )?;
+        let cache_bytes = IntGauge::new(
+            "tunnel_agent_cache_bytes",
+            "Bytes the autonomy cache holds (keys plus values), against --cache-max-bytes.",
+        )?;
+        let cache_refused_writes = IntGauge::new(
+            "tunnel_agent_cache_refused_writes",
+            "Autonomy cache writes refused since start because of the quota or a full disk.",
+        )?;
+        registry.register(Box::new(cache_bytes.clone()))?;
+        registry.register(Box::new(cache_refused_writes.clone()))?;
+        registry.register(Box::new(cloud_reachable.clone()))?;
+        registry.register(Box::new(hub_switches.clone()))?;
+        registry.register(Box::new(cache_requests.clone()))?;
+        registry.register(Box::new(cache_errors.clone()))?;
         registry.register(Box::new(connected.clone()))?;
         registry.register(Box::new(reconnects.clone()))?;
         registry.register(Box::new(streams_active.clone()))?;
@@ -66,6 +117,12 @@ impl AgentMetrics {
             dial_failures,
             bytes_total,
             certificate_expiry,
+            cloud_reachable,
+            hub_switches,
+            cache_requests,
+            cache_errors,
+            cache_bytes,
+            cache_refused_writes,
         })
     }
 

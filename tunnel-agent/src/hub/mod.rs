@@ -2,3 +2,17 @@
 //! the apiserver and answers from the [`cache`] while the cloud is unreachable.
 
 pub mod cache;
+pub mod forward;
+pub mod health;
+pub mod prober;
+pub mod record;
+pub mod respond;
+pub mod run;
+pub mod server;
+pub mod settings;
+pub mod upstream;
+pub mod upstream_tls;
+pub mod watch_pump;
+
+#[cfg(test)]
+mod upgrade_tests;

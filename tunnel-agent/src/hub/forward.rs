@@ -1,0 +1,163 @@
+//! Turning a client request into an upstream one, and an upstream response
+//! into the client's, hop-by-hop headers handled (RFC 9110 §7.6.1).
+
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, ACCEPT, ACCEPT_ENCODING, CONNECTION, UPGRADE,
+};
+use hyper::http::request::Parts;
+use hyper::{Request, Uri, Version};
+
+use crate::hub::upstream::{Credentials, UpstreamBody};
+
+/// Headers that describe one hop, never forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers: the fixed list and every header `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(*n);
+    }
+}
+
+/// The protocol a request asks to switch to (`Connection: upgrade` + `Upgrade: X`).
+pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if asks {
+        headers.get(UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Which identity the request goes upstream with: its own token, or the node's certificate.
+pub fn credentials(headers: &HeaderMap) -> Credentials {
+    if headers.contains_key(hyper::header::AUTHORIZATION) {
+        Credentials::OwnToken
+    } else {
+        Credentials::NodeCertificate
+    }
+}
+
+/// The upstream request: origin-form URI, HTTP/1.1, hop-by-hop headers dropped
+/// (the upgrade re-added), and for cached requests plain JSON (`Accept:
+/// application/json`, no compression) so the cache can read what it stores.
+pub fn upstream_request(
+    mut parts: Parts,
+    body: UpstreamBody,
+    path_and_query: &str,
+    cached: bool,
+) -> Result<Request<UpstreamBody>, hyper::http::Error> {
+    let upgrade = requested_upgrade(&parts.headers);
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(proto) = upgrade {
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        parts.headers.insert(UPGRADE, proto);
+    }
+    if cached {
+        parts
+            .headers
+            .insert(ACCEPT, HeaderValue::from_static("application/json"));
+        parts.headers.remove(ACCEPT_ENCODING);
+    }
+    let mut req = Request::builder()
+        .method(parts.method)
+        .uri(path_and_query.parse::<Uri>()?)
+        .version(Version::HTTP_11)
+        .body(body)?;
+    *req.headers_mut() = parts.headers;
+    Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Empty};
+
+    fn parts(headers: &[(&str, &str)]) -> Parts {
+        let mut b = Request::get("http://127.0.0.1:10261/api/v1/pods?watch=1");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn empty() -> UpstreamBody {
+        Empty::new().map_err(|never| match never {}).boxed()
+    }
+
+    #[test]
+    fn cached_requests_ask_for_plain_json() {
+        let p = parts(&[
+            ("accept", "application/vnd.kubernetes.protobuf"),
+            ("accept-encoding", "gzip"),
+            ("user-agent", "kubelet/v1.30"),
+        ]);
+        let r = upstream_request(p, empty(), "/api/v1/pods?watch=1", true).unwrap();
+        assert_eq!(r.uri(), "/api/v1/pods?watch=1");
+        assert_eq!(r.headers()[ACCEPT], "application/json");
+        assert!(!r.headers().contains_key(ACCEPT_ENCODING));
+        assert_eq!(r.headers()["user-agent"], "kubelet/v1.30");
+    }
+
+    #[test]
+    fn uncached_requests_keep_their_headers_minus_hop_by_hop() {
+        let p = parts(&[
+            ("accept", "application/vnd.kubernetes.protobuf"),
+            ("connection", "keep-alive, x-private"),
+            ("x-private", "1"),
+            ("keep-alive", "timeout=5"),
+        ]);
+        let r = upstream_request(p, empty(), "/api", false).unwrap();
+        assert_eq!(r.headers()[ACCEPT], "application/vnd.kubernetes.protobuf");
+        for h in ["connection", "x-private", "keep-alive"] {
+            assert!(!r.headers().contains_key(h), "{h} forwarded");
+        }
+    }
+
+    #[test]
+    fn upgrades_survive_and_credentials_are_chosen() {
+        let p = parts(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "SPDY/3.1"),
+            ("authorization", "Bearer t"),
+        ]);
+        assert_eq!(credentials(&p.headers), Credentials::OwnToken);
+        assert!(requested_upgrade(&p.headers).is_some());
+        let r = upstream_request(p, empty(), "/exec", false).unwrap();
+        assert_eq!(r.headers()[UPGRADE], "SPDY/3.1");
+        assert_eq!(r.headers()[CONNECTION], "Upgrade");
+        assert_eq!(r.headers()["authorization"], "Bearer t");
+        assert_eq!(
+            credentials(&parts(&[]).headers),
+            Credentials::NodeCertificate
+        );
+        assert!(requested_upgrade(&parts(&[("upgrade", "x")]).headers).is_none());
+    }
+}

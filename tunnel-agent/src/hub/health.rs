@@ -1,0 +1,195 @@
+//! Upstream reachability with hysteresis, as a sans-IO state machine.
+//!
+//! Going offline is fast (one failed probe, or one transport error or
+//! timeout on real traffic): clients must not wait for the cloud. Coming back
+//! is slow on purpose: several consecutive successful probes spanning at
+//! least `online_after`, so a flapping 40 KB/s link does not make clients
+//! re-list every few seconds (the incumbent's issue #1462).
+
+use std::time::{Duration, Instant};
+
+/// Whether requests go upstream or are answered from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reachability {
+    /// No probe has finished yet: requests go upstream (a failure answers from cache).
+    Starting,
+    /// The apiserver answers: requests go upstream.
+    Online,
+    /// The apiserver does not answer: requests are answered from the cache.
+    Offline,
+}
+
+impl Reachability {
+    /// True when requests should be sent upstream.
+    pub fn forwards(self) -> bool {
+        self != Reachability::Offline
+    }
+}
+
+/// A change of [`Reachability`] with the reason, for the log line and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Switch {
+    pub to: Reachability,
+    pub reason: String,
+}
+
+/// Thresholds of the hysteresis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthPolicy {
+    /// Consecutive successful probes needed to go online again.
+    pub successes_to_online: u32,
+    /// ...and the time they must span, first to last.
+    pub online_after: Duration,
+}
+
+impl Default for HealthPolicy {
+    fn default() -> Self {
+        Self {
+            successes_to_online: 3,
+            online_after: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The state machine: feed it probe results and traffic errors, act on the switches.
+#[derive(Debug, Clone)]
+pub struct Health {
+    policy: HealthPolicy,
+    state: Reachability,
+    /// While offline: when the current run of successes started, and its length.
+    streak: Option<(Instant, u32)>,
+}
+
+impl Health {
+    /// A machine in [`Reachability::Starting`].
+    pub fn new(policy: HealthPolicy) -> Self {
+        Self {
+            policy,
+            state: Reachability::Starting,
+            streak: None,
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> Reachability {
+        self.state
+    }
+
+    /// A probe got an answer at `now`.
+    pub fn probe_succeeded(&mut self, now: Instant) -> Option<Switch> {
+        match self.state {
+            Reachability::Online => None,
+            Reachability::Starting => self.switch(Reachability::Online, "first probe answered"),
+            Reachability::Offline => {
+                let (start, n) = match self.streak {
+                    Some((start, n)) => (start, n + 1),
+                    None => (now, 1),
+                };
+                self.streak = Some((start, n));
+                let span = now.saturating_duration_since(start);
+                if n >= self.policy.successes_to_online && span >= self.policy.online_after {
+                    let reason = format!("{n} consecutive probes answered over {span:?}");
+                    self.switch(Reachability::Online, &reason)
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    /// A probe failed (error or timeout); `reason` says which.
+    pub fn probe_failed(&mut self, reason: &str) -> Option<Switch> {
+        self.streak = None;
+        self.switch(Reachability::Offline, &format!("probe failed: {reason}"))
+    }
+
+    /// A proxied request failed at the transport level (connect error, reset, timeout).
+    pub fn traffic_failed(&mut self, reason: &str) -> Option<Switch> {
+        self.streak = None;
+        self.switch(
+            Reachability::Offline,
+            &format!("upstream request failed: {reason}"),
+        )
+    }
+
+    fn switch(&mut self, to: Reachability, reason: &str) -> Option<Switch> {
+        if self.state == to {
+            return None;
+        }
+        self.state = to;
+        self.streak = None;
+        Some(Switch {
+            to,
+            reason: reason.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine() -> (Health, Instant) {
+        (Health::new(HealthPolicy::default()), Instant::now())
+    }
+
+    #[test]
+    fn first_probe_decides_the_starting_state() {
+        let (mut h, t) = machine();
+        assert!(h.state().forwards());
+        assert_eq!(h.probe_succeeded(t).unwrap().to, Reachability::Online);
+        let (mut h, _) = machine();
+        let s = h.probe_failed("timeout after 1.5s").unwrap();
+        assert_eq!(s.to, Reachability::Offline);
+        assert!(s.reason.contains("timeout after 1.5s"));
+        assert!(!h.state().forwards());
+    }
+
+    #[test]
+    fn one_failure_or_traffic_error_goes_offline() {
+        let (mut h, t) = machine();
+        h.probe_succeeded(t);
+        assert_eq!(h.probe_failed("x").unwrap().to, Reachability::Offline);
+        assert_eq!(h.probe_failed("again"), None, "no repeated switch");
+        let (mut h, t) = machine();
+        h.probe_succeeded(t);
+        let s = h.traffic_failed("connection reset").unwrap();
+        assert!(s.reason.contains("connection reset"));
+    }
+
+    #[test]
+    fn online_needs_enough_successes_spanning_enough_time() {
+        let (mut h, t) = machine();
+        h.probe_failed("x");
+        // Three quick successes are not enough: they span < 2 s.
+        for ms in [0, 100, 200, 300] {
+            assert_eq!(h.probe_succeeded(t + Duration::from_millis(ms)), None);
+        }
+        let s = h.probe_succeeded(t + Duration::from_millis(2000)).unwrap();
+        assert_eq!(s.to, Reachability::Online);
+        assert!(s.reason.contains("5 consecutive"), "{}", s.reason);
+    }
+
+    #[test]
+    fn a_failure_restarts_the_streak() {
+        let (mut h, t) = machine();
+        h.probe_failed("x");
+        h.probe_succeeded(t);
+        h.probe_succeeded(t + Duration::from_secs(1));
+        h.probe_failed("flap");
+        // The streak before the failure does not count: 2 s, 3 s, then 4 s completes a new one.
+        assert_eq!(h.probe_succeeded(t + Duration::from_secs(2)), None);
+        assert_eq!(h.probe_succeeded(t + Duration::from_secs(3)), None);
+        assert!(h.probe_succeeded(t + Duration::from_secs(4)).is_some());
+        assert_eq!(h.state(), Reachability::Online);
+    }
+
+    #[test]
+    fn enough_time_but_too_few_successes_stays_offline() {
+        let (mut h, t) = machine();
+        h.probe_failed("x");
+        assert_eq!(h.probe_succeeded(t), None);
+        assert_eq!(h.probe_succeeded(t + Duration::from_secs(10)), None);
+        assert!(h.probe_succeeded(t + Duration::from_secs(11)).is_some());
+    }
+}

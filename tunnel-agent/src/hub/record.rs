@@ -1,0 +1,139 @@
+//! Streaming an upstream response to the client while recording it in the
+//! cache: whole bodies for get/list, event by event for watches (each event
+//! reaches the client only once it is durable).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::sync::watch;
+
+use crate::hub::cache::{AutonomyCache, RequestInfo};
+use crate::hub::health::Reachability;
+use crate::hub::respond::{send_data, BodySender};
+use crate::metrics::AgentMetrics;
+
+/// Bodies larger than this are passed through but not cached.
+pub const MAX_RECORDED_BODY: usize = 64 << 20;
+
+/// Logs each kind of cache failure once (then only counts it): a full disk
+/// must not flood the log, and must never fail the request.
+#[derive(Clone)]
+pub struct CacheFailures {
+    logged: Arc<Mutex<HashSet<&'static str>>>,
+    pub(crate) metrics: AgentMetrics,
+}
+
+impl CacheFailures {
+    /// Nothing logged yet.
+    pub fn new(metrics: AgentMetrics) -> Self {
+        Self {
+            logged: Arc::new(Mutex::new(HashSet::new())),
+            metrics,
+        }
+    }
+
+    /// Counts a failure of `kind`; logs it the first time.
+    pub fn report(&self, kind: &'static str, component: &str, error: &dyn std::fmt::Display) {
+        self.metrics.cache_errors.with_label_values(&[kind]).inc();
+        let first = self
+            .logged
+            .lock()
+            .map(|mut l| l.insert(kind))
+            .unwrap_or(false);
+        if first {
+            tracing::warn!(kind, component, error = %error,
+                "autonomy cache failure; requests are still proxied (logged once per kind)");
+        }
+    }
+}
+
+/// What a pump needs besides the bodies.
+pub struct RecordCtx {
+    pub cache: AutonomyCache,
+    pub component: String,
+    pub info: RequestInfo,
+    pub failures: CacheFailures,
+    pub reachability: watch::Receiver<Reachability>,
+}
+
+/// Why a pump stopped early.
+pub(crate) enum Stop {
+    ClientGone,
+    Upstream(String),
+    Offline,
+}
+
+/// Streams a get/list body to the client and records it if it fits in
+/// [`MAX_RECORDED_BODY`]. The last chunk is held back until the record is
+/// durable, so a client that read the whole answer knows it is cached. Ends
+/// the client's response with an error if the upstream fails or the cloud
+/// goes offline mid-body.
+pub async fn pump_body(upstream: Incoming, mut tx: BodySender, mut ctx: RecordCtx) {
+    let mut body = upstream;
+    let mut kept = Some(BytesMut::new());
+    let mut held: Option<Bytes> = None;
+    let stop = loop {
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            _ = ctx.reachability.wait_for(|r| !r.forwards()) => break Some(Stop::Offline),
+        };
+        let data = match frame {
+            None => break None,
+            Some(Err(e)) => break Some(Stop::Upstream(e.to_string())),
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) => d,
+                Err(_) => continue,
+            },
+        };
+        if let Some(buf) = kept.as_mut() {
+            if buf.len() + data.len() > MAX_RECORDED_BODY {
+                tracing::info!(component = %ctx.component, limit = MAX_RECORDED_BODY,
+                    "response larger than the cache's per-response limit: passed through, not cached");
+                ctx.failures
+                    .metrics
+                    .cache_errors
+                    .with_label_values(&["too_large"])
+                    .inc();
+                kept = None;
+            } else {
+                buf.extend_from_slice(&data);
+            }
+        }
+        if let Some(previous) = held.replace(data) {
+            if !send_data(&mut tx, previous).await {
+                break Some(Stop::ClientGone);
+            }
+        }
+    };
+    match stop {
+        None => {
+            if let Some(buf) = kept {
+                let r = ctx
+                    .cache
+                    .record_response(&ctx.component, &ctx.info, buf.freeze())
+                    .await;
+                if let Err(e) = r {
+                    ctx.failures.report("record_response", &ctx.component, &e);
+                }
+            }
+            if let Some(last) = held {
+                send_data(&mut tx, last).await;
+            }
+        }
+        Some(stop) => abort(&mut tx, &ctx.component, stop).await,
+    }
+}
+
+/// Ends the client's response with an error (unless the client is gone), logging why.
+pub(crate) async fn abort(tx: &mut BodySender, component: &str, stop: Stop) {
+    let reason = match stop {
+        Stop::ClientGone => return,
+        Stop::Offline => "the cloud went offline mid-response".to_string(),
+        Stop::Upstream(e) => e,
+    };
+    tracing::info!(component, reason = %reason, "response cut short");
+    let _ = futures::SinkExt::send(tx, Err(std::io::Error::other(reason))).await;
+}

@@ -1,0 +1,131 @@
+//! Starting the hub: open the cache, set up TLS, bind, probe, serve.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::header::HeaderValue;
+use rustls_pki_types::ServerName;
+
+use crate::hub::cache::{AutonomyCache, CacheConfig, CacheError};
+use crate::hub::health::HealthPolicy;
+use crate::hub::prober::HubHealth;
+use crate::hub::record::CacheFailures;
+use crate::hub::server::{self, Hub};
+use crate::hub::settings::{ApiserverTarget, HubConfig};
+use crate::hub::upstream::{UpstreamClient, UpstreamDialer};
+use crate::hub::upstream_tls::{UpstreamTls, UpstreamTlsError};
+use crate::metrics::AgentMetrics;
+
+/// Connection setup (dial + TLS) to the apiserver may take this long: enough
+/// for a handshake over a 40 KB/s link.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Group-commit window of the cache: writes arriving within it share one fsync.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(2);
+
+/// The hub could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HubStartError {
+    #[error("opening the autonomy cache in {dir}: {source}")]
+    Cache { dir: String, source: CacheError },
+    #[error(transparent)]
+    Tls(#[from] UpstreamTlsError),
+    #[error("--hub-apiserver-server-name {0:?} is not a valid TLS server name")]
+    ServerName(String),
+    #[error("binding --hub-addr {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The running hub's tasks; dropping it does not stop them, [`RunningHub::stop`] does.
+pub struct RunningHub {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningHub {
+    /// Stops listening and probing.
+    pub fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Opens the cache and starts serving `cfg.listen`, reaching the apiserver through `dialer`.
+pub async fn start(
+    cfg: &HubConfig,
+    dialer: Arc<dyn UpstreamDialer>,
+    metrics: AgentMetrics,
+) -> Result<RunningHub, HubStartError> {
+    let cache = AutonomyCache::open(CacheConfig {
+        dir: cfg.cache_dir.clone(),
+        max_bytes: cfg.cache_max_bytes,
+        gc_after: cfg.cache_gc_after,
+        commit_interval: COMMIT_INTERVAL,
+    })
+    .map_err(|source| HubStartError::Cache {
+        dir: cfg.cache_dir.display().to_string(),
+        source,
+    })?;
+    let tls = UpstreamTls::load(
+        cfg.apiserver_ca.as_deref(),
+        &cfg.client_cert,
+        &cfg.client_key,
+    )?;
+    let server_name = ServerName::try_from(cfg.server_name.clone())
+        .map_err(|_| HubStartError::ServerName(cfg.server_name.clone()))?;
+    let host = match &cfg.upstream {
+        ApiserverTarget::Direct { host, port } if host.contains(':') => format!("[{host}]:{port}"),
+        ApiserverTarget::Direct { host, port } => format!("{host}:{port}"),
+        ApiserverTarget::Tunnel => cfg.server_name.clone(),
+    };
+    let host = HeaderValue::from_str(&host).map_err(|_| HubStartError::ServerName(host))?;
+    let client = UpstreamClient::new(dialer, tls, server_name, host, CONNECT_TIMEOUT);
+    let policy = HealthPolicy {
+        online_after: cfg.probe.online_after,
+        ..HealthPolicy::default()
+    };
+    let health = HubHealth::new(policy, metrics.clone(), client.clone());
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| HubStartError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+    tracing::info!(addr = %cfg.listen, upstream = ?cfg.upstream, cache_dir = %cfg.cache_dir.display(),
+        "node proxy listening");
+    let stats = tokio::spawn(export_cache_stats(cache.clone(), metrics.clone()));
+    let hub = Arc::new(Hub {
+        client,
+        health: health.clone(),
+        cache,
+        components: cfg.components.clone(),
+        failures: CacheFailures::new(metrics.clone()),
+        metrics,
+    });
+    let prober = tokio::spawn(health.run_prober(cfg.probe.clone()));
+    let serving = tokio::spawn(server::serve(listener, hub));
+    Ok(RunningHub {
+        tasks: vec![prober, serving, stats],
+    })
+}
+
+/// How often the cache's size and refusals are copied into the metrics.
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Copies [`AutonomyCache::stats`] into the gauges, forever.
+async fn export_cache_stats(cache: AutonomyCache, metrics: AgentMetrics) {
+    let mut tick = tokio::time::interval(STATS_INTERVAL);
+    loop {
+        tick.tick().await;
+        let stats = cache.stats();
+        metrics
+            .cache_bytes
+            .set(i64::try_from(stats.bytes_used).unwrap_or(i64::MAX));
+        metrics
+            .cache_refused_writes
+            .set(i64::try_from(stats.refused_writes).unwrap_or(i64::MAX));
+    }
+}

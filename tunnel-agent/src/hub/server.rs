@@ -1,0 +1,261 @@
+//! The hub's listener and per-request decisions: forward (recording what
+//! cached components get), or answer from the cache while offline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::USER_AGENT;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::hub::cache::{AutonomyCache, ComponentRule, OfflineAnswer, RequestInfo, Verb};
+use crate::hub::forward::{credentials, requested_upgrade, strip_hop_by_hop, upstream_request};
+use crate::hub::prober::HubHealth;
+use crate::hub::record::{pump_body, CacheFailures, RecordCtx};
+use crate::hub::respond::{self, channel_body, HubBody};
+use crate::hub::upstream::UpstreamClient;
+use crate::hub::watch_pump::pump_watch;
+use crate::metrics::AgentMetrics;
+
+/// Request bodies read for offline answers (lease and node-status writes) are capped here.
+const MAX_OFFLINE_REQUEST_BODY: usize = 4 << 20;
+
+/// Request heads must arrive within this time.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything a request handler needs.
+pub struct Hub {
+    pub client: Arc<UpstreamClient>,
+    pub health: HubHealth,
+    pub cache: AutonomyCache,
+    pub components: ComponentRule,
+    pub metrics: AgentMetrics,
+    pub failures: CacheFailures,
+}
+
+/// Who asks and what, decided once per request.
+struct Classified {
+    info: RequestInfo,
+    /// The cached component, if the User-Agent names one.
+    component: Option<String>,
+}
+
+impl Classified {
+    /// Responses to this request are recorded.
+    fn recorded(&self) -> bool {
+        self.component.is_some() && self.info.cacheable()
+    }
+
+    /// A read the cache can answer when the upstream fails.
+    fn cache_readable(&self) -> bool {
+        self.recorded() && !self.info.watch && matches!(self.info.verb, Verb::Get | Verb::List)
+    }
+}
+
+/// Accepts clients until the task is dropped.
+pub async fn serve(listener: TcpListener, hub: Arc<Hub>) {
+    loop {
+        let (sock, _peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(listener = "hub-addr", error = %e, "accept failed; backing off");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = sock.set_nodelay(true);
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let hub = hub.clone();
+                async move { Ok::<_, std::convert::Infallible>(hub.handle(req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(sock), svc)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "hub client connection ended with an error");
+            }
+        });
+    }
+}
+
+impl Hub {
+    /// Answers one request.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<HubBody> {
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".to_string());
+        let info = match RequestInfo::parse(req.method().as_str(), &path_and_query) {
+            Ok(i) => i,
+            Err(e) => return respond::status(400, "BadRequest", &e.to_string()),
+        };
+        let agent = req.headers().get(USER_AGENT).and_then(|v| v.to_str().ok());
+        let component = self.components.component(agent);
+        let c = Classified { info, component };
+        if self.health.current().forwards() {
+            self.forward(req, c, &path_and_query).await
+        } else {
+            self.answer_offline(req, c).await
+        }
+    }
+
+    /// Offline: cached components get the cache's answer, others a 503.
+    async fn answer_offline(&self, req: Request<Incoming>, c: Classified) -> Response<HubBody> {
+        let Some(component) = c.component.as_deref() else {
+            return respond::offline_unavailable("requests of uncached clients");
+        };
+        let body = match respond::read_bounded(req.into_body(), MAX_OFFLINE_REQUEST_BODY).await {
+            Ok(b) => b,
+            Err(e) => return respond::status(413, "RequestEntityTooLarge", &e),
+        };
+        self.cache_answer(component, &c.info, &body)
+    }
+
+    fn cache_answer(&self, component: &str, info: &RequestInfo, body: &[u8]) -> Response<HubBody> {
+        match self.cache.offline_answer(component, info, body) {
+            OfflineAnswer::Respond { status, body } => {
+                self.count(component, info, "cache");
+                respond::json(status, body)
+            }
+            OfflineAnswer::HoldWatch => {
+                self.count(component, info, "held");
+                respond::held_watch(info.timeout_seconds, self.health.subscribe())
+            }
+        }
+    }
+
+    fn count(&self, component: &str, info: &RequestInfo, result: &str) {
+        let verb = format!("{:?}", info.verb).to_lowercase();
+        self.metrics
+            .cache_requests
+            .with_label_values(&[component, &verb, result])
+            .inc();
+    }
+
+    /// Online: forward; if the upstream fails or the cloud goes offline while
+    /// we wait, cached reads are answered from the cache.
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        c: Classified,
+        pq: &str,
+    ) -> Response<HubBody> {
+        let upgrade = requested_upgrade(req.headers()).is_some();
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let creds = credentials(req.headers());
+        let (parts, body) = req.into_parts();
+        let up_req = match upstream_request(parts, body.boxed(), pq, c.recorded()) {
+            Ok(r) => r,
+            Err(e) => return respond::status(400, "BadRequest", &format!("unusable request: {e}")),
+        };
+        let mut reachability = self.health.subscribe();
+        let sent = tokio::select! {
+            r = self.client.send(creds, up_req, upgrade) => Some(r),
+            _ = reachability.wait_for(|r| !r.forwards()) => None,
+        };
+        let resp = match sent {
+            Some(Ok(resp)) => resp,
+            Some(Err(e)) => {
+                let reason = e.to_string();
+                self.health.traffic_failed(&reason);
+                return self.fallback(&c, &reason);
+            }
+            None => return self.fallback(&c, "the cloud went offline while waiting"),
+        };
+        if let Some(on_client) = client_upgrade {
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                return splice_upgrade(resp, on_client);
+            }
+        }
+        let (mut parts, body) = resp.into_parts();
+        let recording = match (&c.component, parts.status.is_success() && c.recorded()) {
+            (Some(component), true) => Some(component.clone()),
+            _ => None,
+        };
+        if let Some(component) = &c.component {
+            let result = if recording.is_some() {
+                "upstream"
+            } else {
+                "upstream_uncached"
+            };
+            self.count(component, &c.info, result);
+        }
+        strip_hop_by_hop(&mut parts.headers);
+        let Some(component) = recording else {
+            let body = body.map_err(std::io::Error::other).boxed();
+            return Response::from_parts(parts, body);
+        };
+        let (tx, client_body) = channel_body();
+        let ctx = RecordCtx {
+            cache: self.cache.clone(),
+            component,
+            info: c.info.clone(),
+            failures: self.failures.clone(),
+            reachability,
+        };
+        if c.info.watch {
+            tokio::spawn(pump_watch(body, tx, ctx));
+        } else {
+            tokio::spawn(pump_body(body, tx, ctx));
+        }
+        Response::from_parts(parts, client_body)
+    }
+
+    /// The upstream did not answer: cached reads come from the cache, the rest get a 503.
+    fn fallback(&self, c: &Classified, reason: &str) -> Response<HubBody> {
+        match c.component.as_deref() {
+            Some(component) if c.cache_readable() => {
+                tracing::debug!(
+                    component,
+                    reason,
+                    "upstream did not answer; reading the cache"
+                );
+                self.cache_answer(component, &c.info, &[])
+            }
+            Some(component) if c.recorded() && c.info.watch => {
+                self.cache_answer(component, &c.info, &[])
+            }
+            _ => respond::status(
+                503,
+                "ServiceUnavailable",
+                &format!("the apiserver did not answer: {reason}"),
+            ),
+        }
+    }
+}
+
+/// Returns the 101 to the client and splices the two upgraded connections.
+fn splice_upgrade(
+    mut resp: Response<Incoming>,
+    on_client: hyper::upgrade::OnUpgrade,
+) -> Response<HubBody> {
+    let on_upstream = hyper::upgrade::on(&mut resp);
+    let (parts, _) = resp.into_parts();
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::join!(on_client, on_upstream) {
+            (Ok(c), Ok(u)) => (c, u),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::info!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(error = %e, "upgraded connection ended with an error");
+        }
+    });
+    let empty = http_body_util::Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed();
+    Response::from_parts(parts, empty)
+}
