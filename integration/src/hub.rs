@@ -22,6 +22,9 @@ pub struct HubOptions {
     pub cache_dir: Option<PathBuf>,
     /// The fake apiserver accepts clients without a certificate (to see bearer tokens pass).
     pub optional_client_cert: bool,
+    /// `--apiserver tunnel`: the hub reaches the relay through the agent's
+    /// tunnel connection and the server's `--apiserver`, not directly.
+    pub via_tunnel: bool,
 }
 
 /// A fake apiserver, the relay in front of it, and a cluster whose agent runs the hub.
@@ -60,7 +63,11 @@ impl HubEnv {
         let hub_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let mut agent_args: Vec<String> = vec![
             format!("--hub-addr={hub_addr}"),
-            format!("--apiserver=https://{}", relay.addr()),
+            if opts.via_tunnel {
+                "--apiserver=tunnel".to_string()
+            } else {
+                format!("--apiserver=https://{}", relay.addr())
+            },
             format!("--hub-apiserver-ca={}", apiserver_pki.ca_cert().display()),
             format!("--hub-client-cert={}", cert.display()),
             format!("--hub-client-key={}", key.display()),
@@ -68,6 +75,9 @@ impl HubEnv {
         ];
         agent_args.extend(opts.agent_args.iter().cloned());
         let mut copts = ClusterOptions::default();
+        if opts.via_tunnel {
+            copts = copts.server_args(&[&format!("--apiserver={}", relay.addr())]);
+        }
         copts.agent.args = agent_args.clone();
         let cluster = tokio::task::spawn_blocking(move || Cluster::start(copts)).await?;
         let env = Self {

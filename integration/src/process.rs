@@ -1,7 +1,7 @@
 //! Starting, waiting for, signalling and reading the logs of the binaries.
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
