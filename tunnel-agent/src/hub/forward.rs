@@ -1,43 +1,13 @@
 //! Turning a client request into an upstream one, and an upstream response
 //! into the client's, hop-by-hop headers handled (RFC 9110 §7.6.1).
 
-use hyper::header::{
-    HeaderMap, HeaderName, HeaderValue, ACCEPT, ACCEPT_ENCODING, CONNECTION, UPGRADE,
-};
+use hyper::header::{HeaderMap, HeaderValue, ACCEPT, ACCEPT_ENCODING, CONNECTION, UPGRADE};
 use hyper::http::request::Parts;
 use hyper::{Request, Uri, Version};
 
 use crate::hub::upstream::{Credentials, UpstreamBody};
 
-/// Headers that describe one hop, never forwarded.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// Removes hop-by-hop headers: the fixed list and every header `Connection` names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
-    }
-    for n in HOP_BY_HOP {
-        headers.remove(*n);
-    }
-}
+pub use transport::hop_by_hop::strip_hop_by_hop;
 
 /// The protocol a request asks to switch to (`Connection: upgrade` + `Upgrade: X`).
 pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {

@@ -25,7 +25,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use proto::DialTarget;
@@ -125,37 +125,7 @@ pub fn request_target(method: &Method, uri: &Uri) -> Result<DialTarget, TargetEr
         .map_err(|e: proto::TargetParseError| TargetError::Bad(e.to_string()))
 }
 
-/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus
-/// the proxy-specific ones a client addresses to this proxy.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// Removes hop-by-hop headers: the fixed list and every header the
-/// `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(hyper::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
-    }
-    for n in HOP_BY_HOP {
-        headers.remove(*n);
-    }
-}
+pub use transport::hop_by_hop::strip_hop_by_hop;
 
 /// Accepts plain-HTTP proxy clients until the task is dropped.
 pub async fn serve(listener: TcpListener, ctx: Arc<FrontendContext>) {
@@ -442,26 +412,5 @@ mod tests {
         assert_eq!(target("GET", "https://10.0.0.5:10250/"), Err(400));
         assert_eq!(target("GET", "http://u:p@10.0.0.5:1/"), Err(400));
         assert_eq!(target("CONNECT", "10.0.0.5"), Err(400));
-    }
-
-    #[test]
-    fn hop_by_hop_headers_are_removed() {
-        let mut h = HeaderMap::new();
-        for (k, v) in [
-            ("connection", "keep-alive, X-Trace"),
-            ("keep-alive", "timeout=5"),
-            ("x-trace", "1"),
-            ("proxy-authorization", "Basic x"),
-            ("transfer-encoding", "chunked"),
-            ("te", "trailers"),
-            ("accept", "text/plain"),
-            ("authorization", "Bearer t"),
-        ] {
-            h.append(k, HeaderValue::from_static(v));
-        }
-        strip_hop_by_hop(&mut h);
-        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        left.sort();
-        assert_eq!(left, vec!["accept", "authorization"]);
     }
 }
