@@ -144,10 +144,7 @@ impl AgentListener {
         tracing::info!(%node, ips = ?reg.ips, %remote, transport = link.kind().as_str(),
             agent_version = %reg.agent_version, "agent registered");
         if let Some(not_after) = peer_leaf(&link).and_then(|c| certs::not_after_unix(&c).ok()) {
-            self.metrics
-                .agent_certificate_expiry
-                .with_label_values(&[&node])
-                .set(not_after);
+            self.metrics.set_agent_certificate_expiry(&node, not_after);
         }
         // Ends by itself when the connection does.
         tokio::spawn(serve_agent_streams(

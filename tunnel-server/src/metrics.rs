@@ -218,6 +218,16 @@ impl ServerMetrics {
         self
     }
 
+    /// Records when `node`'s certificate expires (Unix seconds), when
+    /// per-node metrics are on; with them off the expiry warning log remains.
+    pub fn set_agent_certificate_expiry(&self, node: &str, not_after: i64) {
+        if self.per_node {
+            self.agent_certificate_expiry
+                .with_label_values(&[node])
+                .set(not_after);
+        }
+    }
+
     /// Records a newly opened stream of `node`; returns its active gauge
     /// (to decrement when the stream ends) when per-node metrics are on.
     pub fn node_stream_opened(&self, node: &str) -> Option<IntGauge> {

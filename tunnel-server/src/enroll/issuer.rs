@@ -139,9 +139,7 @@ impl Issuer {
         let pem = ca.sign_agent_csr(csr_pem, allowed, self.validity, floor)?;
         if let Some(not_after) = certs::load::first_cert_not_after(&pem) {
             self.metrics
-                .agent_certificate_expiry
-                .with_label_values(&[&allowed.node_name])
-                .set(not_after);
+                .set_agent_certificate_expiry(&allowed.node_name, not_after);
         }
         Ok(pem)
     }
