@@ -2,6 +2,7 @@
 //! the apiserver and answers from the [`cache`] while the cloud is unreachable.
 
 pub mod cache;
+pub mod client_cert;
 pub mod forward;
 pub mod health;
 pub mod prober;

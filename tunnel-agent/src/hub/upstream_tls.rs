@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use rustls::{ClientConfig, RootCertStore};
 
+use crate::hub::client_cert::ReloadingClientCert;
+
 /// The TLS side of the upstream could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamTlsError {
@@ -17,7 +19,7 @@ pub enum UpstreamTlsError {
     #[error("the system trust store holds no usable certificate (pass --hub-apiserver-ca)")]
     NoSystemRoots,
     #[error("hub client certificate: {0}")]
-    ClientCert(certs::CertError),
+    ClientCert(String),
     #[error("building the apiserver TLS client: {0}")]
     Rustls(#[from] rustls::Error),
 }
@@ -32,7 +34,8 @@ pub struct UpstreamTls {
 }
 
 impl UpstreamTls {
-    /// Loads the CA (or the system roots) and the client certificate.
+    /// Loads the CA (or the system roots) and the client certificate (which
+    /// is re-read whenever its files change, see [`ReloadingClientCert`]).
     pub fn load(
         ca: Option<&Path>,
         client_cert: &Path,
@@ -45,14 +48,14 @@ impl UpstreamTls {
             })?,
             None => system_roots()?,
         };
-        let chain = certs::load_cert_chain(client_cert).map_err(UpstreamTlsError::ClientCert)?;
-        let key = certs::load_private_key(client_key).map_err(UpstreamTlsError::ClientCert)?;
+        let client = ReloadingClientCert::new(client_cert, client_key)
+            .map_err(UpstreamTlsError::ClientCert)?;
         let builder = || {
             ClientConfig::builder_with_provider(certs::provider())
                 .with_protocol_versions(rustls::ALL_VERSIONS)
                 .map(|b| b.with_root_certificates(roots.clone()))
         };
-        let mut with_node_cert = builder()?.with_client_auth_cert(chain, key)?;
+        let mut with_node_cert = builder()?.with_client_cert_resolver(Arc::new(client));
         let mut anonymous = builder()?.with_no_client_auth();
         // HTTP/1.1 only: watch streams and upgrades (exec, port-forward) need it.
         with_node_cert.alpn_protocols = vec![b"http/1.1".to_vec()];
