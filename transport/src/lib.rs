@@ -12,6 +12,7 @@ pub mod admin;
 pub mod cli;
 pub mod framed;
 pub mod hop_by_hop;
+pub mod http_server;
 pub mod mux;
 pub mod quic;
 pub mod socket;

@@ -33,8 +33,7 @@ impl AgentListener {
             let (tcp, remote) = match listener.accept().await {
                 Ok(x) => x,
                 Err(e) => {
-                    tracing::warn!(error = %e, "agent TCP accept failed; backing off");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    transport::http_server::accept_backoff("agent-addr (TCP)", &e).await;
                     continue;
                 }
             };

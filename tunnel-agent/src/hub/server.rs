@@ -9,7 +9,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::USER_AGENT;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::hub::cache::{AutonomyCache, ComponentRule, OfflineAnswer, RequestInfo, Verb};
@@ -58,32 +58,14 @@ impl Classified {
 
 /// Accepts clients until the task is dropped.
 pub async fn serve(listener: TcpListener, hub: Arc<Hub>) {
-    loop {
-        let (sock, _peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(listener = "hub-addr", error = %e, "accept failed; backing off");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = sock.set_nodelay(true);
+    transport::http_server::serve_http1(listener, "hub-addr", HEADER_TIMEOUT, || {
         let hub = hub.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let hub = hub.clone();
-                async move { Ok::<_, std::convert::Infallible>(hub.handle(req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(sock), svc)
-                .with_upgrades();
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "hub client connection ended with an error");
-            }
-        });
-    }
+        hyper::service::service_fn(move |req| {
+            let hub = hub.clone();
+            async move { Ok::<_, std::convert::Infallible>(hub.handle(req).await) }
+        })
+    })
+    .await
 }
 
 impl Hub {

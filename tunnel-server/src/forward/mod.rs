@@ -11,7 +11,6 @@ pub mod spec;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -136,10 +135,7 @@ async fn serve(listener: TcpListener, spec: Arc<ForwardSpec>, dialer: Arc<Dialer
                 let _ = sock.set_nodelay(true);
                 tokio::spawn(carry(sock, peer, spec.clone(), dialer.clone()));
             }
-            Err(e) => {
-                tracing::warn!(forward = %spec, error = %e, "forward accept failed; backing off");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            Err(e) => transport::http_server::accept_backoff(&spec.to_string(), &e).await,
         }
     }
 }

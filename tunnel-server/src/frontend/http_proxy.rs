@@ -27,7 +27,7 @@ use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use proto::DialTarget;
 use tokio::net::TcpListener;
 use tracing::Instrument;
@@ -127,35 +127,18 @@ pub fn request_target(method: &Method, uri: &Uri) -> Result<DialTarget, TargetEr
 
 pub use transport::hop_by_hop::strip_hop_by_hop;
 
-/// Accepts plain-HTTP proxy clients until the task is dropped.
+/// Accepts plain-HTTP proxy clients until the task is dropped; each client
+/// connection gets its own [`EdgeSlot`].
 pub async fn serve(listener: TcpListener, ctx: Arc<FrontendContext>) {
-    loop {
-        let (sock, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(listener = "http-proxy-addr", error = %e, "accept failed; backing off");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = sock.set_nodelay(true);
+    transport::http_server::serve_http1(listener, "http-proxy-addr", HEADER_TIMEOUT, || {
         let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let slot = Arc::new(EdgeSlot::default());
-            let svc = hyper::service::service_fn(move |req| {
-                let (ctx, slot) = (ctx.clone(), slot.clone());
-                async move { Ok::<_, Infallible>(handle(req, &ctx, &slot).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(sock), svc)
-                .with_upgrades();
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "http proxy connection ended with error");
-            }
-        });
-    }
+        let slot = Arc::new(EdgeSlot::default());
+        hyper::service::service_fn(move |req| {
+            let (ctx, slot) = (ctx.clone(), slot.clone());
+            async move { Ok::<_, Infallible>(handle(req, &ctx, &slot).await) }
+        })
+    })
+    .await
 }
 
 /// Time a client has for each request head, also between keep-alive

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use transport::http_server::accept_backoff;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio_rustls::TlsAcceptor;
@@ -121,10 +121,4 @@ fn client_refusal(
         Ok(None) => Some("client certificate has no common name".into()),
         Err(e) => Some(format!("client certificate unreadable: {e}")),
     }
-}
-
-/// Accept errors (e.g. out of file descriptors) must not spin the loop.
-async fn accept_backoff(which: &str, e: &std::io::Error) {
-    tracing::warn!(listener = which, error = %e, "accept failed; backing off");
-    tokio::time::sleep(Duration::from_millis(100)).await;
 }

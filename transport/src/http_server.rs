@@ -1,0 +1,63 @@
+//! Accept loops shared by every listener the two binaries run.
+//!
+//! [`accept_backoff`] keeps a failing `accept` (out of file descriptors)
+//! from spinning; [`serve_http1`] is the one HTTP/1.1 server setup (header
+//! timeout, upgrades) behind the server's `--http-proxy-addr` and the
+//! agent's node proxy.
+
+use std::error::Error as StdError;
+use std::time::Duration;
+
+use hyper::body::{Body, Incoming};
+use hyper::service::Service;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+/// Logs a failed `accept` naming the listener and waits a moment, so
+/// errors such as running out of file descriptors do not spin the loop.
+pub async fn accept_backoff(listener: &str, e: &std::io::Error) {
+    tracing::warn!(listener, error = %e, "accept failed; backing off");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Serves HTTP/1.1 with upgrades on every connection `listener` accepts,
+/// until the task is dropped. `new_service` is called once per connection
+/// (for per-connection state); a client must send each request head within
+/// `header_timeout`, also between keep-alive requests.
+pub async fn serve_http1<F, S, B>(
+    listener: TcpListener,
+    name: &'static str,
+    header_timeout: Duration,
+    mut new_service: F,
+) where
+    F: FnMut() -> S,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    loop {
+        let (sock, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                accept_backoff(name, &e).await;
+                continue;
+            }
+        };
+        let _ = sock.set_nodelay(true);
+        let svc = new_service();
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(sock), svc)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(listener = name, %peer, error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+}
