@@ -74,17 +74,24 @@ pub fn enroll_client_config(
     server_ca: RootCertStore,
     alpn: Vec<Vec<u8>>,
 ) -> Result<ClientConfig, CertError> {
-    const WHAT: &str = "enrollment client";
-    if server_ca.is_empty() {
-        return Err(CertError::EmptyRootStore { what: WHAT });
-    }
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(TLS13_ONLY)
-        .map_err(|source| CertError::Tls { what: WHAT, source })?
-        .with_root_certificates(server_ca)
-        .with_no_client_auth();
+    let mut config = tls13_client("enrollment client", server_ca)?.with_no_client_auth();
     config.alpn_protocols = alpn;
     Ok(config)
+}
+
+/// A TLS 1.3 client builder that verifies the server against `server_ca`
+/// (which must not be empty); `what` names the configuration in errors.
+fn tls13_client(
+    what: &'static str,
+    server_ca: RootCertStore,
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, CertError> {
+    if server_ca.is_empty() {
+        return Err(CertError::EmptyRootStore { what });
+    }
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(TLS13_ONLY)
+        .map_err(|source| CertError::Tls { what, source })?
+        .with_root_certificates(server_ca))
 }
 
 /// Server config for the `--proxy-addr` listener kube-apiserver connects to: TLS 1.2 and 1.3.
@@ -124,13 +131,7 @@ pub fn agent_client_config(
     alpn: Vec<Vec<u8>>,
 ) -> Result<ClientConfig, CertError> {
     const WHAT: &str = "agent client";
-    if server_ca.is_empty() {
-        return Err(CertError::EmptyRootStore { what: WHAT });
-    }
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(TLS13_ONLY)
-        .map_err(|source| CertError::Tls { what: WHAT, source })?
-        .with_root_certificates(server_ca)
+    let mut config = tls13_client(WHAT, server_ca)?
         .with_client_auth_cert(chain, key)
         .map_err(|source| CertError::Tls { what: WHAT, source })?;
     config.alpn_protocols = alpn;
