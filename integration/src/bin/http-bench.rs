@@ -46,40 +46,37 @@ struct Row {
     small_many: anyhow::Result<Series>,
 }
 
+/// Runs one measurement, failing it if it takes longer than `limit`.
+async fn bounded<T>(
+    limit: Duration,
+    measurement: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(limit, measurement)
+        .await
+        .with_context(|| format!("not done within {limit:?}"))?
+}
+
 async fn measure(args: &Args, path: &'static str, origin: SocketAddr, route: Route) -> Row {
     let limit = Duration::from_secs(args.timeout);
-    let bounded = |f| async move {
-        tokio::time::timeout(limit, f)
-            .await
-            .with_context(|| format!("not done within {limit:?}"))?
-    };
     eprintln!("== {path}");
-    let scrape = bounded(http::sequential(
-        origin,
-        route,
-        "/metrics",
-        METRICS_PAGE_BYTES,
-        args.scrapes,
-    ))
+    let scrape = bounded(
+        limit,
+        http::sequential(origin, route, "/metrics", METRICS_PAGE_BYTES, args.scrapes),
+    )
     .await;
     eprintln!("   scrape: {:?}", scrape.as_ref().map(|s| s.p50_us));
-    let small = bounded(http::sequential(
-        origin,
-        route,
-        "/small",
-        SMALL_PAGE_BYTES,
-        args.requests,
-    ))
+    let small = bounded(
+        limit,
+        http::sequential(origin, route, "/small", SMALL_PAGE_BYTES, args.requests),
+    )
     .await;
     eprintln!("   small: {:?}", small.as_ref().map(|s| s.per_sec()));
     let per_conn = (args.requests / args.conns.max(1)).max(1);
-    let small_many = tokio::time::timeout(
+    let small_many = bounded(
         limit,
         http::concurrent(origin, route, "/small", args.conns.max(1), per_conn),
     )
-    .await
-    .with_context(|| format!("not done within {limit:?}"))
-    .and_then(|r| r);
+    .await;
     eprintln!(
         "   small x{}: {:?}",
         args.conns,
