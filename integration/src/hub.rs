@@ -111,6 +111,23 @@ impl HubEnv {
         .with_user_agent(user_agent)
     }
 
+    /// GETs each path as kubelet through the hub and directly from the fake
+    /// apiserver, asserting the same status and byte-identical bodies;
+    /// returns the statuses (panics otherwise: test fixture).
+    pub async fn assert_gets_match_upstream(&self, paths: &[&str]) -> Vec<u16> {
+        let hub = self.kubelet();
+        let direct = self.direct("oracle/1.0");
+        let mut statuses = Vec::with_capacity(paths.len());
+        for path in paths {
+            let via_hub = hub.get(path).await.expect("GET through the hub");
+            let upstream = direct.get(path).await.expect("GET from the apiserver");
+            assert_eq!(via_hub.status, upstream.status, "{path}");
+            assert_eq!(via_hub.body, upstream.body, "{path}: bodies differ");
+            statuses.push(via_hub.status);
+        }
+        statuses
+    }
+
     /// The hub as kubelet.
     pub fn kubelet(&self) -> ApiClient {
         self.client(KUBELET)
