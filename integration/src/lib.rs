@@ -15,6 +15,7 @@ pub mod k8s;
 pub mod netns;
 pub mod pki;
 pub mod process;
+pub mod raw_h2;
 pub mod scenarios;
 pub mod services;
 
