@@ -23,10 +23,18 @@ use tokio_util::compat::TokioAsyncReadCompatExt;
 
 use crate::stream::StreamError;
 
-/// Most streams one side may have open on a WebSocket connection.
-pub const MAX_STREAMS: usize = 4096;
-/// Receive window over all streams (yamux needs >= 256 KiB per stream).
-const MAX_CONNECTION_WINDOW: usize = MAX_STREAMS * 256 * 1024;
+/// Most streams (both directions) yamux keeps on one WebSocket connection.
+///
+/// yamux ends the whole connection when the peer opens one stream past this
+/// limit, so it is set far above what a server asks of one agent: the
+/// server enforces its own per-node limit (`--max-streams-per-node`) before
+/// it opens a stream, and answers 503 there. What a stream costs is memory
+/// (yamux state, and up to its 256 KiB window of unread bytes while a reader
+/// is slow), not this count.
+pub const MAX_STREAMS: usize = 65_536;
+/// Receive window over all streams. yamux insists on >= 256 KiB per stream;
+/// windows only grow past 256 KiB for streams that are read fast.
+const MAX_CONNECTION_WINDOW: usize = MAX_STREAMS.saturating_mul(256 * 1024);
 /// Inbound streams waiting to be accepted before new ones are refused.
 const ACCEPT_BACKLOG: usize = 256;
 
@@ -56,8 +64,10 @@ where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let mut cfg = yamux::Config::default();
-    cfg.set_max_num_streams(MAX_STREAMS)
-        .set_max_connection_receive_window(Some(MAX_CONNECTION_WINDOW));
+    // yamux checks the window against the stream count on each call: the
+    // window goes first.
+    cfg.set_max_connection_receive_window(Some(MAX_CONNECTION_WINDOW))
+        .set_max_num_streams(MAX_STREAMS);
     let mode = match role {
         MuxRole::Client => yamux::Mode::Client,
         MuxRole::Server => yamux::Mode::Server,
@@ -89,8 +99,12 @@ where
             if let Some(reply) = waiting.take() {
                 match conn.poll_new_outbound(cx) {
                     Poll::Ready(r) => {
-                        let _ =
-                            reply.send(r.map_err(|e| StreamError::ConnectionLost(e.to_string())));
+                        let _ = reply.send(r.map_err(|e| match e {
+                            yamux::ConnectionError::TooManyStreams => StreamError::Limit(format!(
+                                "{MAX_STREAMS} streams are open on this WebSocket connection"
+                            )),
+                            e => StreamError::ConnectionLost(e.to_string()),
+                        }));
                         continue;
                     }
                     Poll::Pending => waiting = Some(reply),

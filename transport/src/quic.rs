@@ -26,6 +26,8 @@ pub struct QuicTuning {
     /// Per-connection send buffer bound in bytes.
     pub send_window: u32,
     /// Most concurrent bidirectional streams the peer may open towards us.
+    /// quinn grants new credit as streams close, so this bounds streams
+    /// open at once, not streams over the connection's life.
     pub max_incoming_streams: u32,
 }
 
@@ -37,7 +39,9 @@ impl Default for QuicTuning {
             stream_window: 1024 * 1024,
             connection_window: 8 * 1024 * 1024,
             send_window: 8 * 1024 * 1024,
-            max_incoming_streams: 4096,
+            // Far above any per-node limit the server enforces, so the
+            // server's own limit answers (503) before credit runs out.
+            max_incoming_streams: 65_536,
         }
     }
 }

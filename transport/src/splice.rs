@@ -50,7 +50,9 @@ pub struct SpliceOutcome {
 fn stream_end(e: &StreamError) -> SpliceEnd {
     match e {
         StreamError::Reset(_) => SpliceEnd::TunnelReset,
-        StreamError::ConnectionLost(_) | StreamError::Other(_) => SpliceEnd::TunnelLost,
+        StreamError::ConnectionLost(_) | StreamError::Limit(_) | StreamError::Other(_) => {
+            SpliceEnd::TunnelLost
+        }
     }
 }
 

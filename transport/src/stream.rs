@@ -40,6 +40,9 @@ pub enum StreamError {
     /// The whole tunnel connection is gone.
     #[error("tunnel connection lost: {0}")]
     ConnectionLost(String),
+    /// No stream can be opened now: the connection is at its stream limit.
+    #[error("no stream credit: {0}")]
+    Limit(String),
     /// Anything else the transport reported.
     #[error("tunnel stream error: {0}")]
     Other(String),
@@ -50,6 +53,7 @@ impl From<StreamError> for io::Error {
         let kind = match e {
             StreamError::Reset(_) => io::ErrorKind::ConnectionReset,
             StreamError::ConnectionLost(_) => io::ErrorKind::ConnectionAborted,
+            StreamError::Limit(_) => io::ErrorKind::WouldBlock,
             StreamError::Other(_) => io::ErrorKind::Other,
         };
         io::Error::new(kind, e)
@@ -212,11 +216,21 @@ impl TunnelConnection {
         }
     }
 
-    /// Opens a new bidirectional stream (waits for stream credit).
+    /// Opens a new bidirectional stream. Fails at once with
+    /// [`StreamError::Limit`] when the peer's stream credit is used up,
+    /// instead of waiting until some other stream closes.
     pub async fn open_stream(&self) -> Result<(TunnelSend, TunnelRecv), StreamError> {
         match self {
             TunnelConnection::Quic(c) => {
-                let (s, r) = c.open_bi().await.map_err(quic_conn_err)?;
+                // quinn takes a stream id from the credit synchronously; a
+                // pending open means there is none.
+                let opened = futures::FutureExt::now_or_never(c.open_bi()).ok_or_else(|| {
+                    StreamError::Limit(
+                        "the peer's QUIC stream credit is used up (all its streams are open)"
+                            .into(),
+                    )
+                })?;
+                let (s, r) = opened.map_err(quic_conn_err)?;
                 Ok((TunnelSend::Quic(s), TunnelRecv::Quic(r)))
             }
             TunnelConnection::Ws { mux, .. } => {

@@ -7,6 +7,7 @@ fn main() -> anyhow::Result<()> {
     let args = transport::cli::expand_config_file(std::env::args_os().collect())?;
     let cfg = AgentConfig::try_from(Cli::parse_from(args))?;
     transport::cli::init_tracing();
+    transport::cli::raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

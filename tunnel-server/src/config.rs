@@ -102,6 +102,9 @@ pub struct RunArgs {
     /// Most dials waiting for an agent's answer at once (beyond: 503).
     #[arg(long, default_value_t = 2_000)]
     pub max_pending_dials: usize,
+    /// Most streams open or dialing on one agent's connection (beyond: 503).
+    #[arg(long, default_value_t = 20_000)]
+    pub max_streams_per_node: usize,
     /// A front-end client must finish its request header within this time.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
@@ -140,17 +143,25 @@ pub struct ServerConfig {
     pub dial_timeout: Duration,
     pub max_streams: usize,
     pub max_pending_dials: usize,
+    pub max_streams_per_node: usize,
     pub header_timeout: Duration,
     pub agent_keepalive: Duration,
     pub agent_idle_timeout: Duration,
     pub apiserver: Option<DialTarget>,
 }
 
+/// Highest `--max-streams-per-node`: agents grant 65,536 concurrent streams
+/// (QUIC credit, yamux limit); the margin covers streams the server counts
+/// as closed while the agent has not yet seen them close.
+pub const MAX_STREAMS_PER_NODE: usize = 60_000;
+
 /// A required flag is missing or flags contradict each other.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("--{0} is required")]
     Missing(&'static str),
+    #[error("--max-streams-per-node {0} is above {MAX_STREAMS_PER_NODE}, the stream credit agents grant (65536) less a margin for streams still closing")]
+    StreamsPerNode(usize),
     #[error("--proxy-client-ca is required with --proxy-addr")]
     ProxyNeedsClientCa,
     #[error(
@@ -190,6 +201,12 @@ impl TryFrom<RunArgs> for ServerConfig {
         if a.max_pending_dials == 0 {
             return Err(ConfigError::Zero("max-pending-dials"));
         }
+        if a.max_streams_per_node == 0 {
+            return Err(ConfigError::Zero("max-streams-per-node"));
+        }
+        if a.max_streams_per_node > MAX_STREAMS_PER_NODE {
+            return Err(ConfigError::StreamsPerNode(a.max_streams_per_node));
+        }
         let mut listens = std::collections::HashSet::new();
         for f in &a.forwards {
             if f.listen.port() != 0 && !listens.insert(f.listen) {
@@ -217,6 +234,7 @@ impl TryFrom<RunArgs> for ServerConfig {
             dial_timeout: a.dial_timeout,
             max_streams: a.max_streams,
             max_pending_dials: a.max_pending_dials,
+            max_streams_per_node: a.max_streams_per_node,
             header_timeout: a.header_timeout,
             agent_keepalive: a.agent_keepalive,
             agent_idle_timeout: a.agent_idle_timeout,

@@ -51,6 +51,8 @@ pub enum DialFailure {
     StreamLimit { limit: usize },
     #[error("server is at its limit of {limit} pending dials")]
     PendingLimit { limit: usize },
+    #[error("node {node} is at its stream limit: {detail}")]
+    NodeStreamLimit { node: String, detail: String },
     #[error("agent for node {node} refused {target}: {message}")]
     NotAllowed {
         node: String,
@@ -98,7 +100,8 @@ impl DialFailure {
         match self {
             DialFailure::NoAgent { .. }
             | DialFailure::StreamLimit { .. }
-            | DialFailure::PendingLimit { .. } => 503,
+            | DialFailure::PendingLimit { .. }
+            | DialFailure::NodeStreamLimit { .. } => 503,
             DialFailure::NotAllowed { .. } => 403,
             DialFailure::DialFailed { .. } | DialFailure::BadAnswer { .. } => 502,
             DialFailure::AgentTimeout { .. }
@@ -111,7 +114,9 @@ impl DialFailure {
     pub fn result_label(&self) -> &'static str {
         match self {
             DialFailure::NoAgent { .. } => "no_agent",
-            DialFailure::StreamLimit { .. } | DialFailure::PendingLimit { .. } => "limit",
+            DialFailure::StreamLimit { .. }
+            | DialFailure::PendingLimit { .. }
+            | DialFailure::NodeStreamLimit { .. } => "limit",
             DialFailure::NotAllowed { .. } => "not_allowed",
             DialFailure::DialFailed { .. } | DialFailure::BadAnswer { .. } => "dial_failed",
             DialFailure::AgentTimeout { .. } | DialFailure::Timeout { .. } => "timeout",
@@ -131,17 +136,40 @@ pub struct EdgeStream {
     pub _active: ActiveStream,
 }
 
-/// Keeps the gauges and the limit slot of one open stream.
+/// Keeps the gauges and the limit slots of one open stream.
 pub struct ActiveStream {
-    agent: Arc<AgentEntry>,
+    _slot: NodeSlot,
     gauge: prometheus::IntGauge,
     node_gauge: Option<prometheus::IntGauge>,
     _permit: OwnedSemaphorePermit,
 }
 
+/// One of a connection's `--max-streams-per-node` slots, taken from the
+/// moment a dial starts (so dials in flight count) until the stream ends.
+/// `AgentEntry::streams` is the count, as `/agents` shows it.
+struct NodeSlot(Arc<AgentEntry>);
+
+impl NodeSlot {
+    fn take(agent: &Arc<AgentEntry>, limit: usize) -> Option<Self> {
+        let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+        agent
+            .streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| NodeSlot(agent.clone()))
+    }
+}
+
+impl Drop for NodeSlot {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Drop for ActiveStream {
     fn drop(&mut self) {
-        self.agent.streams.fetch_sub(1, Ordering::Relaxed);
         self.gauge.dec();
         if let Some(g) = &self.node_gauge {
             g.dec();
@@ -167,11 +195,13 @@ pub struct Dialer {
     max_streams: usize,
     pending: Arc<Semaphore>,
     max_pending: usize,
+    max_streams_per_node: usize,
     next_stream_id: std::sync::atomic::AtomicU64,
 }
 
 impl Dialer {
-    /// A dialer with the given limits.
+    /// A dialer with the given limits (for the whole server, and for the
+    /// streams of one agent connection).
     pub fn new(
         registry: Arc<AgentRegistry>,
         metrics: ServerMetrics,
@@ -187,8 +217,15 @@ impl Dialer {
             max_streams,
             pending: Arc::new(Semaphore::new(max_pending)),
             max_pending,
+            max_streams_per_node: max_streams,
             next_stream_id: std::sync::atomic::AtomicU64::new(1),
         }
+    }
+
+    /// Limits the streams open (or dialing) on one agent connection.
+    pub fn with_max_streams_per_node(mut self, limit: usize) -> Self {
+        self.max_streams_per_node = limit;
+        self
     }
 
     /// The metrics this dialer records into (front ends add their own).
@@ -270,6 +307,15 @@ impl Dialer {
                 .map_err(|_| DialFailure::StreamLimit {
                     limit: self.max_streams,
                 })?;
+        let slot = NodeSlot::take(&agent, self.max_streams_per_node).ok_or_else(|| {
+            DialFailure::NodeStreamLimit {
+                node: agent.node.clone(),
+                detail: format!(
+                    "{} streams open or dialing (--max-streams-per-node)",
+                    self.max_streams_per_node
+                ),
+            }
+        })?;
         let _pending_permit =
             self.pending
                 .try_acquire()
@@ -293,7 +339,13 @@ impl Dialer {
         let halves = tokio::time::timeout_at(deadline, agent.link.open_stream())
             .await
             .map_err(|_| timed_out())?
-            .map_err(|e| gone(&e))?;
+            .map_err(|e| match e {
+                transport::StreamError::Limit(detail) => DialFailure::NodeStreamLimit {
+                    node: node.clone(),
+                    detail,
+                },
+                e => gone(&e),
+            })?;
         // From here on, giving up (timeout, or this future dropped because
         // the front-end client left) resets the stream, so the agent drops
         // its dial instead of finishing a connection nobody will use.
@@ -315,7 +367,6 @@ impl Dialer {
             Ok(Message::DialResult(DialResult::Connected)) => {
                 let (send, recv) = pending.complete();
                 send.set_priority(transport::stream::DATA_PRIORITY);
-                agent.streams.fetch_add(1, Ordering::Relaxed);
                 let gauge = self
                     .metrics
                     .streams_active
@@ -328,7 +379,7 @@ impl Dialer {
                     stream_id,
                     node,
                     _active: ActiveStream {
-                        agent,
+                        _slot: slot,
                         gauge,
                         node_gauge,
                         _permit: stream_permit,

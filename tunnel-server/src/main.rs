@@ -12,7 +12,7 @@ fn main() -> anyhow::Result<()> {
     }
     let cfg = ServerConfig::try_from(cli.run)?;
     transport::cli::init_tracing();
-    raise_fd_limit();
+    transport::cli::raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -56,13 +56,5 @@ async fn reload(server: &mut tunnel_server::server::RunningServer, argv: &[std::
         Err(e) => {
             tracing::error!(error = %e, "SIGHUP: configuration invalid; keeping the running forwards")
         }
-    }
-}
-
-/// Thousands of agents and front-end connections need more than the usual 1024 descriptors.
-fn raise_fd_limit() {
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => tracing::debug!(limit = n, "file descriptor limit"),
-        Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
     }
 }

@@ -94,13 +94,16 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
     let endpoint =
         transport::quic::server_endpoint(cfg.agent_addr, agent_tls, &tuning, key.secret_der())
             .with_context(|| format!("starting the agent listener on {} (UDP)", cfg.agent_addr))?;
-    let dialer = Arc::new(Dialer::new(
-        registry.clone(),
-        metrics.clone(),
-        cfg.dial_timeout,
-        cfg.max_streams,
-        cfg.max_pending_dials,
-    ));
+    let dialer = Arc::new(
+        Dialer::new(
+            registry.clone(),
+            metrics.clone(),
+            cfg.dial_timeout,
+            cfg.max_streams,
+            cfg.max_pending_dials,
+        )
+        .with_max_streams_per_node(cfg.max_streams_per_node),
+    );
     // Signs enrolled (agent port, TCP) and renewed (service streams) agent certificates.
     let issuer = Arc::new(Issuer {
         ca: match &cfg.agent_ca_key {

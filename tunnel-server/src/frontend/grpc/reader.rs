@@ -92,9 +92,7 @@ impl PacketReader {
                             expected: self
                                 .decoder
                                 .pending_len()
-                                .map_or(proto::grpc::PREFIX_LEN, |n| {
-                                    n + proto::grpc::PREFIX_LEN
-                                }),
+                                .map_or(proto::grpc::PREFIX_LEN, |n| n + proto::grpc::PREFIX_LEN),
                             after: self.stall_timeout,
                         })
                     }
