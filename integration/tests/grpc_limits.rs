@@ -177,7 +177,9 @@ async fn partial_messages_beyond_the_budget_are_refused_at_once() {
             let (mut call, _) = dialed(&uds, echo, i).await;
             let sent = async {
                 call.tx.send_raw(prefix(MAX_MESSAGE)).await?;
-                call.tx.send_raw(Bytes::from(vec![0x22u8; STREAM_WINDOW])).await
+                call.tx
+                    .send_raw(Bytes::from(vec![0x22u8; STREAM_WINDOW]))
+                    .await
             }
             .await;
             (call, sent.is_ok())
