@@ -14,6 +14,7 @@ use crate::connector::Connector;
 use crate::edge::EdgeDialer;
 use crate::hub::run::RunningHub;
 use crate::hub::settings::{ApiserverTarget, HubConfig, HubSetting};
+use crate::hub::status::HubStatus;
 use crate::hub::upstream::{DirectDialer, TunnelDialer, UpstreamDialer};
 use crate::link::AgentLink;
 use crate::metrics::AgentMetrics;
@@ -54,14 +55,19 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunningAgent> {
         .with_context(|| format!("binding --admin-addr {}", cfg.admin_addr))?;
     let admin_metrics = metrics.clone();
     let admin_connected = connected.clone();
+    let hub_status = HubStatus::default();
+    let admin_hub = hub_status.clone();
+    // 200 while connected (the tunnel works, whatever the hub's state); the body
+    // says what is wrong with the node proxy.
     let handler: transport::admin::AdminHandler = Arc::new(move |path, _query| match path {
         "/healthz" => AdminResponse::text(StatusCode::OK, "ok\n"),
-        "/readyz" if admin_connected.load(Ordering::Acquire) => {
-            AdminResponse::text(StatusCode::OK, "connected to the server\n")
-        }
+        "/readyz" if admin_connected.load(Ordering::Acquire) => AdminResponse::text(
+            StatusCode::OK,
+            format!("connected to the server; {}\n", admin_hub.summary()),
+        ),
         "/readyz" => AdminResponse::text(
             StatusCode::SERVICE_UNAVAILABLE,
-            "not connected to the server\n",
+            format!("not connected to the server; {}\n", admin_hub.summary()),
         ),
         "/metrics" => {
             let mut r = AdminResponse::text(StatusCode::OK, admin_metrics.render());
@@ -139,7 +145,16 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunningAgent> {
         }
         HubSetting::On(hub_cfg) => {
             let dialer = hub_dialer(hub_cfg, &link);
-            Some(crate::hub::run::start(hub_cfg, dialer, metrics.clone()).await?)
+            // A hub that cannot start must not take the tunnel down with it.
+            match crate::hub::run::start(hub_cfg, dialer, metrics.clone(), &hub_status).await {
+                Ok(hub) => Some(hub),
+                Err(err) => {
+                    tracing::error!(error = %err,
+                        "node proxy (hub) failed to start; the tunnel runs without it");
+                    hub_status.set_failed(err.to_string());
+                    None
+                }
+            }
         }
     };
     let connector = Connector {

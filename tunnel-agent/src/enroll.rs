@@ -140,9 +140,9 @@ pub async fn enroll(
     save(files, &request.key_pem, &cert_pem).map_err(|e| RequestError::Transient(e.to_string()))
 }
 
-/// Writes key (0600) then certificate (0644), each atomically, after checking they match.
+/// Checks that key and certificate match, then writes them (key 0600,
+/// certificate 0644) so that no crash leaves a mismatched pair ([`crate::key_pair`]).
 pub fn save(files: &AgentTlsFiles, key_pem: &str, cert_pem: &str) -> Result<(), certs::CertError> {
-    use certs::atomic_file::{write_atomic, CERT_MODE, KEY_MODE};
     let der =
         certs::load::first_cert_der(cert_pem).ok_or_else(|| certs::CertError::InvalidPem {
             path: files.cert.clone(),
@@ -172,8 +172,7 @@ pub fn save(files: &AgentTlsFiles, key_pem: &str, cert_pem: &str) -> Result<(), 
             source,
         })?;
     }
-    write_atomic(&files.key, key_pem.as_bytes(), KEY_MODE)?;
-    write_atomic(&files.cert, cert_pem.as_bytes(), CERT_MODE)?;
+    crate::key_pair::save(&files.key, &files.cert, key_pem, cert_pem)?;
     if let Ok(not_after) = certs::not_after_unix(&der) {
         files.metrics.certificate_expiry.set(not_after);
     }

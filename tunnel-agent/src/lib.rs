@@ -12,6 +12,7 @@ pub mod connector;
 pub mod edge;
 pub mod enroll;
 pub mod hub;
+pub mod key_pair;
 pub mod link;
 pub mod metrics;
 pub mod proxy;

@@ -1,5 +1,7 @@
 //! The agent's Prometheus metrics, names as the spec fixes them.
 
+use crate::hub::cache::ResetReason;
+use crate::hub::health::OfflineReason;
 use prometheus::{
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -27,6 +29,10 @@ pub struct AgentMetrics {
     pub cache_bytes: IntGauge,
     /// Node proxy: cache writes refused for the quota or a full disk since start.
     pub cache_refused_writes: IntGauge,
+    /// Node proxy: cache files moved aside and replaced by a fresh one, by reason.
+    pub cache_resets: IntCounterVec,
+    /// Node proxy: 1 for the current offline reason, 0 for the others.
+    pub hub_offline: IntGaugeVec,
 }
 
 impl AgentMetrics {
@@ -98,6 +104,28 @@ impl AgentMetrics {
             "tunnel_agent_cache_refused_writes",
             "Autonomy cache writes refused since start because of the quota or a full disk.",
         )?;
+        let cache_resets = IntCounterVec::new(
+            Opts::new(
+                "tunnel_agent_cache_resets_total",
+                "Autonomy cache files that could not be used and were moved aside for a fresh one; reason: corrupt, version, unreadable, panic.",
+            ),
+            &["reason"],
+        )?;
+        for reason in ResetReason::ALL {
+            cache_resets.with_label_values(&[reason.label()]);
+        }
+        let hub_offline = IntGaugeVec::new(
+            Opts::new(
+                "tunnel_agent_hub_offline",
+                "Node proxy: 1 for the reason it is offline now (all 0 while it forwards).",
+            ),
+            &["reason"],
+        )?;
+        for reason in OfflineReason::ALL {
+            hub_offline.with_label_values(&[reason.label()]);
+        }
+        registry.register(Box::new(hub_offline.clone()))?;
+        registry.register(Box::new(cache_resets.clone()))?;
         registry.register(Box::new(cache_bytes.clone()))?;
         registry.register(Box::new(cache_refused_writes.clone()))?;
         registry.register(Box::new(cloud_reachable.clone()))?;
@@ -123,6 +151,8 @@ impl AgentMetrics {
             cache_errors,
             cache_bytes,
             cache_refused_writes,
+            cache_resets,
+            hub_offline,
         })
     }
 

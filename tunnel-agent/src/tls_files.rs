@@ -43,8 +43,10 @@ pub struct LoadedIdentity {
 }
 
 impl AgentTlsFiles {
-    /// Reads and checks the three files (the key must match the certificate).
+    /// Reads and checks the three files (the key must match the certificate),
+    /// first completing a key/certificate save a crash interrupted.
     pub fn load(&self) -> Result<LoadedIdentity, CertError> {
+        crate::key_pair::recover(&self.key, &self.cert)?;
         let (chain, key) = certs::load_cert_and_key(&self.cert, &self.key)?;
         let roots = certs::load_root_store(&self.server_ca)?;
         let in_cert = |e: CertError| CertError::InvalidPem {
@@ -75,9 +77,12 @@ impl AgentTlsFiles {
         certs::agent_client_config(loaded.roots, loaded.chain, loaded.key, vec![alpn.to_vec()])
     }
 
-    /// True when neither the certificate nor the key exists yet (a node to enroll).
+    /// True when neither the certificate nor the key exists yet, nor a pending
+    /// pair from an interrupted enrollment (a node to enroll).
     fn absent(&self) -> bool {
-        !self.cert.exists() && !self.key.exists()
+        !self.cert.exists()
+            && !self.key.exists()
+            && !crate::key_pair::pending_path(&self.cert).exists()
     }
 }
 

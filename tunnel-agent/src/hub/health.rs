@@ -125,9 +125,171 @@ impl Health {
     }
 }
 
+/// Why the node proxy is offline, as a small fixed set (a metric label and the
+/// `/readyz` text); the full error goes to the log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OfflineReason {
+    /// `--apiserver tunnel` while the agent has no server connection.
+    TunnelNotConnected,
+    /// The connection was refused (nothing listens, or the server's `--apiserver` refused).
+    ConnectionRefused,
+    /// No connection or no answer in time.
+    Timeout,
+    /// Other errors reaching the apiserver (DNS, unreachable network, reset).
+    ConnectFailed,
+    /// The apiserver's certificate does not name `--hub-apiserver-server-name`.
+    CertificateNameMismatch,
+    /// The apiserver's certificate is not signed by `--hub-apiserver-ca`, expired...
+    CertificateUntrusted,
+    /// The TLS handshake failed for another reason (our client certificate refused...).
+    TlsFailed,
+    /// The apiserver answered the probe with a 5xx.
+    ServerError,
+    /// The HTTP exchange failed (connection closed mid-answer, bad response).
+    HttpFailed,
+}
+
+impl OfflineReason {
+    /// Every reason, for exporting one gauge per label value.
+    pub const ALL: [OfflineReason; 9] = [
+        OfflineReason::TunnelNotConnected,
+        OfflineReason::ConnectionRefused,
+        OfflineReason::Timeout,
+        OfflineReason::ConnectFailed,
+        OfflineReason::CertificateNameMismatch,
+        OfflineReason::CertificateUntrusted,
+        OfflineReason::TlsFailed,
+        OfflineReason::ServerError,
+        OfflineReason::HttpFailed,
+    ];
+
+    /// The metric label and `/readyz` text.
+    pub fn label(self) -> &'static str {
+        match self {
+            OfflineReason::TunnelNotConnected => "not connected to the tunnel server",
+            OfflineReason::ConnectionRefused => "apiserver connection refused",
+            OfflineReason::Timeout => "apiserver timeout",
+            OfflineReason::ConnectFailed => "apiserver unreachable",
+            OfflineReason::CertificateNameMismatch => "apiserver certificate name mismatch",
+            OfflineReason::CertificateUntrusted => "apiserver certificate not trusted",
+            OfflineReason::TlsFailed => "TLS handshake failed",
+            OfflineReason::ServerError => "apiserver answered 5xx",
+            OfflineReason::HttpFailed => "HTTP exchange failed",
+        }
+    }
+
+    /// The reason for a dial error's kind.
+    pub fn of_dial(kind: std::io::ErrorKind) -> Self {
+        use std::io::ErrorKind;
+        match kind {
+            ErrorKind::NotConnected => OfflineReason::TunnelNotConnected,
+            ErrorKind::ConnectionRefused => OfflineReason::ConnectionRefused,
+            ErrorKind::TimedOut => OfflineReason::Timeout,
+            _ => OfflineReason::ConnectFailed,
+        }
+    }
+
+    /// The reason for a failed TLS handshake, from rustls' error when there is one.
+    pub fn of_tls(err: Option<&rustls::Error>) -> Self {
+        use rustls::CertificateError;
+        match err {
+            Some(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => OfflineReason::CertificateNameMismatch,
+            Some(rustls::Error::InvalidCertificate(_)) => OfflineReason::CertificateUntrusted,
+            _ => OfflineReason::TlsFailed,
+        }
+    }
+}
+
+/// Rate limit of the "still offline" log line: a changed reason is logged at
+/// once, the same one at most once per `every`.
+#[derive(Debug, Clone)]
+pub struct ReasonLog {
+    every: Duration,
+    last: Option<(OfflineReason, Instant)>,
+}
+
+impl ReasonLog {
+    /// Nothing logged yet.
+    pub fn new(every: Duration) -> Self {
+        Self { every, last: None }
+    }
+
+    /// Whether to log `reason` now (and if so, remembers it as logged).
+    pub fn should_log(&mut self, reason: OfflineReason, now: Instant) -> bool {
+        let due = match self.last {
+            Some((last, at)) => last != reason || now.saturating_duration_since(at) >= self.every,
+            None => true,
+        };
+        if due {
+            self.last = Some((reason, now));
+        }
+        due
+    }
+
+    /// Back online: the next offline reason is news again.
+    pub fn clear(&mut self) {
+        self.last = None;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reasons_come_from_the_error_kinds() {
+        use std::io::ErrorKind;
+        assert_eq!(
+            OfflineReason::of_dial(ErrorKind::NotConnected),
+            OfflineReason::TunnelNotConnected
+        );
+        assert_eq!(
+            OfflineReason::of_dial(ErrorKind::ConnectionRefused),
+            OfflineReason::ConnectionRefused
+        );
+        assert_eq!(
+            OfflineReason::of_dial(ErrorKind::HostUnreachable),
+            OfflineReason::ConnectFailed
+        );
+        let name = rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName);
+        assert_eq!(
+            OfflineReason::of_tls(Some(&name)),
+            OfflineReason::CertificateNameMismatch
+        );
+        let issuer = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        assert_eq!(
+            OfflineReason::of_tls(Some(&issuer)),
+            OfflineReason::CertificateUntrusted
+        );
+        assert_eq!(OfflineReason::of_tls(None), OfflineReason::TlsFailed);
+    }
+
+    #[test]
+    fn a_changed_reason_is_logged_at_once_the_same_one_once_per_period() {
+        let mut log = ReasonLog::new(Duration::from_secs(60));
+        let t = Instant::now();
+        let tunnel = OfflineReason::TunnelNotConnected;
+        let name = OfflineReason::CertificateNameMismatch;
+        assert!(log.should_log(tunnel, t));
+        assert!(!log.should_log(tunnel, t + Duration::from_secs(1)));
+        assert!(log.should_log(name, t + Duration::from_secs(2)), "changed");
+        assert!(!log.should_log(name, t + Duration::from_secs(61)));
+        assert!(
+            log.should_log(name, t + Duration::from_secs(62)),
+            "period over"
+        );
+        assert!(
+            log.should_log(tunnel, t + Duration::from_secs(63)),
+            "changed back"
+        );
+        log.clear();
+        assert!(
+            log.should_log(tunnel, t + Duration::from_secs(64)),
+            "after online"
+        );
+    }
 
     fn machine() -> (Health, Instant) {
         (Health::new(HealthPolicy::default()), Instant::now())

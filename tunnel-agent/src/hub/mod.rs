@@ -11,6 +11,7 @@ pub mod respond;
 pub mod run;
 pub mod server;
 pub mod settings;
+pub mod status;
 pub mod upstream;
 pub mod upstream_tls;
 pub mod watch_pump;

@@ -2,13 +2,13 @@
 //! switch log line and the `tunnel_agent_cloud_reachable` gauge.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use tokio::sync::watch;
 
-use crate::hub::health::{Health, HealthPolicy, Reachability, Switch};
+use crate::hub::health::{Health, HealthPolicy, OfflineReason, Reachability, ReasonLog, Switch};
 use crate::hub::settings::ProbeSettings;
 use crate::hub::upstream::{Credentials, UpstreamClient};
 use crate::metrics::AgentMetrics;
@@ -16,10 +16,20 @@ use crate::metrics::AgentMetrics;
 /// Path probed: answered by every apiserver, to anonymous users too.
 pub const PROBE_PATH: &str = "/readyz";
 
+/// The same offline reason is logged at most this often (a changed one at once).
+const REASON_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Why the hub is offline now, and when that was last logged.
+struct OfflineState {
+    current: Option<OfflineReason>,
+    log: ReasonLog,
+}
+
 /// Shared reachability: read by request handlers, changed by probes and traffic failures.
 #[derive(Clone)]
 pub struct HubHealth {
     machine: Arc<Mutex<Health>>,
+    offline: Arc<Mutex<OfflineState>>,
     state: watch::Sender<Reachability>,
     metrics: AgentMetrics,
     client: Arc<UpstreamClient>,
@@ -31,6 +41,10 @@ impl HubHealth {
         let (state, _) = watch::channel(Reachability::Starting);
         Self {
             machine: Arc::new(Mutex::new(Health::new(policy))),
+            offline: Arc::new(Mutex::new(OfflineState {
+                current: None,
+                log: ReasonLog::new(REASON_LOG_EVERY),
+            })),
             state,
             metrics,
             client,
@@ -47,20 +61,35 @@ impl HubHealth {
         self.state.subscribe()
     }
 
-    /// A proxied request failed at the transport level.
-    pub fn traffic_failed(&self, reason: &str) {
-        self.apply(|h| h.traffic_failed(reason));
+    /// Why the hub is offline now (`None` while forwarding).
+    pub fn offline_reason(&self) -> Option<OfflineReason> {
+        self.offline.lock().ok().and_then(|o| o.current)
     }
 
-    fn apply(&self, event: impl FnOnce(&mut Health) -> Option<Switch>) {
-        let switch = match self.machine.lock() {
-            Ok(mut h) => event(&mut h),
+    /// A proxied request failed at the transport level.
+    pub fn traffic_failed(&self, reason: OfflineReason, detail: &str) {
+        self.apply(Some((reason, detail)), |h| h.traffic_failed(detail));
+    }
+
+    /// Applies a probe result or traffic failure (`failure`: why, if it failed).
+    fn apply(
+        &self,
+        failure: Option<(OfflineReason, &str)>,
+        event: impl FnOnce(&mut Health) -> Option<Switch>,
+    ) {
+        let (switch, state) = match self.machine.lock() {
+            Ok(mut h) => (event(&mut h), h.state()),
             Err(_) => return,
         };
+        self.note_reason(failure, state, switch.is_some());
         let Some(switch) = switch else { return };
         match switch.to {
             Reachability::Offline => {
-                tracing::warn!(reason = %switch.reason, "cloud unreachable: answering from the cache");
+                let cause = self
+                    .offline_reason()
+                    .map(OfflineReason::label)
+                    .unwrap_or_default();
+                tracing::warn!(reason = %switch.reason, cause, "cloud unreachable: answering from the cache");
                 self.client.forget_idle();
                 self.metrics.cloud_reachable.set(0);
             }
@@ -88,35 +117,76 @@ impl HubHealth {
             tokio::spawn(async move {
                 let outcome = tokio::time::timeout(timeout, me.probe_once()).await;
                 match outcome {
-                    Ok(Ok(())) => me.apply(|h| h.probe_succeeded(Instant::now())),
-                    Ok(Err(reason)) => me.apply(|h| h.probe_failed(&reason)),
+                    Ok(Ok(())) => me.apply(None, |h| h.probe_succeeded(Instant::now())),
+                    Ok(Err((reason, detail))) => {
+                        me.apply(Some((reason, &detail)), |h| h.probe_failed(&detail))
+                    }
                     Err(_) => {
-                        me.apply(|h| h.probe_failed(&format!("no answer within {timeout:?}")))
+                        let detail = format!("no answer within {timeout:?}");
+                        me.apply(Some((OfflineReason::Timeout, &detail)), |h| {
+                            h.probe_failed(&detail)
+                        })
                     }
                 }
             });
         }
     }
 
+    /// Keeps the current offline reason, its gauge and its rate-limited log line.
+    fn note_reason(
+        &self,
+        failure: Option<(OfflineReason, &str)>,
+        state: Reachability,
+        switched: bool,
+    ) {
+        let Ok(mut offline) = self.offline.lock() else {
+            return;
+        };
+        let current = match (state, failure) {
+            (Reachability::Offline, Some((reason, detail))) => {
+                // The switch line names the first reason; later changes get their own.
+                if offline.log.should_log(reason, Instant::now()) && !switched {
+                    tracing::warn!(cause = reason.label(), error = %detail,
+                        "node proxy still offline: {}", reason.label());
+                }
+                Some(reason)
+            }
+            (Reachability::Offline, None) => offline.current,
+            (Reachability::Online | Reachability::Starting, _) => {
+                offline.log.clear();
+                None
+            }
+        };
+        offline.current = current;
+        for reason in OfflineReason::ALL {
+            self.metrics
+                .hub_offline
+                .with_label_values(&[reason.label()])
+                .set(i64::from(current == Some(reason)));
+        }
+    }
+
     /// One probe: any HTTP answer below 500 means the apiserver is there.
-    async fn probe_once(&self) -> Result<(), String> {
+    async fn probe_once(&self) -> Result<(), (OfflineReason, String)> {
+        let http = |e: &dyn std::fmt::Display| (OfflineReason::HttpFailed, e.to_string());
         let req = Request::get(PROBE_PATH)
             .header(hyper::header::USER_AGENT, "tunnel-agent-hub-probe")
             .body(Empty::new().map_err(|never| match never {}).boxed())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| http(&e))?;
         let resp = self
             .client
             .send(Credentials::NodeCertificate, req, false)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| (e.offline_reason(), e.to_string()))?;
         let status = resp.status();
         // Drain the (small) body so the connection can be reused.
         resp.into_body()
             .collect()
             .await
-            .map_err(|e| format!("reading the probe answer: {e}"))?;
+            .map_err(|e| http(&format!("reading the probe answer: {e}")))?;
         if status.is_server_error() {
-            return Err(format!("{PROBE_PATH} answered {status}"));
+            let detail = format!("{PROBE_PATH} answered {status}");
+            return Err((OfflineReason::ServerError, detail));
         }
         Ok(())
     }

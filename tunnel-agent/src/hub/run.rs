@@ -6,12 +6,13 @@ use std::time::Duration;
 use hyper::header::HeaderValue;
 use rustls_pki_types::ServerName;
 
-use crate::hub::cache::{AutonomyCache, CacheConfig, CacheError};
+use crate::hub::cache::{AutonomyCache, CacheConfig, ResetReason};
 use crate::hub::health::HealthPolicy;
 use crate::hub::prober::HubHealth;
 use crate::hub::record::CacheFailures;
 use crate::hub::server::{self, Hub};
 use crate::hub::settings::{ApiserverTarget, HubConfig};
+use crate::hub::status::HubStatus;
 use crate::hub::upstream::{UpstreamClient, UpstreamDialer};
 use crate::hub::upstream_tls::{UpstreamTls, UpstreamTlsError};
 use crate::metrics::AgentMetrics;
@@ -26,8 +27,6 @@ const COMMIT_INTERVAL: Duration = Duration::from_millis(2);
 /// The hub could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum HubStartError {
-    #[error("opening the autonomy cache in {dir}: {source}")]
-    Cache { dir: String, source: CacheError },
     #[error(transparent)]
     Tls(#[from] UpstreamTlsError),
     #[error("--hub-apiserver-server-name {0:?} is not a valid TLS server name")]
@@ -58,17 +57,9 @@ pub async fn start(
     cfg: &HubConfig,
     dialer: Arc<dyn UpstreamDialer>,
     metrics: AgentMetrics,
+    status: &HubStatus,
 ) -> Result<RunningHub, HubStartError> {
-    let cache = AutonomyCache::open(CacheConfig {
-        dir: cfg.cache_dir.clone(),
-        max_bytes: cfg.cache_max_bytes,
-        gc_after: cfg.cache_gc_after,
-        commit_interval: COMMIT_INTERVAL,
-    })
-    .map_err(|source| HubStartError::Cache {
-        dir: cfg.cache_dir.display().to_string(),
-        source,
-    })?;
+    let cache = open_cache(cfg);
     let tls = UpstreamTls::load(
         cfg.apiserver_ca.as_deref(),
         &cfg.client_cert,
@@ -97,6 +88,7 @@ pub async fn start(
     tracing::info!(addr = %cfg.listen, upstream = ?cfg.upstream, cache_dir = %cfg.cache_dir.display(),
         "node proxy listening");
     let stats = tokio::spawn(export_cache_stats(cache.clone(), metrics.clone()));
+    status.set_running(health.clone(), cache.clone());
     let hub = Arc::new(Hub {
         client,
         health: health.clone(),
@@ -112,15 +104,43 @@ pub async fn start(
     })
 }
 
+/// Opens the cache; when not even a fresh file can be used the hub runs
+/// without one (proxy only) rather than not at all.
+fn open_cache(cfg: &HubConfig) -> AutonomyCache {
+    let opened = AutonomyCache::open(CacheConfig {
+        dir: cfg.cache_dir.clone(),
+        max_bytes: cfg.cache_max_bytes,
+        gc_after: cfg.cache_gc_after,
+        commit_interval: COMMIT_INTERVAL,
+    });
+    match opened {
+        Ok(cache) => cache,
+        Err(err) => {
+            tracing::error!(error = %err, cache_dir = %cfg.cache_dir.display(),
+                "autonomy cache unavailable: the node proxy only forwards (no offline answers)");
+            AutonomyCache::disabled(err.to_string())
+        }
+    }
+}
+
 /// How often the cache's size and refusals are copied into the metrics.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Copies [`AutonomyCache::stats`] into the gauges, forever.
 async fn export_cache_stats(cache: AutonomyCache, metrics: AgentMetrics) {
     let mut tick = tokio::time::interval(STATS_INTERVAL);
+    let mut resets_seen = [0u64; 4];
     loop {
         tick.tick().await;
         let stats = cache.stats();
+        for (i, reason) in ResetReason::ALL.iter().enumerate() {
+            let new = stats.resets[i].saturating_sub(resets_seen[i]);
+            metrics
+                .cache_resets
+                .with_label_values(&[reason.label()])
+                .inc_by(new);
+            resets_seen[i] = stats.resets[i];
+        }
         metrics
             .cache_bytes
             .set(i64::try_from(stats.bytes_used).unwrap_or(i64::MAX));

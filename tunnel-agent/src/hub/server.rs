@@ -148,7 +148,7 @@ impl Hub {
             Some(Ok(resp)) => resp,
             Some(Err(e)) => {
                 let reason = e.to_string();
-                self.health.traffic_failed(&reason);
+                self.health.traffic_failed(e.offline_reason(), &reason);
                 return self.fallback(&c, &reason);
             }
             None => return self.fallback(&c, "the cloud went offline while waiting"),

@@ -19,6 +19,7 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsConnector;
 
+use crate::hub::health::OfflineReason;
 use crate::hub::upstream_tls::UpstreamTls;
 use crate::link::{AgentLink, LinkError};
 use proto::AgentService;
@@ -115,6 +116,21 @@ pub enum UpstreamError {
     Tls(std::io::Error),
     #[error("HTTP with the apiserver: {0}")]
     Http(#[from] hyper::Error),
+}
+
+impl UpstreamError {
+    /// The bounded reason this error reports while offline.
+    pub fn offline_reason(&self) -> OfflineReason {
+        match self {
+            UpstreamError::Dial(io) => OfflineReason::of_dial(io.kind()),
+            UpstreamError::DialTimeout(_) => OfflineReason::Timeout,
+            UpstreamError::Tls(io) => OfflineReason::of_tls(
+                io.get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+            ),
+            UpstreamError::Http(_) => OfflineReason::HttpFailed,
+        }
+    }
 }
 
 /// Idle connections kept per identity.

@@ -20,6 +20,8 @@ mod label_selector;
 mod object;
 mod offline;
 mod path;
+mod permissions;
+mod recover;
 mod request;
 mod status;
 mod store;
@@ -43,6 +45,7 @@ pub use component::ComponentRule;
 pub use error::{CacheError, ComponentRuleError, RequestError, SelectorError, WatchDecodeError};
 pub use field_selector::FieldSelector;
 pub use label_selector::LabelSelector;
+pub use recover::{CacheReset, ResetReason};
 pub use request::{RequestInfo, RequestKind, Verb};
 pub use status::status_json;
 pub use watch_decoder::WatchDecoder;
@@ -80,6 +83,29 @@ pub struct CacheStats {
     pub refused_writes: u64,
     /// Durable transactions committed since open (each holds a batch of writes).
     pub commits: u64,
+    /// Files moved aside and replaced since start, per [`ResetReason::ALL`].
+    pub resets: [u64; 4],
+}
+
+/// Whether the cache works, for `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheHealth {
+    /// Opened as it was.
+    Ok,
+    /// Working, but the newest of its resets lost what was stored.
+    Reset(CacheReset),
+    /// No cache at all: requests are only proxied.
+    Disabled(String),
+}
+
+impl std::fmt::Display for CacheHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheHealth::Ok => write!(f, "ok"),
+            CacheHealth::Reset(reset) => write!(f, "degraded ({reset})"),
+            CacheHealth::Disabled(why) => write!(f, "disabled, proxy only ({why})"),
+        }
+    }
 }
 
 /// The crash-safe per-component cache; cheap to clone (Arc inside), Send + Sync.
@@ -90,7 +116,10 @@ pub struct AutonomyCache {
 
 /// Owned by all clones; dropping the last one stops the writer and closes the database.
 struct Shared {
-    store: Arc<Store>,
+    /// `None` for a disabled cache (see [`AutonomyCache::disabled`]).
+    store: Option<Arc<Store>>,
+    /// Why the cache is disabled.
+    disabled: Option<String>,
     queue: Option<mpsc::Sender<Job>>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
@@ -107,15 +136,20 @@ impl Drop for Shared {
 
 impl AutonomyCache {
     /// Opens (or creates) the cache in `cfg.dir`, drops components idle for
-    /// `cfg.gc_after` and starts the writer thread; fast, no rebuild.
+    /// `cfg.gc_after` and starts the writer thread; fast, no rebuild. A file that
+    /// cannot be opened is moved aside and replaced (see [`AutonomyCache::health`]);
+    /// fails only when not even a fresh file can be used.
     pub fn open(cfg: CacheConfig) -> Result<AutonomyCache, CacheError> {
-        let store = Arc::new(Store::open(&cfg.dir)?);
+        let (store, _reset) = Store::open(&cfg.dir)?;
+        let store = Arc::new(store);
         let writer_cfg = WriterConfig {
             max_bytes: cfg.max_bytes,
             gc_after: cfg.gc_after,
             commit_interval: cfg.commit_interval,
         };
-        writer::maintain(&store, &writer_cfg, true);
+        writer::contained(&store, "GC at open", || {
+            writer::maintain(&store, &writer_cfg, true)
+        });
         let (queue, jobs) = mpsc::channel(writer::QUEUE_DEPTH);
         let writer_store = store.clone();
         let writer = std::thread::Builder::new()
@@ -127,11 +161,36 @@ impl AutonomyCache {
             })?;
         Ok(AutonomyCache {
             shared: Arc::new(Shared {
-                store,
+                store: Some(store),
+                disabled: None,
                 queue: Some(queue),
                 writer: Some(writer),
             }),
         })
+    }
+
+    /// A cache that stores nothing and answers offline requests with 503: the hub
+    /// keeps proxying when no cache can be opened at all.
+    pub fn disabled(reason: String) -> AutonomyCache {
+        AutonomyCache {
+            shared: Arc::new(Shared {
+                store: None,
+                disabled: Some(reason),
+                queue: None,
+                writer: None,
+            }),
+        }
+    }
+
+    /// Whether the cache works, and what happened to it if not quite.
+    pub fn health(&self) -> CacheHealth {
+        match (&self.shared.store, &self.shared.disabled) {
+            (None, reason) => CacheHealth::Disabled(reason.clone().unwrap_or_default()),
+            (Some(store), _) => match store.last_reset() {
+                Some(reset) => CacheHealth::Reset(reset),
+                None => CacheHealth::Ok,
+            },
+        }
     }
 
     /// Records a 2xx JSON response to a cacheable get/list/create/update/patch or
@@ -225,13 +284,35 @@ impl AutonomyCache {
         req: &RequestInfo,
         request_body: &[u8],
     ) -> OfflineAnswer {
-        let store = &self.shared.store;
+        let Some(store) = &self.shared.store else {
+            let why = self.shared.disabled.as_deref().unwrap_or_default();
+            let message = format!("offline and the autonomy cache is disabled: {why}");
+            return OfflineAnswer::Respond {
+                status: 503,
+                body: status_json(503, "ServiceUnavailable", &message),
+            };
+        };
         store
             .asked
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(component.to_string(), writer::unix_now());
-        let (answer, write) = offline::answer(store, component, req, request_body);
+        let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            offline::answer(store, component, req, request_body)
+        }));
+        let (answer, write) = match answered {
+            Ok(answered) => answered,
+            Err(payload) => {
+                let message = recover::panic_message(payload.as_ref());
+                store.reset(
+                    ResetReason::Panic,
+                    format!("redb panicked reading: {message}"),
+                );
+                let message = "the autonomy cache was damaged and has been reset";
+                let body = status_json(503, "ServiceUnavailable", message);
+                return OfflineAnswer::Respond { status: 503, body };
+            }
+        };
         if let (Some(op), Some(queue)) = (write, self.shared.queue.as_ref()) {
             // Best effort: the acknowledged object is kept current when there is room.
             let _ = queue.try_send(Job { op, done: None });
@@ -239,14 +320,25 @@ impl AutonomyCache {
         answer
     }
 
+    /// Tests: the writer thread panics at its next commit.
+    #[cfg(test)]
+    pub(crate) fn inject_writer_panic(&self) {
+        if let Some(store) = &self.shared.store {
+            store.panic_next_commit.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// Bytes used, objects and refused writes, for metrics.
     pub fn stats(&self) -> CacheStats {
-        let store = &self.shared.store;
+        let Some(store) = &self.shared.store else {
+            return CacheStats::default();
+        };
         CacheStats {
             bytes_used: store.bytes_used.load(Ordering::Relaxed),
             objects: store.entries.load(Ordering::Relaxed),
             refused_writes: store.refused_writes.load(Ordering::Relaxed),
             commits: store.commits.load(Ordering::Relaxed),
+            resets: store.reset_counts(),
         }
     }
 }
@@ -266,3 +358,7 @@ mod enospc_tests;
 #[cfg(test)]
 #[path = "crash_tests.rs"]
 mod crash_tests;
+
+#[cfg(test)]
+#[path = "reset_tests.rs"]
+mod reset_tests;

@@ -13,6 +13,8 @@ use redb::{Database, TableDefinition};
 use super::error::CacheError;
 use super::keys::{self, Collection, DIRECT_OWNER};
 use super::object::{self, ListMeta};
+use super::permissions;
+use super::recover::{self, CacheReset, OpenFailure, ResetReason};
 
 /// Objects: component, gvr, owner, namespace, name → resourceVersion NUL json.
 pub(crate) const OBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("objects");
@@ -49,6 +51,25 @@ pub(crate) struct Store {
     pub asked: Mutex<HashMap<String, u64>>,
     /// After a storage error: refuse writes with this error until then.
     refuse_writes: Mutex<Option<(Instant, CacheError)>>,
+    /// Resets since start, indexed like [`ResetReason::ALL`].
+    resets: [AtomicU64; 4],
+    last_reset: Mutex<Option<CacheReset>>,
+    /// Tests: the writer panics at its next commit.
+    #[cfg(test)]
+    pub panic_next_commit: std::sync::atomic::AtomicBool,
+}
+
+/// Moves the unusable file at `path` aside, with the ERROR line operators look for.
+fn reset_file(path: &Path, reason: ResetReason, detail: String) -> CacheReset {
+    let moved_to = recover::move_aside(path, reason, super::writer::unix_now());
+    let reset = CacheReset {
+        reason,
+        detail,
+        moved_to,
+    };
+    tracing::error!(reason = reason.label(), error = %reset.detail, path = %path.display(),
+        "autonomy cache file unusable: {reset}; starting a fresh cache (the tunnel is not affected)");
+    reset
 }
 
 /// Stored value: resourceVersion, NUL, JSON.
@@ -78,21 +99,62 @@ fn storage(err: impl Into<redb::Error>) -> CacheError {
     CacheError::from_storage(err)
 }
 
-/// Opens or creates the database file and its tables.
-fn open_database(path: &Path) -> Result<Database, CacheError> {
-    let db = Database::builder()
-        .set_cache_size(PAGE_CACHE_BYTES)
-        .create(path)
-        .map_err(storage)?;
-    let mut txn = db.begin_write().map_err(storage)?;
-    txn.set_quick_repair(true);
-    txn.open_table(OBJECTS).map_err(storage)?;
-    txn.open_table(LISTS).map_err(storage)?;
-    txn.open_table(DOCS).map_err(storage)?;
-    txn.open_table(COMPONENTS).map_err(storage)?;
-    txn.open_table(COUNTERS).map_err(storage)?;
-    txn.commit().map_err(storage)?;
-    Ok(db)
+/// Opens or creates the database file and its tables; redb's panics are
+/// contained and, like a damaged file, reported as asking for a reset.
+fn open_database(path: &Path) -> Result<Database, OpenFailure> {
+    let fail = |err: redb::Error| OpenFailure {
+        reset: recover::classify(&err),
+        message: CacheError::from_storage(err).to_string(),
+    };
+    recover::contain(|| {
+        let db = Database::builder()
+            .set_cache_size(PAGE_CACHE_BYTES)
+            .create(path)
+            .map_err(|e| fail(e.into()))?;
+        let mut txn = db.begin_write().map_err(|e| fail(e.into()))?;
+        txn.set_quick_repair(true);
+        txn.open_table(OBJECTS).map_err(|e| fail(e.into()))?;
+        txn.open_table(LISTS).map_err(|e| fail(e.into()))?;
+        txn.open_table(DOCS).map_err(|e| fail(e.into()))?;
+        txn.open_table(COMPONENTS).map_err(|e| fail(e.into()))?;
+        txn.open_table(COUNTERS).map_err(|e| fail(e.into()))?;
+        txn.commit().map_err(|e| fail(e.into()))?;
+        Ok(db)
+    })
+}
+
+/// Reads the accounted bytes and entries (the first read of the b-trees: a
+/// damaged file often shows here).
+fn load_counters(db: &Database) -> Result<(u64, u64), OpenFailure> {
+    let fail = |err: redb::Error| OpenFailure {
+        reset: recover::classify(&err),
+        message: CacheError::from_storage(err).to_string(),
+    };
+    recover::contain(|| {
+        let txn = db.begin_read().map_err(|e| fail(e.into()))?;
+        let counters = txn.open_table(COUNTERS).map_err(|e| fail(e.into()))?;
+        let read = |name| -> Result<u64, OpenFailure> {
+            Ok(counters
+                .get(name)
+                .map_err(|e| fail(e.into()))?
+                .map(|v| v.value())
+                .unwrap_or(0))
+        };
+        Ok((read(BYTES_USED)?, read(ENTRIES)?))
+    })
+}
+
+/// Opens `path` (created 0600 if missing) and reads its counters.
+fn open_file(path: &Path) -> Result<(Database, u64, u64), OpenFailure> {
+    if !path.exists() {
+        permissions::create_private_file(path).map_err(|e| OpenFailure {
+            reset: None,
+            message: format!("cannot create {}: {e}", path.display()),
+        })?;
+    }
+    let db = open_database(path)?;
+    let (bytes, entries) = load_counters(&db)?;
+    Ok((db, bytes, entries))
 }
 
 /// One object found for a get, with the resourceVersion it was stored at.
@@ -102,40 +164,94 @@ pub(crate) struct FoundObject {
 }
 
 impl Store {
-    /// Opens the database in `dir` (created if missing) and loads the counters.
-    pub(crate) fn open(dir: &Path) -> Result<Store, CacheError> {
+    /// Opens the database in `dir` (created 0700 if missing, tightened if looser)
+    /// and loads the counters. A file that cannot be opened is moved aside and a
+    /// fresh one created: the reset is returned (and logged) so the caller can
+    /// report it. Fails only when even a fresh file cannot be used.
+    pub(crate) fn open(dir: &Path) -> Result<(Store, Option<CacheReset>), CacheError> {
         let open_err = |reason: String| CacheError::Open {
             path: dir.to_path_buf(),
             reason,
         };
-        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        permissions::secure_dir(dir).map_err(|e| open_err(e.to_string()))?;
         let path = dir.join(DB_FILE);
-        let db = open_database(&path).map_err(|e| open_err(e.to_string()))?;
+        let (opened, reset) = match open_file(&path) {
+            Ok(opened) => (opened, None),
+            Err(OpenFailure {
+                reset: Some(reason),
+                message,
+            }) => {
+                let reset = reset_file(&path, reason, message);
+                let opened = open_file(&path).map_err(|f| open_err(f.message))?;
+                (opened, Some(reset))
+            }
+            Err(failure) => return Err(open_err(failure.message)),
+        };
+        let (db, bytes, entries) = opened;
         let store = Store {
             path,
             db: RwLock::new(Some(db)),
-            bytes_used: AtomicU64::new(0),
-            entries: AtomicU64::new(0),
+            bytes_used: AtomicU64::new(bytes),
+            entries: AtomicU64::new(entries),
             refused_writes: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             asked: Mutex::new(HashMap::new()),
             refuse_writes: Mutex::new(None),
+            resets: Default::default(),
+            last_reset: Mutex::new(None),
+            #[cfg(test)]
+            panic_next_commit: Default::default(),
         };
-        let (bytes, entries) = store.with_db(|db| {
-            let txn = db.begin_read().map_err(storage)?;
-            let counters = txn.open_table(COUNTERS).map_err(storage)?;
-            let read = |name| -> Result<u64, CacheError> {
-                Ok(counters
-                    .get(name)
-                    .map_err(storage)?
-                    .map(|v| v.value())
-                    .unwrap_or(0))
-            };
-            Ok((read(BYTES_USED)?, read(ENTRIES)?))
-        })?;
-        store.bytes_used.store(bytes, Ordering::Relaxed);
-        store.entries.store(entries, Ordering::Relaxed);
-        Ok(store)
+        if let Some(reset) = &reset {
+            store.count_reset(reset);
+        }
+        Ok((store, reset))
+    }
+
+    /// Counts and remembers a reset (for metrics and `/readyz`).
+    fn count_reset(&self, reset: &CacheReset) {
+        self.resets[reset.reason.index()].fetch_add(1, Ordering::Relaxed);
+        *self
+            .last_reset
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(reset.clone());
+    }
+
+    /// Resets counted since start, per [`ResetReason::ALL`].
+    pub(crate) fn reset_counts(&self) -> [u64; 4] {
+        std::array::from_fn(|i| self.resets[i].load(Ordering::Relaxed))
+    }
+
+    /// The newest reset since start.
+    pub(crate) fn last_reset(&self) -> Option<CacheReset> {
+        self.last_reset
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The open database is unusable (redb panicked using it): close it, move
+    /// the file aside and start a fresh one. Stored entries are lost; requests
+    /// are still proxied meanwhile.
+    pub(crate) fn reset(&self, reason: ResetReason, detail: String) {
+        let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(db) = guard.take() {
+            // Dropping a damaged database may panic too; the file is replaced anyway.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(db)));
+        }
+        let reset = reset_file(&self.path, reason, detail);
+        self.count_reset(&reset);
+        match open_file(&self.path) {
+            Ok((db, bytes, entries)) => {
+                *guard = Some(db);
+                self.bytes_used.store(bytes, Ordering::Relaxed);
+                self.entries.store(entries, Ordering::Relaxed);
+            }
+            Err(failure) => {
+                tracing::error!(error = %failure.message, path = %self.path.display(),
+                    "cannot create a fresh cache file; retrying before the next write");
+            }
+        }
     }
 
     /// Runs `f` with the open database, or fails when it is being reopened.
@@ -202,7 +318,18 @@ impl Store {
     fn reopen(&self) -> Result<(), CacheError> {
         let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
         *guard = None;
-        *guard = Some(open_database(&self.path)?);
+        match open_database(&self.path) {
+            Ok(db) => *guard = Some(db),
+            Err(OpenFailure {
+                reset: Some(reason),
+                message,
+            }) => {
+                drop(guard);
+                self.reset(reason, message);
+                return Ok(());
+            }
+            Err(failure) => return Err(CacheError::Storage(failure.message)),
+        }
         tracing::info!(path = %self.path.display(), "cache database reopened after a storage error");
         Ok(())
     }

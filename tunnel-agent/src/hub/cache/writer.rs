@@ -68,7 +68,7 @@ pub(crate) fn run(store: Arc<Store>, cfg: WriterConfig, mut queue: mpsc::Receive
                     None => break,
                 },
                 _ = tokio::time::sleep_until(next_gc) => {
-                    maintain(&store, &cfg, true);
+                    contained(&store, "GC", || maintain(&store, &cfg, true));
                     next_gc = Instant::now() + gc_period(cfg.gc_after);
                     continue;
                 }
@@ -81,15 +81,36 @@ pub(crate) fn run(store: Arc<Store>, cfg: WriterConfig, mut queue: mpsc::Receive
                     Ok(None) | Err(_) => break,
                 }
             }
-            commit_batch(&store, &cfg, batch, &warned_full);
+            // A panic drops the batch: its waiters see `Closed`, their requests
+            // were answered anyway.
+            contained(&store, "commit", || {
+                commit_batch(&store, &cfg, batch, &warned_full)
+            });
         }
     });
     // Remember who asked offline, so the next open's GC keeps them.
-    maintain(&store, &cfg, false);
+    contained(&store, "final GC", || maintain(&store, &cfg, false));
+}
+
+/// Runs one writer step; if redb panics, the database is treated as damaged:
+/// moved aside and replaced by a fresh one, and the writer goes on.
+pub(crate) fn contained(store: &Store, what: &str, step: impl FnOnce()) {
+    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)) {
+        let message = super::recover::panic_message(payload.as_ref());
+        tracing::error!(step = what, panic = %message, "autonomy cache writer panicked");
+        store.reset(
+            super::recover::ResetReason::Panic,
+            format!("redb panicked during {what}: {message}"),
+        );
+    }
 }
 
 /// One transaction for the whole batch; answers every job.
 fn commit_batch(store: &Store, cfg: &WriterConfig, batch: Vec<Job>, warned_full: &AtomicBool) {
+    #[cfg(test)]
+    if store.panic_next_commit.swap(false, Ordering::Relaxed) {
+        panic!("injected panic in the cache writer");
+    }
     if let Err(err) = store.ensure_writable() {
         let results = vec![Err(err); batch.len()];
         return deliver(store, cfg, batch, results, warned_full);
@@ -115,11 +136,18 @@ fn deliver(
     results: Vec<Result<(), CacheError>>,
     warned_full: &AtomicBool,
 ) {
-    let mut refused = 0u64;
+    let full = |r: &Result<(), CacheError>| {
+        matches!(
+            r,
+            Err(CacheError::QuotaExceeded { .. } | CacheError::DiskFull)
+        )
+    };
+    // Counted before anyone is answered: a caller that saw its refusal sees it counted.
+    let refused = results.iter().filter(|r| full(r)).count() as u64;
+    store.refused_writes.fetch_add(refused, Ordering::Relaxed);
     for (job, result) in batch.into_iter().zip(results) {
-        if let Err(err @ (CacheError::QuotaExceeded { .. } | CacheError::DiskFull)) = &result {
-            refused += 1;
-            if !warned_full.swap(true, Ordering::Relaxed) {
+        if let Err(err) = &result {
+            if full(&result) && !warned_full.swap(true, Ordering::Relaxed) {
                 tracing::warn!(component = job.op.component(), error = %err,
                     "autonomy cache full: refusing new entries, still serving stored ones");
             }
@@ -128,7 +156,6 @@ fn deliver(
             let _ = done.send(result);
         }
     }
-    store.refused_writes.fetch_add(refused, Ordering::Relaxed);
     let used = store.bytes_used.load(Ordering::Relaxed);
     if refused == 0 && used < cfg.max_bytes / 10 * 9 && warned_full.swap(false, Ordering::Relaxed) {
         tracing::info!(bytes_used = used, "autonomy cache has room again");
