@@ -34,6 +34,8 @@ pub struct ServerMetrics {
     pub service_streams_active: IntGaugeVec,
     /// Edge→cloud streams agents opened, by service and result.
     pub service_streams_total: IntCounterVec,
+    /// SNI and transparent connections closed before any dial, by front end and reason.
+    pub passthrough_refused: IntCounterVec,
     /// Whether the `node` label is used; off for fleets too large for one
     /// series per node (`--per-node-metrics=false`).
     per_node: bool,
@@ -205,6 +207,16 @@ impl ServerMetrics {
                         "Streams agents opened towards cloud services, by service and result."
                     ),
                     &["service", "result"]
+                )
+            ),
+            passthrough_refused: registered!(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tunnel_server_passthrough_refused_total",
+                        "SNI and transparent connections closed before a dial (no server name, not TLS, timeout, ...), by front end and reason."
+                    ),
+                    &["frontend", "reason"]
                 )
             ),
             registry: r,
