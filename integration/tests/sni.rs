@@ -381,7 +381,7 @@ fn hosts_file_lists_exactly_the_connected_nodes_within_a_second() {
     let pki = integration::Pki::new(tmp.path()).unwrap();
     let hosts = tmp.path().join("dns").join("edge-nodes.hosts");
     std::fs::create_dir_all(hosts.parent().unwrap()).unwrap();
-    let server = ServerProc::start(
+    let mut server = ServerProc::start(
         &pki,
         ServerOptions {
             args: vec![
@@ -418,4 +418,7 @@ fn hosts_file_lists_exactly_the_connected_nodes_within_a_second() {
     for lag in &lags {
         assert!(*lag < Duration::from_secs(1), "{lags:?}");
     }
+    // A stopped server routes to no node: it lists none.
+    server.proc.stop(Duration::from_secs(10));
+    assert_eq!(hosts_lines(&hosts), Vec::<String>::new());
 }

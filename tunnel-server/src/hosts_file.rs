@@ -4,7 +4,8 @@
 //!
 //! The file is rewritten atomically (temporary file and rename, so CoreDNS
 //! never reads half of it) shortly after every registry change; a burst of
-//! connects is written once. It always lists exactly the connected nodes.
+//! connects is written once. It always lists exactly the connected nodes,
+//! and none once the server has stopped.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -43,6 +44,14 @@ pub fn render(nodes: &[String], address: IpAddr, node_domain: Option<&str>) -> S
 }
 
 impl HostsFile {
+    /// Writes the file without any node (the server is stopping).
+    pub fn clear(&self) {
+        let text = render(&[], self.address, self.node_domain.as_deref());
+        if let Err(e) = certs::atomic_file::write_atomic(&self.path, text.as_bytes(), 0o644) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot clear --dns-hosts-file");
+        }
+    }
+
     /// Writes the file now and after every change of `registry`, until the
     /// task is dropped. A failed write is logged and retried at the next change
     /// or after a second.

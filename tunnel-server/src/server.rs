@@ -28,6 +28,7 @@ pub struct RunningServer {
     tasks: JoinSet<()>,
     forwards: Forwards,
     reload_trigger: Arc<Notify>,
+    hosts_file: Option<crate::hosts_file::HostsFile>,
 }
 
 impl RunningServer {
@@ -53,6 +54,10 @@ impl RunningServer {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.endpoint.wait_idle())
             .await;
         self.tasks.shutdown().await;
+        // No node is reachable through this server any more.
+        if let Some(hosts) = &self.hosts_file {
+            hosts.clear();
+        }
     }
 }
 
@@ -223,6 +228,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         tasks,
         forwards,
         reload_trigger,
+        hosts_file: cfg.passthrough.hosts_file.clone(),
     })
 }
 
