@@ -226,6 +226,39 @@ impl CertificateAuthority {
             )?)),
         }
         push_ip_sans(&mut sans, ips);
+        self.issue_server_leaf(server_name, sans, validity)
+    }
+
+    /// Like [`Self::issue_server`], with `extra_names` as further DNS SANs
+    /// (a kubelet serving `<node>` and `<node>.<domain>`).
+    pub fn issue_server_names(
+        &self,
+        server_name: &str,
+        extra_names: &[String],
+        ips: &[IpAddr],
+        validity: Duration,
+    ) -> Result<IssuedCert, CertError> {
+        let mut cert_names = vec![server_name.to_owned()];
+        cert_names.extend(extra_names.iter().cloned());
+        let mut sans = Vec::with_capacity(cert_names.len() + ips.len());
+        for name in &cert_names {
+            sans.push(SanType::DnsName(name.as_str().try_into().map_err(
+                |e: rcgen::Error| CertError::InvalidServerName {
+                    name: name.clone(),
+                    reason: e.to_string(),
+                },
+            )?));
+        }
+        push_ip_sans(&mut sans, ips);
+        self.issue_server_leaf(server_name, sans, validity)
+    }
+
+    fn issue_server_leaf(
+        &self,
+        server_name: &str,
+        sans: Vec<SanType>,
+        validity: Duration,
+    ) -> Result<IssuedCert, CertError> {
         self.issue_leaf(
             "server certificate",
             common_name_dn(server_name),

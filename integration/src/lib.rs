@@ -8,10 +8,12 @@
 pub mod bench;
 pub mod client;
 pub mod cluster;
+pub mod daemon;
 pub mod grpc;
 pub mod http;
 pub mod hub;
 pub mod k8s;
+pub mod kubelet;
 pub mod netns;
 pub mod pki;
 pub mod process;

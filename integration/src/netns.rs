@@ -88,8 +88,8 @@ fn ip(args: &[&str]) -> anyhow::Result<String> {
     run("ip", args)
 }
 
-/// Runs a command inside namespace `ns` (`ip netns exec`).
-fn in_ns(ns: &str, cmd: &[&str]) -> anyhow::Result<String> {
+/// Runs a command inside namespace `ns` (`ip netns exec`); its trimmed stdout.
+pub fn in_ns(ns: &str, cmd: &[&str]) -> anyhow::Result<String> {
     let mut args = vec!["netns", "exec", ns];
     args.extend_from_slice(cmd);
     ip(&args)
@@ -311,6 +311,49 @@ impl NatTopology {
             .and_then(|l| l.split_whitespace().next())
             .and_then(|p| p.parse().ok())
             .with_context(|| format!("no MASQUERADE counter in:\n{out}"))
+    }
+}
+
+impl NatTopology {
+    /// Adds `10.231.Y.<host>` to the edge namespace's link (a second edge
+    /// node's IP in the same namespace); the address.
+    pub fn add_edge_ip(&self, host: u8) -> anyhow::Result<Ipv4Addr> {
+        let [a, b, c, _] = self.edge_ip.octets();
+        let addr = Ipv4Addr::new(a, b, c, host);
+        ip(&[
+            "-n",
+            &self.edge_ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "to-nat",
+        ])?;
+        Ok(addr)
+    }
+}
+
+/// Files under `/etc/netns/<ns>/`, which `ip netns exec <ns>` bind-mounts
+/// over `/etc/` for the command it runs: a namespace's own `/etc/hosts`
+/// without touching the host's. The directory is removed on drop.
+pub struct NsEtc {
+    dir: std::path::PathBuf,
+}
+
+impl NsEtc {
+    /// Writes `/etc/netns/<ns>/hosts`.
+    pub fn hosts(ns: &str, contents: &str) -> anyhow::Result<Self> {
+        let dir = std::path::Path::new("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let etc = Self { dir };
+        std::fs::write(etc.dir.join("hosts"), contents)?;
+        Ok(etc)
+    }
+}
+
+impl Drop for NsEtc {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

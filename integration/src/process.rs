@@ -164,6 +164,11 @@ pub struct ServerOptions {
     pub agent_host: Option<String>,
     /// Serve the plain-HTTP proxy (`--http-proxy-addr`) on a free loopback port.
     pub http_proxy: bool,
+    /// Bind the admin listener on this address instead of 127.0.0.1 (a
+    /// server in a namespace must be reachable from the test).
+    pub admin_host: Option<String>,
+    /// Run inside this network namespace.
+    pub netns: Option<String>,
     /// Extra flags.
     pub args: Vec<String>,
 }
@@ -190,7 +195,11 @@ impl ServerProc {
             .unwrap_or_else(|| "127.0.0.1".into());
         let agent_addr: SocketAddr = format!("{host}:{agent_port}").parse()?;
         let admin_port = opts.admin_port.unwrap_or_else(free_port);
-        let admin_addr: SocketAddr = format!("127.0.0.1:{admin_port}").parse()?;
+        let admin_host = opts
+            .admin_host
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1".into());
+        let admin_addr: SocketAddr = format!("{admin_host}:{admin_port}").parse()?;
         let mut args = vec![
             format!("--agent-addr={agent_addr}"),
             format!("--admin-addr={admin_addr}"),
@@ -226,7 +235,13 @@ impl ServerProc {
         }
         args.extend(opts.args.iter().cloned());
         let log = pki.path(&format!("server-{agent_port}-{}.log", unique()));
-        let proc = Proc::spawn("tunnel-server", "tunnel-server", &args, log, None)?;
+        let proc = Proc::spawn(
+            "tunnel-server",
+            "tunnel-server",
+            &args,
+            log,
+            opts.netns.as_deref(),
+        )?;
         let mut s = Self {
             proc,
             agent_addr,

@@ -11,9 +11,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use integration::daemon::{on_path, Daemon};
 use integration::netns::{self, NatTopology};
 use integration::process::{free_port, http_get};
 use integration::{AgentOptions, AgentProc, ServerOptions, ServerProc};
@@ -21,47 +22,6 @@ use integration::{AgentOptions, AgentProc, ServerOptions, ServerProc};
 const PROMETHEUS: &str = "prometheus";
 const NODE_EXPORTER: &str = "prometheus-node-exporter";
 const NODE: &str = "edge-prom";
-
-/// A child process killed (and its log printed on failure) when dropped.
-struct Daemon {
-    child: Child,
-    name: &'static str,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn spawn(name: &'static str, mut cmd: Command, log: PathBuf) -> Self {
-        let out = std::fs::File::create(&log).unwrap();
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-        Self { child, name, log }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("----- {} log (last lines) -----", self.name);
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn on_path(bin: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
-        .unwrap_or(false)
-}
 
 /// Why this test cannot run here (`None`: it can). In CI, missing
 /// Prometheus binaries are a failure, not a skip.

@@ -23,6 +23,7 @@ pub mod grpc;
 pub mod konnectivity;
 pub mod message;
 pub mod target;
+pub mod tls_hello;
 
 pub use frame::{decode, encode, DecodeError, EncodeError, FrameDecoder, MAX_FRAME_LEN};
 pub use message::{

@@ -1,6 +1,6 @@
 //! Command line and config file, parsed once into a typed [`ServerConfig`].
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -118,6 +118,76 @@ pub struct RunArgs {
     /// `--apiserver tunnel` (edge→cloud streams over its own connection).
     #[arg(long, value_name = "HOST:PORT")]
     pub apiserver: Option<DialTarget>,
+    #[command(flatten)]
+    pub passthrough: PassthroughArgs,
+}
+
+/// Flags of the front ends for clients that dial nodes directly (SNI
+/// passthrough, DNS hosts file, transparent redirect).
+#[derive(Debug, Args)]
+pub struct PassthroughArgs {
+    /// TLS passthrough by server name: `https://<node>:10250` is carried untouched to that node's kubelet.
+    #[arg(long, value_name = "ADDR")]
+    pub kubelet_addr: Option<SocketAddr>,
+    /// Port dialed on the node for --kubelet-addr connections.
+    #[arg(long, default_value_t = 10250, value_parser = clap::value_parser!(u16).range(1..))]
+    pub kubelet_port: u16,
+    /// Server names `<node>.<DOMAIN>` also route to `<node>` (and are listed in --dns-hosts-file).
+    #[arg(long, value_name = "DOMAIN")]
+    pub node_domain: Option<String>,
+    /// Hosts file of the connected nodes for CoreDNS's `hosts` plugin (rewritten atomically as agents come and go).
+    #[arg(long, value_name = "PATH", requires = "dns_address")]
+    pub dns_hosts_file: Option<PathBuf>,
+    /// The address node names resolve to in --dns-hosts-file (where clients reach --kubelet-addr).
+    #[arg(long, value_name = "IP")]
+    pub dns_address: Option<IpAddr>,
+    /// Connections redirected here by an iptables/nftables REDIRECT go to the node owning their original destination IP.
+    #[arg(long, value_name = "ADDR")]
+    pub transparent_addr: Option<SocketAddr>,
+}
+
+/// The validated [`PassthroughArgs`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassthroughConfig {
+    pub kubelet_addr: Option<SocketAddr>,
+    pub kubelet_port: u16,
+    /// Lower-case, without leading or trailing dots.
+    pub node_domain: Option<String>,
+    pub hosts_file: Option<crate::hosts_file::HostsFile>,
+    pub transparent_addr: Option<SocketAddr>,
+}
+
+impl TryFrom<PassthroughArgs> for PassthroughConfig {
+    type Error = ConfigError;
+
+    fn try_from(a: PassthroughArgs) -> Result<Self, Self::Error> {
+        let node_domain = match a.node_domain {
+            None => None,
+            Some(d) => {
+                let d = d.trim_matches('.').to_ascii_lowercase();
+                match d.parse::<proto::Host>() {
+                    Ok(proto::Host::Name(n)) => Some(n),
+                    _ => return Err(ConfigError::BadNodeDomain(d)),
+                }
+            }
+        };
+        let hosts_file = match (a.dns_hosts_file, a.dns_address) {
+            (Some(path), Some(address)) => Some(crate::hosts_file::HostsFile {
+                path,
+                address,
+                node_domain: node_domain.clone(),
+            }),
+            (Some(_), None) => return Err(ConfigError::Missing("dns-address")),
+            (None, _) => None,
+        };
+        Ok(Self {
+            kubelet_addr: a.kubelet_addr,
+            kubelet_port: a.kubelet_port,
+            node_domain,
+            hosts_file,
+            transparent_addr: a.transparent_addr,
+        })
+    }
 }
 
 /// Everything the server needs, validated.
@@ -148,6 +218,7 @@ pub struct ServerConfig {
     pub agent_keepalive: Duration,
     pub agent_idle_timeout: Duration,
     pub apiserver: Option<DialTarget>,
+    pub passthrough: PassthroughConfig,
 }
 
 /// Highest `--max-streams-per-node`: agents grant 65,536 concurrent streams
@@ -174,6 +245,8 @@ pub enum ConfigError {
     TokenDirNeedsCaKey,
     #[error("two --forward flags listen on {0}")]
     DuplicateForwardListen(SocketAddr),
+    #[error("--node-domain {0:?} is not a DNS name")]
+    BadNodeDomain(String),
 }
 
 impl TryFrom<RunArgs> for ServerConfig {
@@ -239,6 +312,7 @@ impl TryFrom<RunArgs> for ServerConfig {
             agent_keepalive: a.agent_keepalive,
             agent_idle_timeout: a.agent_idle_timeout,
             apiserver: a.apiserver,
+            passthrough: a.passthrough.try_into()?,
         })
     }
 }
@@ -334,6 +408,39 @@ mod tests {
         assert_eq!(
             parse(BASE).unwrap().agent_cert_ttl,
             Duration::from_secs(365 * 86400)
+        );
+    }
+
+    #[test]
+    fn passthrough_flags() {
+        let c = parse(BASE).unwrap().passthrough;
+        assert_eq!(c.kubelet_port, 10250);
+        assert!(c.kubelet_addr.is_none() && c.hosts_file.is_none() && c.transparent_addr.is_none());
+        let mut a = BASE.to_vec();
+        a.extend([
+            "--kubelet-addr=0.0.0.0:10250",
+            "--kubelet-port=10255",
+            "--node-domain=.Nodes.Example.",
+            "--dns-hosts-file=/run/edge/hosts",
+            "--dns-address=10.96.0.20",
+            "--transparent-addr=127.0.0.1:10251",
+        ]);
+        let c = parse(&a).unwrap().passthrough;
+        assert_eq!(c.kubelet_port, 10255);
+        assert_eq!(c.node_domain.as_deref(), Some("nodes.example"));
+        let h = c.hosts_file.unwrap();
+        assert_eq!(h.address, "10.96.0.20".parse::<IpAddr>().unwrap());
+        assert_eq!(h.node_domain.as_deref(), Some("nodes.example"));
+        assert_eq!(c.transparent_addr, Some("127.0.0.1:10251".parse().unwrap()));
+
+        let mut a = BASE.to_vec();
+        a.push("--dns-hosts-file=/run/edge/hosts");
+        assert!(parse(&a).unwrap_err().contains("--dns-address"));
+        let mut a = BASE.to_vec();
+        a.push("--node-domain=bad domain");
+        assert_eq!(
+            parse(&a).unwrap_err(),
+            "--node-domain \"bad domain\" is not a DNS name"
         );
     }
 

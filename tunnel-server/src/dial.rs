@@ -5,11 +5,12 @@
 //! pending-dial limits, ask the agent to dial, and wait for its answer. The
 //! error says which status the front end should answer with.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use proto::{DialErrorKind, DialResult, DialTarget, Message, OpenStream};
+use proto::{DialErrorKind, DialResult, DialTarget, Host, Message, OpenStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use transport::framed::{read_message, write_message, FramedError};
 use transport::{TunnelRecv, TunnelSend};
@@ -28,6 +29,10 @@ pub enum Frontend {
     Forward,
     /// Konnectivity gRPC (`/ProxyService/Proxy`) on the same sockets.
     Grpc,
+    /// TLS passthrough by server name on `--kubelet-addr`.
+    Sni,
+    /// Redirected connections by original destination on `--transparent-addr`.
+    Transparent,
 }
 
 impl Frontend {
@@ -38,6 +43,8 @@ impl Frontend {
             Frontend::Http => "http",
             Frontend::Forward => "forward",
             Frontend::Grpc => "grpc",
+            Frontend::Sni => "sni",
+            Frontend::Transparent => "transparent",
         }
     }
 }
@@ -252,6 +259,25 @@ impl Dialer {
         frontend: Frontend,
     ) -> Result<EdgeStream, DialFailure> {
         self.dial_routed(Route::Node(node), target, frontend).await
+    }
+
+    /// Asks the agent of `node` to dial `port` on the node's own address:
+    /// the first IP of its certificate, or `127.0.0.1` (on the node) when the
+    /// certificate has none. For front ends that know a node but no address
+    /// (SNI passthrough routes by server name).
+    pub async fn dial_node_port(
+        &self,
+        node: &str,
+        port: u16,
+        frontend: Frontend,
+    ) -> Result<EdgeStream, DialFailure> {
+        let ip = self
+            .registry
+            .get(node)
+            .and_then(|e| e.ips.first().copied())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let target = DialTarget::new(Host::Ip(ip), port);
+        self.dial_via(node, &target, frontend).await
     }
 
     async fn dial_routed(

@@ -36,6 +36,8 @@ pub struct ServerMetrics {
     pub service_streams_total: IntCounterVec,
     /// Bytes gRPC calls hold in partially received messages (refreshed at scrape).
     pub grpc_buffered_bytes: IntGauge,
+    /// SNI and transparent connections closed before any dial, by front end and reason.
+    pub passthrough_refused: IntCounterVec,
     /// Whether the `node` label is used; off for fleets too large for one
     /// series per node (`--per-node-metrics=false`).
     per_node: bool,
@@ -214,6 +216,16 @@ impl ServerMetrics {
                 IntGauge::new(
                     "tunnel_server_grpc_buffered_bytes",
                     "Bytes gRPC calls hold in partially received messages (bounded by a 64 MiB budget)."
+                )
+            ),
+            passthrough_refused: registered!(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tunnel_server_passthrough_refused_total",
+                        "SNI and transparent connections closed before a dial (no server name, not TLS, timeout, ...), by front end and reason."
+                    ),
+                    &["frontend", "reason"]
                 )
             ),
             registry: r,

@@ -63,16 +63,45 @@ struct Inner {
 }
 
 /// The set of connected agents, shared by the agent listener and every front end.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AgentRegistry {
     inner: RwLock<Inner>,
     next_conn_id: AtomicU64,
+    /// Bumped on every register and unregister (see [`AgentRegistry::changes`]).
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for AgentRegistry {
+    fn default() -> Self {
+        Self {
+            inner: RwLock::default(),
+            next_conn_id: AtomicU64::default(),
+            generation: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl AgentRegistry {
     /// An empty registry.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Notifies of every change to the set of agents (a counter that goes
+    /// up), for state derived from it such as `--dns-hosts-file`.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Node names of the connected agents, sorted.
+    pub fn nodes(&self) -> Vec<String> {
+        let mut nodes: Vec<String> = self.read().by_node.keys().cloned().collect();
+        nodes.sort();
+        nodes
+    }
+
+    fn changed(&self) {
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
     }
 
     /// A fresh connection id.
@@ -100,6 +129,8 @@ impl AgentRegistry {
                 }
             }
         }
+        drop(inner);
+        self.changed();
         old
     }
 
@@ -128,6 +159,8 @@ impl AgentRegistry {
         for (ip, n) in others {
             inner.by_ip.entry(ip).or_insert(n);
         }
+        drop(inner);
+        self.changed();
         true
     }
 

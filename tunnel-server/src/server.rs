@@ -9,11 +9,11 @@ use tokio_rustls::TlsAcceptor;
 use transport::quic::QuicTuning;
 
 use crate::agents::AgentListener;
-use crate::config::ServerConfig;
+use crate::config::{PassthroughConfig, ServerConfig};
 use crate::dial::Dialer;
 use crate::enroll::{AgentPortTls, Issuer};
 use crate::forward::{ForwardBindError, ForwardSpec, Forwards};
-use crate::frontend::{listeners, FrontendContext};
+use crate::frontend::{listeners, sni, transparent, FrontendContext};
 use crate::metrics::ServerMetrics;
 use crate::registry::AgentRegistry;
 use crate::reload::{Reloader, ServerTls, TlsFiles};
@@ -28,6 +28,7 @@ pub struct RunningServer {
     tasks: JoinSet<()>,
     forwards: Forwards,
     reload_trigger: Arc<Notify>,
+    hosts_file: Option<crate::hosts_file::HostsFile>,
 }
 
 impl RunningServer {
@@ -53,6 +54,10 @@ impl RunningServer {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.endpoint.wait_idle())
             .await;
         self.tasks.shutdown().await;
+        // No node is reachable through this server any more.
+        if let Some(hosts) = &self.hosts_file {
+            hosts.clear();
+        }
     }
 }
 
@@ -199,6 +204,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         tracing::info!(%addr, "plain-HTTP proxy listening");
         tasks.spawn(crate::frontend::http_proxy::serve(l, ctx.clone()));
     }
+    start_passthrough(&cfg.passthrough, &ctx, &registry, &mut tasks).await?;
     let mut forwards = Forwards::new(dialer.clone());
     if let Some(e) = forwards.apply(&cfg.forwards).await.into_iter().next() {
         return Err(e.into());
@@ -225,5 +231,45 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         tasks,
         forwards,
         reload_trigger,
+        hosts_file: cfg.passthrough.hosts_file.clone(),
     })
+}
+
+/// The front ends for clients that dial nodes directly: SNI passthrough,
+/// its DNS hosts file, and the transparent (REDIRECT) listener.
+async fn start_passthrough(
+    cfg: &PassthroughConfig,
+    ctx: &FrontendContext,
+    registry: &Arc<AgentRegistry>,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<()> {
+    if let Some(addr) = cfg.kubelet_addr {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding --kubelet-addr {addr}"))?;
+        tracing::info!(%addr, kubelet_port = cfg.kubelet_port, node_domain = ?cfg.node_domain,
+            "SNI passthrough listening");
+        tasks.spawn(sni::serve(
+            l,
+            Arc::new(sni::SniFrontend {
+                dialer: ctx.dialer.clone(),
+                header_timeout: ctx.header_timeout,
+                kubelet_port: cfg.kubelet_port,
+                node_domain: cfg.node_domain.clone(),
+            }),
+        ));
+    }
+    if let Some(hosts) = &cfg.hosts_file {
+        tracing::info!(path = %hosts.path.display(), address = %hosts.address,
+            "writing connected nodes to the DNS hosts file");
+        tasks.spawn(hosts.clone().run(registry.clone()));
+    }
+    if let Some(addr) = cfg.transparent_addr {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding --transparent-addr {addr}"))?;
+        tracing::info!(%addr, "transparent (REDIRECT) listener listening");
+        tasks.spawn(transparent::serve(l, ctx.dialer.clone()));
+    }
+    Ok(())
 }

@@ -48,6 +48,15 @@ pub enum Dialer {
         sink: SocketAddr,
         echo: SocketAddr,
     },
+    /// HTTP CONNECT on the Unix socket to the edge TLS service, then TLS
+    /// to it inside the tunnel (the baseline of [`Dialer::Sni`]).
+    UdsEdgeTls {
+        path: PathBuf,
+        edge: SocketAddr,
+        tls: EdgeClients,
+    },
+    /// TLS to `edge-1` through the SNI passthrough listener (`--kubelet-addr`).
+    Sni { addr: SocketAddr, tls: EdgeClients },
     /// HTTP CONNECT on the tunnel server's TCP + mutual-TLS front end.
     Tls {
         addr: SocketAddr,
@@ -55,6 +64,31 @@ pub enum Dialer {
         sink: SocketAddr,
         echo: SocketAddr,
     },
+}
+
+/// TLS client configs for the edge TLS service, one per service (ALPN).
+#[derive(Clone)]
+pub struct EdgeClients {
+    pub sink: std::sync::Arc<rustls::ClientConfig>,
+    pub echo: std::sync::Arc<rustls::ClientConfig>,
+}
+
+impl EdgeClients {
+    /// TLS to `edge-1` over `io`, asking for `svc`.
+    async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        svc: Service,
+        io: S,
+    ) -> anyhow::Result<tokio_rustls::client::TlsStream<S>> {
+        let cfg = match svc {
+            Service::Sink => self.sink.clone(),
+            Service::Echo => self.echo.clone(),
+        };
+        let name = rustls::pki_types::ServerName::try_from("edge-1")?;
+        Ok(tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, io)
+            .await?)
+    }
 }
 
 impl Dialer {
@@ -82,6 +116,18 @@ impl Dialer {
                     .await
                     .with_context(|| format!("connecting {}", path.display()))?;
                 Ok(Box::new(connect(s, pick(sink, echo)).await?))
+            }
+            Dialer::UdsEdgeTls { path, edge, tls } => {
+                let s = UnixStream::connect(path)
+                    .await
+                    .with_context(|| format!("connecting {}", path.display()))?;
+                let s = connect(s, *edge).await?;
+                Ok(Box::new(tls.handshake(svc, s).await?))
+            }
+            Dialer::Sni { addr, tls } => {
+                let s = TcpStream::connect(addr).await?;
+                s.set_nodelay(true)?;
+                Ok(Box::new(tls.handshake(svc, s).await?))
             }
             Dialer::Grpc { path, sink, echo } => {
                 super::grpc_conn::dial(path, pick(sink, echo)).await

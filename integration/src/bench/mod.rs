@@ -33,6 +33,12 @@ pub enum PathName {
     TunnelTls,
     /// Konnectivity gRPC on the Unix socket → QUIC → agent → service.
     TunnelGrpc,
+    /// CONNECT on the Unix socket → QUIC → agent → edge TLS service, with
+    /// TLS end to end inside (the baseline for `tunnel-sni`).
+    TunnelEdgeTls,
+    /// TLS by server name on `--kubelet-addr` (SNI passthrough) → QUIC →
+    /// agent → edge TLS service.
+    TunnelSni,
     /// CONNECT on the Unix socket → WebSocket over TLS (yamux) → agent → service.
     TunnelWs,
     /// sshd (cloud) ← `ssh -N -R` (edge) → service.
@@ -95,23 +101,50 @@ fn start_path(
     dir: &std::path::Path,
     sink: SocketAddr,
     echo: SocketAddr,
+    edge: &EdgeEnds,
 ) -> anyhow::Result<(Dialer, Running, String)> {
     Ok(match path {
         PathName::Direct => (Dialer::Tcp { sink, echo }, Running::None, "none".into()),
-        PathName::Tunnel | PathName::TunnelTls | PathName::TunnelWs | PathName::TunnelGrpc => {
+        PathName::Tunnel
+        | PathName::TunnelTls
+        | PathName::TunnelWs
+        | PathName::TunnelGrpc
+        | PathName::TunnelEdgeTls
+        | PathName::TunnelSni => {
             let mut agent_args = cfg.agent_args.clone();
             if path == PathName::TunnelWs {
                 agent_args.push("--transport=websocket".into());
             }
+            // The SNI listener dials the edge TLS service's port on the node.
+            let sni_addr = SocketAddr::from(([127, 0, 0, 1], crate::process::free_port()));
+            let mut server_args = cfg.server_args.clone();
+            if path == PathName::TunnelSni {
+                server_args.push(format!("--kubelet-addr={sni_addr}"));
+                server_args.push(format!("--kubelet-port={}", edge.addr.port()));
+            }
             let t = procs::Tunnel::start(
                 &cfg.bin_dir,
                 dir,
-                &[sink, echo],
+                &[sink, echo, edge.addr],
                 &cfg.rust_log,
-                &cfg.server_args,
+                &server_args,
                 &agent_args,
             )?;
-            let (d, crypto) = if path == PathName::TunnelGrpc {
+            let (d, crypto) = if path == PathName::TunnelEdgeTls || path == PathName::TunnelSni {
+                let d = if path == PathName::TunnelSni {
+                    Dialer::Sni {
+                        addr: sni_addr,
+                        tls: edge.clients.clone(),
+                    }
+                } else {
+                    Dialer::UdsEdgeTls {
+                        path: t.uds.clone(),
+                        edge: edge.addr,
+                        tls: edge.clients.clone(),
+                    }
+                };
+                (d, "TLS 1.3 end to end inside QUIC, both AES-256-GCM")
+            } else if path == PathName::TunnelGrpc {
                 (
                     Dialer::Grpc {
                         path: t.uds.clone(),
@@ -183,6 +216,13 @@ fn start_path(
     })
 }
 
+/// The edge TLS service the TLS-end-to-end paths reach.
+#[derive(Clone)]
+struct EdgeEnds {
+    addr: SocketAddr,
+    clients: dial::EdgeClients,
+}
+
 /// Runs one phase with a hard time limit on top of the phase's own checks,
 /// so no single stuck operation can hold the run forever.
 async fn bounded<T>(
@@ -201,6 +241,8 @@ fn label(path: PathName) -> &'static str {
         PathName::Tunnel => "tunnel (UDS CONNECT)",
         PathName::TunnelTls => "tunnel (mTLS CONNECT)",
         PathName::TunnelGrpc => "tunnel (UDS Konnectivity gRPC)",
+        PathName::TunnelEdgeTls => "tunnel (UDS CONNECT) + TLS to edge",
+        PathName::TunnelSni => "tunnel (SNI passthrough) + TLS to edge",
         PathName::TunnelWs => "tunnel over WebSocket (UDS CONNECT)",
         PathName::Ssh => "ssh -R",
         PathName::Rathole => "rathole",
@@ -212,6 +254,14 @@ fn label(path: PathName) -> &'static str {
 pub async fn run(cfg: &Config) -> anyhow::Result<Vec<Row>> {
     let sink = services::sink_server().await?;
     let echo = services::echo_server().await?;
+    let edge_tls = services::edge_tls_server(sink, echo.addr).await?;
+    let edge = EdgeEnds {
+        addr: edge_tls.addr,
+        clients: dial::EdgeClients {
+            sink: edge_tls.sink_client.clone(),
+            echo: edge_tls.echo_client.clone(),
+        },
+    };
     let mut rows = Vec::new();
     for &path in &cfg.paths {
         let name = label(path);
@@ -223,7 +273,8 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Vec<Row>> {
             let c = cfg.clone();
             let p = dir.path().to_path_buf();
             let echo_addr = echo.addr;
-            tokio::task::spawn_blocking(move || start_path(&c, path, &p, sink, echo_addr))
+            let edge = edge.clone();
+            tokio::task::spawn_blocking(move || start_path(&c, path, &p, sink, echo_addr, &edge))
                 .await
                 .context("start task")?
         };

@@ -87,3 +87,80 @@ pub async fn echo_server() -> std::io::Result<Echo> {
     });
     Ok(Echo { addr, accepted })
 }
+
+/// An edge TLS service for the paths that carry TLS end to end (SNI
+/// passthrough, and CONNECT with TLS inside for comparison): it terminates
+/// TLS with its own certificate for `edge-1` and forwards the plaintext to
+/// the sink or the echo, chosen by the ALPN protocol the client offered
+/// (`sink` or `echo`), so one port (`--kubelet-port`) reaches both.
+pub struct EdgeTls {
+    pub addr: SocketAddr,
+    /// Client configs offering `sink` and `echo`, trusting the service's CA.
+    pub sink_client: Arc<rustls::ClientConfig>,
+    pub echo_client: Arc<rustls::ClientConfig>,
+    _certs: tempfile::TempDir,
+}
+
+/// Starts [`EdgeTls`] on 127.0.0.1 in front of `sink` and `echo`.
+pub async fn edge_tls_server(sink: SocketAddr, echo: SocketAddr) -> anyhow::Result<EdgeTls> {
+    let ca = certs::CertificateAuthority::generate(std::time::Duration::from_secs(86400))?;
+    let leaf = ca.issue_server(
+        "edge-1",
+        &["127.0.0.1".parse()?],
+        std::time::Duration::from_secs(86400),
+    )?;
+    let dir = tempfile::tempdir()?;
+    let file = |name: &str, pem: &str| -> std::io::Result<std::path::PathBuf> {
+        let p = dir.path().join(name);
+        std::fs::write(&p, pem)?;
+        Ok(p)
+    };
+    let chain = certs::load_cert_chain(&file("edge.crt", &leaf.cert_pem)?)?;
+    let key = certs::load_private_key(&file("edge.key", &leaf.key_pem)?)?;
+    let roots = certs::load_root_store(&file("ca.crt", ca.cert_pem())?)?;
+    let mut server = rustls::ServerConfig::builder_with_provider(certs::provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    server.alpn_protocols = vec![b"sink".to_vec(), b"echo".to_vec()];
+    let client = |alpn: &[u8]| -> anyhow::Result<Arc<rustls::ClientConfig>> {
+        let mut c = rustls::ClientConfig::builder_with_provider(certs::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        c.alpn_protocols = vec![alpn.to_vec()];
+        Ok(Arc::new(c))
+    };
+    let (sink_client, echo_client) = (client(b"sink")?, client(b"echo")?);
+
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = s.set_nodelay(true);
+                let Ok(mut tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let to = match tls.get_ref().1.alpn_protocol() {
+                    Some(b"sink") => sink,
+                    Some(b"echo") => echo,
+                    _ => return,
+                };
+                let Ok(mut backend) = tokio::net::TcpStream::connect(to).await else {
+                    return;
+                };
+                let _ = backend.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut backend).await;
+            });
+        }
+    });
+    Ok(EdgeTls {
+        addr,
+        sink_client,
+        echo_client,
+        _certs: dir,
+    })
+}

@@ -1,5 +1,5 @@
 //! Loopback benchmark: direct TCP versus the tunnel (HTTP CONNECT, Konnectivity
-//! gRPC, WebSocket), `ssh -R` and rathole.
+//! gRPC, SNI passthrough, WebSocket), `ssh -R` and rathole.
 //!
 //! ```text
 //! cargo build --release -p tunnel-server -p tunnel-agent -p integration
@@ -95,6 +95,8 @@ fn main() -> anyhow::Result<()> {
                 PathName::Tunnel,
                 PathName::TunnelTls,
                 PathName::TunnelGrpc,
+                PathName::TunnelEdgeTls,
+                PathName::TunnelSni,
                 PathName::TunnelWs,
                 PathName::Ssh,
                 PathName::Rathole,

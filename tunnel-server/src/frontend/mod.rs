@@ -14,7 +14,9 @@ pub mod http_proxy;
 pub mod listeners;
 pub mod reply;
 pub mod rewind;
+pub mod sni;
 pub mod sniff;
+pub mod transparent;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,6 +98,26 @@ async fn carry<IO>(mut io: IO, ctx: &FrontendContext, stream: EdgeStream, early:
 where
     IO: AsyncRead + AsyncWrite + Unpin + AbortOnDrop,
 {
+    if io.write_all(reply::ESTABLISHED).await.is_err() {
+        let mut send = stream.send;
+        send.reset(proto::codes::STREAM_CANCELLED);
+        return;
+    }
+    count(ctx, 200);
+    splice_to_edge(io, &ctx.dialer, stream, early).await;
+}
+
+/// Sends `early` (client bytes already read) to the edge, then splices the
+/// client and the edge stream until both ends close. A lost or reset tunnel
+/// resets the client connection, so it does not mistake the cut for an end.
+pub(crate) async fn splice_to_edge<IO>(
+    mut io: IO,
+    dialer: &Dialer,
+    stream: EdgeStream,
+    early: bytes::Bytes,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + AbortOnDrop,
+{
     let EdgeStream {
         mut send,
         recv,
@@ -103,17 +125,11 @@ where
         _active,
         ..
     } = stream;
-    if io.write_all(reply::ESTABLISHED).await.is_err() {
-        send.reset(proto::codes::STREAM_CANCELLED);
-        return;
-    }
-    count(ctx, 200);
-    // Bytes the client pipelined after its head belong to the tunnel.
     if !early.is_empty() && send.write_chunk(early).await.is_err() {
         let _ = io.abort_on_drop();
         return;
     }
-    let outcome = splice(&mut io, send, recv, ctx.dialer.byte_counter(&node)).await;
+    let outcome = splice(&mut io, send, recv, dialer.byte_counter(&node)).await;
     tracing::debug!(to_edge = outcome.to_tunnel, from_edge = outcome.from_tunnel,
         end = ?outcome.end, "stream closed");
     if matches!(outcome.end, SpliceEnd::TunnelReset | SpliceEnd::TunnelLost) {
@@ -181,6 +197,14 @@ async fn respond<IO: AsyncRead + AsyncWrite + Unpin>(
 ) {
     count(ctx, status);
     let _ = io.write_all(&reply::error_response(status, msg)).await;
+    linger_close(io).await;
+}
+
+/// Closes our side after a refusal and drains what the client still sends
+/// (bounded in bytes and time, like HTTP servers' lingering close), so the
+/// kernel does not answer unread bytes with a reset that would hide the
+/// refusal from the client.
+pub(crate) async fn linger_close<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO) {
     let _ = io.shutdown().await;
     let drain = async {
         let mut sink = [0u8; 4096];
