@@ -15,6 +15,7 @@ pub mod enroll;
 pub mod forward;
 pub mod frontend;
 pub mod handshake;
+pub mod log_limit;
 pub mod metrics;
 pub mod registry;
 pub mod reload;

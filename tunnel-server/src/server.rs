@@ -94,13 +94,20 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
     let endpoint =
         transport::quic::server_endpoint(cfg.agent_addr, agent_tls, &tuning, key.secret_der())
             .with_context(|| format!("starting the agent listener on {} (UDP)", cfg.agent_addr))?;
-    let dialer = Arc::new(Dialer::new(
-        registry.clone(),
-        metrics.clone(),
-        cfg.dial_timeout,
-        cfg.max_streams,
-        cfg.max_pending_dials,
-    ));
+    let dialer = Arc::new(
+        Dialer::new(
+            registry.clone(),
+            metrics.clone(),
+            cfg.dial_timeout,
+            cfg.max_streams,
+            cfg.max_pending_dials,
+        )
+        .with_quotas(crate::dial::StreamQuotas {
+            forward: cfg.hardening.max_streams_forward,
+            http_proxy: cfg.hardening.max_streams_http_proxy,
+            idle: cfg.hardening.stream_idle_timeout,
+        }),
+    );
     // Signs enrolled (agent port, TCP) and renewed (service streams) agent certificates.
     let issuer = Arc::new(Issuer {
         ca: match &cfg.agent_ca_key {
@@ -140,6 +147,9 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
             vec![proto::enroll::ALPN_ENROLL.to_vec()],
         )?),
         issuer: issuer.clone(),
+        rate: Arc::new(crate::enroll::rate::EnrollRate::new(
+            cfg.hardening.enroll_attempts_per_minute,
+        )),
     });
     let reload_trigger = Arc::new(Notify::new());
     tasks.spawn(
@@ -147,7 +157,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
             files: tls_files,
             tls: server_tls,
             revocation_file: cfg.revocation_file.clone(),
-            revocations,
+            revocations: revocations.clone(),
             registry: registry.clone(),
             metrics: metrics.clone(),
             trigger: reload_trigger.clone(),
@@ -164,6 +174,8 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
     let ctx = Arc::new(FrontendContext {
         dialer: dialer.clone(),
         header_timeout: cfg.header_timeout,
+        max_connections: cfg.hardening.max_connections_per_listener,
+        http_proxy_idle: cfg.hardening.http_proxy_idle_timeout,
     });
     if let Some(path) = &cfg.uds {
         let l = listeners::bind_uds(path)?;
@@ -184,7 +196,10 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         tasks.spawn(listeners::serve_tls(
             l,
             TlsAcceptor::from(Arc::new(tls)),
-            Arc::new(cfg.proxy_client_names.clone()),
+            Arc::new(listeners::ClientPolicy {
+                allowed_names: cfg.proxy_client_names.clone(),
+                revocations: revocations.clone(),
+            }),
             ctx.clone(),
         ));
     }
@@ -196,7 +211,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         tracing::info!(%addr, "plain-HTTP proxy listening");
         tasks.spawn(crate::frontend::http_proxy::serve(l, ctx.clone()));
     }
-    let mut forwards = Forwards::new(dialer.clone());
+    let mut forwards = Forwards::new(dialer.clone(), cfg.hardening.max_connections_per_listener);
     if let Some(e) = forwards.apply(&cfg.forwards).await.into_iter().next() {
         return Err(e.into());
     }

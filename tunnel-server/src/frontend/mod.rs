@@ -8,8 +8,10 @@
 //! size and time), routed through the [`Dialer`], answered `200` only once
 //! the agent's dial succeeded, and then spliced byte for byte.
 
+pub mod conn_cap;
 pub mod connect;
 pub mod grpc;
+pub mod head_clock;
 pub mod http_proxy;
 pub mod listeners;
 pub mod reply;
@@ -22,7 +24,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use transport::socket::AbortOnDrop;
-use transport::splice::{splice, SpliceEnd};
+use transport::splice::SpliceEnd;
 
 use tracing::Instrument;
 
@@ -33,6 +35,10 @@ use connect::{parse_connect, HeadError, MAX_HEAD};
 pub struct FrontendContext {
     pub dialer: Arc<Dialer>,
     pub header_timeout: Duration,
+    /// `--max-connections-per-listener`.
+    pub max_connections: usize,
+    /// `--http-proxy-idle-timeout`: keep-alive idle time on `--http-proxy-addr`.
+    pub http_proxy_idle: Duration,
 }
 
 /// The metric label for requests on this front end.
@@ -113,10 +119,16 @@ where
         let _ = io.abort_on_drop();
         return;
     }
-    let outcome = splice(&mut io, send, recv, ctx.dialer.byte_counter(&node)).await;
+    let outcome = ctx
+        .dialer
+        .splice(&mut io, send, recv, &node, Frontend::Connect)
+        .await;
     tracing::debug!(to_edge = outcome.to_tunnel, from_edge = outcome.from_tunnel,
         end = ?outcome.end, "stream closed");
-    if matches!(outcome.end, SpliceEnd::TunnelReset | SpliceEnd::TunnelLost) {
+    if matches!(
+        outcome.end,
+        SpliceEnd::TunnelReset | SpliceEnd::TunnelLost | SpliceEnd::Idle
+    ) {
         let _ = io.abort_on_drop();
     }
 }
@@ -180,7 +192,16 @@ async fn respond<IO: AsyncRead + AsyncWrite + Unpin>(
     msg: &str,
 ) {
     count(ctx, status);
-    let _ = io.write_all(&reply::error_response(status, msg)).await;
+    answer_and_linger(io, &reply::error_response(status, msg)).await;
+}
+
+/// Writes `response`, half-closes and drains what the client still sends
+/// (see [`respond`]), so the client reads the answer instead of a reset.
+pub(crate) async fn answer_and_linger<IO: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut IO,
+    response: &[u8],
+) {
+    let _ = io.write_all(response).await;
     let _ = io.shutdown().await;
     let drain = async {
         let mut sink = [0u8; 4096];
