@@ -47,7 +47,7 @@ for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$KUBELET_PORT") 2>/dev/null
 say "Starting tunnel-server (agents: QUIC on 127.0.0.1:8132; front end: proxy.sock and mTLS on 127.0.0.1:8131; admin: 127.0.0.1:8133)"
 rm -f proxy.sock
 "$BIN/tunnel-server" --agent-addr 127.0.0.1:8132 --uds "$DIR/proxy.sock" \
-  --proxy-addr 127.0.0.1:8131 --proxy-client-ca ca.crt \
+  --proxy-addr 127.0.0.1:8131 --proxy-client-ca proxy-client-ca.crt \
   --tls-cert server.crt --tls-key server.key --agent-ca ca.crt > server.log 2>&1 &
 PIDS+=($!)
 
@@ -73,6 +73,9 @@ say "kubelet metrics through the tunnel"
 curl -sS "${PROXY[@]}" "https://127.0.0.1:$KUBELET_PORT/metrics"
 say "A destination the agent does not allow is refused (403 from the agent's allowlist)"
 curl -sS "${PROXY[@]}" https://127.0.0.1:22/ 2>&1 | tail -n 1 || true
+say "An agent certificate is never a front-end credential (it is not signed by proxy-client-ca.crt, and refused with 403 even if it were)"
+curl -sS --proxy https://127.0.0.1:8131 --proxy-cacert ca.crt --proxy-cert agent-edge-1.crt --proxy-key agent-edge-1.key \
+  --cacert ca.crt "https://127.0.0.1:$KUBELET_PORT/healthz" 2>&1 | tail -n 1 || true
 say "Server metrics"
 curl -sS http://127.0.0.1:8133/metrics | grep -E '^tunnel_server_(agents_connected|streams_total|bytes_total)'
 

@@ -19,6 +19,13 @@ pub const CA_KEY_FILE: &str = "ca.key";
 pub const SERVER_CERT_FILE: &str = "server.crt";
 /// Tunnel server private key file name.
 pub const SERVER_KEY_FILE: &str = "server.key";
+/// CA that signs front-end client certificates (the server's `--proxy-client-ca`).
+///
+/// Distinct from [`CA_CERT_FILE`] so that no agent certificate can ever be a
+/// front-end credential, even if an operator forgets `--proxy-client-name`.
+pub const PROXY_CLIENT_CA_CERT_FILE: &str = "proxy-client-ca.crt";
+/// Private key of [`PROXY_CLIENT_CA_CERT_FILE`].
+pub const PROXY_CLIENT_CA_KEY_FILE: &str = "proxy-client-ca.key";
 /// Certificate kube-apiserver presents to the server's proxy listener.
 pub const PROXY_CLIENT_CERT_FILE: &str = "proxy-client.crt";
 /// Private key for [`PROXY_CLIENT_CERT_FILE`].
@@ -36,8 +43,10 @@ pub fn agent_key_file(node_name: &str) -> String {
 
 /// Creates a new CA plus server and proxy-client certificates in `dir` (created if needed).
 ///
-/// Writes `ca.crt ca.key server.crt server.key proxy-client.crt proxy-client.key` and returns
-/// their paths. If any of them exists and `force` is false, fails with
+/// Writes `ca.crt ca.key server.crt server.key proxy-client-ca.crt proxy-client-ca.key
+/// proxy-client.crt proxy-client.key` and returns their paths. `ca.crt` signs the server
+/// and the agents; the separate `proxy-client-ca.crt` signs only `proxy-client.crt`, so the
+/// CA the front end trusts (`--proxy-client-ca`) never vouches for an agent. If any of them exists and `force` is false, fails with
 /// [`CertError::WouldOverwrite`] and writes nothing.
 pub fn init_cluster(
     dir: &Path,
@@ -50,22 +59,31 @@ pub fn init_cluster(
         CA_KEY_FILE,
         SERVER_CERT_FILE,
         SERVER_KEY_FILE,
+        PROXY_CLIENT_CA_CERT_FILE,
+        PROXY_CLIENT_CA_KEY_FILE,
         PROXY_CLIENT_CERT_FILE,
         PROXY_CLIENT_KEY_FILE,
     ];
     refuse_overwrite(dir, &names, force)?;
     let ca = CertificateAuthority::generate(DEFAULT_CA_VALIDITY)?;
     let server = ca.issue_server(server_name, server_ips, DEFAULT_CERT_VALIDITY)?;
-    let proxy = ca.issue_client(DEFAULT_PROXY_CLIENT_CN, DEFAULT_CERT_VALIDITY)?;
-    let ca_pair = IssuedCert {
+    let proxy_ca = CertificateAuthority::generate(DEFAULT_CA_VALIDITY)?;
+    let proxy = proxy_ca.issue_client(DEFAULT_PROXY_CLIENT_CN, DEFAULT_CERT_VALIDITY)?;
+    let pair = |ca: &CertificateAuthority| IssuedCert {
         cert_pem: ca.cert_pem().to_owned(),
         key_pem: ca.key_pem(),
     };
+    let (ca_pair, proxy_ca_pair) = (pair(&ca), pair(&proxy_ca));
     write_files(
         dir,
         &[
             (CA_CERT_FILE, CA_KEY_FILE, &ca_pair),
             (SERVER_CERT_FILE, SERVER_KEY_FILE, &server),
+            (
+                PROXY_CLIENT_CA_CERT_FILE,
+                PROXY_CLIENT_CA_KEY_FILE,
+                &proxy_ca_pair,
+            ),
             (PROXY_CLIENT_CERT_FILE, PROXY_CLIENT_KEY_FILE, &proxy),
         ],
         force,
@@ -161,12 +179,15 @@ mod tests {
     use crate::identity::agent_identity;
     use crate::load::{load_cert_chain, load_private_key, load_root_store};
     use crate::test_util::TempDir;
+    use std::sync::Arc;
 
-    const ALL: [&str; 6] = [
+    const ALL: [&str; 8] = [
         CA_CERT_FILE,
         CA_KEY_FILE,
         SERVER_CERT_FILE,
         SERVER_KEY_FILE,
+        PROXY_CLIENT_CA_CERT_FILE,
+        PROXY_CLIENT_CA_KEY_FILE,
         PROXY_CLIENT_CERT_FILE,
         PROXY_CLIENT_KEY_FILE,
     ];
@@ -187,7 +208,7 @@ mod tests {
     }
 
     #[test]
-    fn init_writes_six_loadable_files() {
+    fn init_writes_eight_loadable_files() {
         let tmp = TempDir::new();
         let dir = tmp.path().join("pki/nested");
         let written = init(&dir, false).unwrap();
@@ -202,7 +223,34 @@ mod tests {
         load_private_key(&dir.join(PROXY_CLIENT_KEY_FILE)).unwrap();
         CertificateAuthority::from_files(&dir.join(CA_CERT_FILE), &dir.join(CA_KEY_FILE)).unwrap();
         // No temp files left behind.
-        assert_eq!(fs::read_dir(&dir).unwrap().count(), 6);
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 8);
+        // The proxy client is signed by its own CA, not by the agent CA.
+        let proxy = CertificateAuthority::from_files(
+            &dir.join(PROXY_CLIENT_CA_CERT_FILE),
+            &dir.join(PROXY_CLIENT_CA_KEY_FILE),
+        )
+        .unwrap();
+        assert_ne!(
+            proxy.cert_pem(),
+            fs::read_to_string(dir.join(CA_CERT_FILE)).unwrap()
+        );
+        let client = load_cert_chain(&dir.join(PROXY_CLIENT_CERT_FILE)).unwrap();
+        let chains_to = |ca_file: &str| {
+            let roots = Arc::new(load_root_store(&dir.join(ca_file)).unwrap());
+            rustls::server::WebPkiClientVerifier::builder_with_provider(
+                roots,
+                crate::tls::provider(),
+            )
+            .build()
+            .unwrap()
+            .verify_client_cert(&client[0], &[], rustls_pki_types::UnixTime::now())
+            .is_ok()
+        };
+        assert!(chains_to(PROXY_CLIENT_CA_CERT_FILE));
+        assert!(
+            !chains_to(CA_CERT_FILE),
+            "the agent CA must not vouch for the proxy client"
+        );
     }
 
     #[cfg(unix)]
@@ -211,10 +259,20 @@ mod tests {
         let tmp = TempDir::new();
         let dir = tmp.path().join("pki");
         init(&dir, false).unwrap();
-        for name in [CA_KEY_FILE, SERVER_KEY_FILE, PROXY_CLIENT_KEY_FILE] {
+        for name in [
+            CA_KEY_FILE,
+            SERVER_KEY_FILE,
+            PROXY_CLIENT_CA_KEY_FILE,
+            PROXY_CLIENT_KEY_FILE,
+        ] {
             assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
         }
-        for name in [CA_CERT_FILE, SERVER_CERT_FILE, PROXY_CLIENT_CERT_FILE] {
+        for name in [
+            CA_CERT_FILE,
+            SERVER_CERT_FILE,
+            PROXY_CLIENT_CA_CERT_FILE,
+            PROXY_CLIENT_CERT_FILE,
+        ] {
             assert_eq!(mode(&dir.join(name)), 0o644, "{name}");
         }
     }
@@ -249,7 +307,7 @@ mod tests {
             init(&dir, false),
             Err(CertError::WouldOverwrite(_))
         ));
-        assert_eq!(init(&dir, true).unwrap().len(), 6);
+        assert_eq!(init(&dir, true).unwrap().len(), 8);
         assert_ne!(fs::read_to_string(dir.join(CA_CERT_FILE)).unwrap(), old_ca);
         #[cfg(unix)]
         assert_eq!(mode(&dir.join(CA_KEY_FILE)), 0o600);

@@ -40,6 +40,24 @@ pub fn common_name(cert: &CertificateDer<'_>) -> Result<Option<String>, CertErro
     single_common_name(&parse(cert)?)
 }
 
+/// True when `cert` is an agent (kubelet-style node) certificate: subject
+/// `O=system:nodes` or a CN starting with `system:node:`, whatever CA signed it.
+///
+/// Front ends refuse such certificates as client credentials, so a node's key
+/// never reaches another node's services.
+pub fn is_agent_certificate(cert: &CertificateDer<'_>) -> Result<bool, CertError> {
+    let x509 = parse(cert)?;
+    let in_nodes_group = x509.subject().iter_organization().any(|o| {
+        o.as_str()
+            .is_ok_and(|o| o == crate::issue::NODES_ORGANIZATION)
+    });
+    let node_cn = x509
+        .subject()
+        .iter_common_name()
+        .any(|cn| cn.as_str().is_ok_and(|cn| cn.starts_with(AGENT_CN_PREFIX)));
+    Ok(in_nodes_group || node_cn)
+}
+
 /// Returns the certificate's `notAfter` as Unix seconds, for expiry metrics and warnings.
 pub fn not_after_unix(cert: &CertificateDer<'_>) -> Result<i64, CertError> {
     Ok(parse(cert)?.validity().not_after.timestamp())
@@ -162,6 +180,28 @@ mod tests {
             matches!(&err, CertError::NotAnAgentCertificate { reason } if reason.contains("system:node:")),
             "{err}"
         );
+    }
+
+    #[test]
+    fn agent_certificates_are_recognised_by_group_or_cn() {
+        let ca = CertificateAuthority::generate(DEFAULT_CA_VALIDITY).unwrap();
+        let identity = NodeIdentity::new("edge-2", vec![]).unwrap();
+        let agent = ca.issue_agent(&identity, DEFAULT_CERT_VALIDITY).unwrap();
+        let der = CertificateDer::from_pem_slice(agent.cert_pem.as_bytes()).unwrap();
+        assert!(is_agent_certificate(&der).unwrap());
+        let client = ca.issue_client("kube-apiserver-proxy-client", DEFAULT_CERT_VALIDITY);
+        let der = CertificateDer::from_pem_slice(client.unwrap().cert_pem.as_bytes()).unwrap();
+        assert!(!is_agent_certificate(&der).unwrap());
+        // Only the group, only the CN prefix: either one marks a node certificate.
+        for (cn, org) in [("someone", "system:nodes"), ("system:node:x", "other")] {
+            let mut params = CertificateParams::default();
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, org);
+            assert!(is_agent_certificate(&self_signed(params)).unwrap(), "{cn}");
+        }
     }
 
     #[test]

@@ -3,7 +3,9 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-/// A CA, server certificate and proxy client certificate in `dir`.
+/// The files of `certs init` in `dir`: the agent CA (`ca.crt`, also signing
+/// the server certificate), and the separate front-end client CA
+/// (`proxy-client-ca.crt`) signing `proxy-client.crt`.
 pub struct Pki {
     pub dir: PathBuf,
 }

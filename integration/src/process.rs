@@ -220,9 +220,11 @@ impl ServerProc {
         };
         if let Some(a) = proxy_addr {
             args.push(format!("--proxy-addr={a}"));
+            // The front-end client CA, not the agent CA: agent certificates
+            // must not chain to what --proxy-addr trusts (docs/operations.md).
             args.push(format!(
                 "--proxy-client-ca={}",
-                pki.path("ca.crt").display()
+                pki.path(certs::bundle::PROXY_CLIENT_CA_CERT_FILE).display()
             ));
         }
         let http_proxy_addr: Option<SocketAddr> = if opts.http_proxy {

@@ -82,12 +82,21 @@ async fn client_certificate_not_allowed_gets_403() {
     assert!(r.body.contains("client certificate"), "{}", r.body);
 
     // A valid certificate from the right CA but a CN that is not allowed.
-    let agent_cert = s.pki.path("agent-edge-1.crt");
-    let agent_key = s.pki.path("agent-edge-1.key");
-    let wrong = proxy_tls(&ca, Some((&agent_cert, &agent_key))).unwrap();
+    let client_ca = certs::CertificateAuthority::from_files(
+        &s.pki.path(certs::bundle::PROXY_CLIENT_CA_CERT_FILE),
+        &s.pki.path(certs::bundle::PROXY_CLIENT_CA_KEY_FILE),
+    )
+    .unwrap();
+    let other = client_ca
+        .issue_client("someone-else", Duration::from_secs(3600))
+        .unwrap();
+    let (other_cert, other_key) = (s.pki.path("other.crt"), s.pki.path("other.key"));
+    std::fs::write(&other_cert, &other.cert_pem).unwrap();
+    std::fs::write(&other_key, &other.key_pem).unwrap();
+    let wrong = proxy_tls(&ca, Some((&other_cert, &other_key))).unwrap();
     let r = connect_tls(&wrong, addr, &echo.to_string()).await.unwrap();
     assert_eq!(r.status, 403, "{}", r.body);
-    assert!(r.body.contains("system:node:edge-1"), "{}", r.body);
+    assert!(r.body.contains("someone-else"), "{}", r.body);
 
     // The proxy client certificate works, over TLS, end to end.
     let good = proxy_tls(

@@ -33,7 +33,13 @@ impl AbortOnDrop for tokio::net::TcpStream {
 }
 
 impl AbortOnDrop for tokio::net::UnixStream {
-    /// Unix sockets have no reset; dropping closes them, which is the best signal there is.
+    /// Unix stream sockets have no reset (`SO_LINGER` is TCP-only). Closing
+    /// without a half-close is the nearest signal: the peer reads the bytes
+    /// already sent, then end-of-file, and its next write fails with `EPIPE`;
+    /// if it had sent bytes that were never read, Linux fails its read with
+    /// `ECONNRESET` instead (`unix_release_sock` sets that error when the
+    /// closing socket's receive queue is not empty). Callers stop reading as
+    /// soon as the far end broke, so such bytes stay unread.
     fn abort_on_drop(&self) -> io::Result<()> {
         Ok(())
     }

@@ -37,6 +37,9 @@ pub enum SpliceEnd {
     TunnelReset,
     /// The tunnel connection died; reset the local socket.
     TunnelLost,
+    /// No byte moved either way for the idle timeout; the tunnel stream was
+    /// reset and the local socket should be too.
+    Idle,
 }
 
 /// Byte totals and the way the splice ended.
@@ -101,9 +104,27 @@ fn coalesce(recv: &mut TunnelRecv, first: Bytes) -> (Bytes, Option<ChunkResult>)
 /// borrowed so the caller can still reset it (e.g. `SO_LINGER 0`) afterwards.
 pub async fn splice<L, F>(
     local: &mut L,
+    send: TunnelSend,
+    recv: TunnelRecv,
+    on_bytes: F,
+) -> SpliceOutcome
+where
+    L: AsyncRead + AsyncWrite + Unpin,
+    F: Fn(Direction, usize),
+{
+    splice_with_idle(local, send, recv, on_bytes, None).await
+}
+
+/// [`splice`], also aborting both directions ([`SpliceEnd::Idle`]) once no
+/// byte moved either way for `idle`. Any byte in either direction restarts
+/// the clock, so a `kubectl logs -f` that prints or an `exec` that types
+/// is never idle.
+pub async fn splice_with_idle<L, F>(
+    local: &mut L,
     mut send: TunnelSend,
     mut recv: TunnelRecv,
     on_bytes: F,
+    idle: Option<std::time::Duration>,
 ) -> SpliceOutcome
 where
     L: AsyncRead + AsyncWrite + Unpin,
@@ -111,7 +132,30 @@ where
 {
     let (mut rd, mut wr) = tokio::io::split(local);
     let (abort_tx, abort_rx) = watch::channel(None::<SpliceEnd>);
-    let on_bytes = &on_bytes;
+    let started = tokio::time::Instant::now();
+    // Milliseconds since `started` of the last byte moved.
+    let last_activity = std::sync::atomic::AtomicU64::new(0);
+    let on_bytes = &|dir, n| {
+        let ms = started.elapsed().as_millis() as u64;
+        last_activity.store(ms, std::sync::atomic::Ordering::Relaxed);
+        on_bytes(dir, n)
+    };
+    let watchdog = async {
+        let Some(idle) = idle else {
+            return std::future::pending::<(u64, u64)>().await;
+        };
+        loop {
+            let last = std::time::Duration::from_millis(
+                last_activity.load(std::sync::atomic::Ordering::Relaxed),
+            );
+            let due = started + last + idle;
+            if tokio::time::Instant::now() >= due {
+                abort_tx.send_replace(Some(SpliceEnd::Idle));
+                return std::future::pending::<(u64, u64)>().await;
+            }
+            tokio::time::sleep_until(due).await;
+        }
+    };
 
     let up = {
         let abort_tx = &abort_tx;
@@ -212,7 +256,11 @@ where
         }
     };
 
-    let (to_tunnel, from_tunnel) = tokio::join!(up, down);
+    // The watchdog never finishes; it only signals the two directions.
+    let (to_tunnel, from_tunnel) = tokio::select! {
+        totals = async { tokio::join!(up, down) } => totals,
+        never = watchdog => never,
+    };
     let end = abort_rx.borrow().unwrap_or(SpliceEnd::Clean);
     SpliceOutcome {
         to_tunnel,

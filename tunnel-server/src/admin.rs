@@ -73,13 +73,15 @@ fn readyz(registry: &AgentRegistry, ready: &AtomicBool, query: Option<&str>) -> 
     AdminResponse::text(StatusCode::OK, format!("ready; {have} agents connected\n"))
 }
 
-/// One target group per agent: its first node IP (or, without IPs, its node
-/// name, which the front ends route too) at each of `ports`.
+/// One target group per agent: its first node IP that no other node claims
+/// (or, without one, its node name, which the front ends route too) at each
+/// of `ports`.
 fn sd_groups(agents: &[AgentInfo], ports: &[u16]) -> Vec<TargetGroup> {
     agents
         .iter()
         .map(|a| {
-            let host = match a.ips.first() {
+            let ambiguous = |ip: &&std::net::IpAddr| a.ip_conflicts.iter().any(|c| c.ip == **ip);
+            let host = match a.ips.iter().find(|ip| !ambiguous(ip)) {
                 Some(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
                 Some(ip) => ip.to_string(),
                 None => a.node.clone(),
@@ -108,6 +110,7 @@ mod tests {
             streams: 0,
             agent_version: String::new(),
             remote_addr: String::new(),
+            ip_conflicts: Vec::new(),
         }
     }
 

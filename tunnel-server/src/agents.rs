@@ -131,7 +131,7 @@ impl AgentListener {
             link: link.clone(),
         });
         if let Some(old) = self.registry.register(entry) {
-            retire(old, reg.session.as_deref(), link.kind());
+            retire(&self.registry, old, reg.session.as_deref(), link.kind());
         }
         let ack = Message::HelloAck(HelloAck::Accepted {
             server_version: self.server_version.clone(),
@@ -232,6 +232,7 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(3600);
 /// agent process moved transports (same session), its open streams finish
 /// first; a different process (a duplicate agent) is cut off at once.
 fn retire(
+    registry: &Arc<AgentRegistry>,
     old: Arc<AgentEntry>,
     new_session: Option<&str>,
     new_transport: transport::TransportKind,
@@ -249,6 +250,9 @@ fn retire(
     tracing::info!(%node, from = old.transport().as_str(), to = new_transport.as_str(),
         open_streams = old.streams.load(std::sync::atomic::Ordering::Relaxed),
         "agent changed transport; draining the previous connection");
+    // Revocation must still find it while it drains (crate::reload).
+    registry.start_draining(old.clone());
+    let registry = registry.clone();
     tokio::spawn(async move {
         let started = tokio::time::Instant::now();
         while old.streams.load(std::sync::atomic::Ordering::Relaxed) > 0
@@ -256,11 +260,15 @@ fn retire(
         {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                _ = old.link.closed() => return,
+                _ = old.link.closed() => {
+                    registry.finish_draining(old.conn_id);
+                    return;
+                }
             }
         }
         tracing::info!(%node, "previous connection drained; closing it");
         old.link
             .close(proto::codes::CONN_REPLACED, "moved to a newer connection");
+        registry.finish_draining(old.conn_id);
     });
 }

@@ -43,7 +43,8 @@ impl AgentListener {
                 match tokio::time::timeout(UPGRADE_TIMEOUT, upgrade(tcp, remote, &tls)).await {
                     Ok(Ok(Accepted::Tunnel(link))) => this.serve_connection(link).await,
                     Ok(Ok(Accepted::Enroll(stream))) => {
-                        crate::enroll::http::serve(*stream, tls.issuer.clone()).await
+                        crate::enroll::http::serve(*stream, tls.issuer.clone(), tls.rate.clone())
+                            .await
                     }
                     Ok(Err(reason)) => {
                         tracing::info!(%remote, %reason, "agent WebSocket connection refused")

@@ -120,6 +120,8 @@ pub struct RunArgs {
     pub apiserver: Option<DialTarget>,
     #[command(flatten)]
     pub passthrough: PassthroughArgs,
+    #[command(flatten)]
+    pub hardening: HardeningArgs,
 }
 
 /// Flags of the front ends for clients that dial nodes directly (SNI
@@ -190,6 +192,92 @@ impl TryFrom<PassthroughArgs> for PassthroughConfig {
     }
 }
 
+/// Quotas and limits that keep anonymous or shared listeners from starving
+/// kube-apiserver (docs/operations.md, "Limits").
+#[derive(Debug, Args, Clone)]
+pub struct HardeningArgs {
+    /// Most streams all --forward listeners hold at once (beyond: the client is closed).
+    /// Default: a quarter of --max-streams.
+    #[arg(long, value_name = "N")]
+    pub max_streams_forward: Option<usize>,
+    /// Most streams --http-proxy-addr holds at once (beyond: 503).
+    /// Default: a quarter of --max-streams.
+    #[arg(long, value_name = "N")]
+    pub max_streams_http_proxy: Option<usize>,
+    /// Most open client connections on each front-end listener (--uds,
+    /// --proxy-addr, --http-proxy-addr, each --forward); beyond: 503 or close.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub max_connections_per_listener: usize,
+    /// A tunneled stream with no byte in either direction for this long is
+    /// reset (0s: never). Matches kubelet's --streaming-connection-idle-timeout.
+    #[arg(long, default_value = "4h", value_parser = parse_duration)]
+    pub stream_idle_timeout: Duration,
+    /// How long an --http-proxy-addr client connection may sit idle between
+    /// requests (Prometheus reuses its connection every scrape interval).
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub http_proxy_idle_timeout: Duration,
+    /// Enrollment attempts allowed per source IP per minute (beyond: 429 with Retry-After).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub enroll_attempts_per_minute: u32,
+}
+
+/// [`HardeningArgs`], validated, with defaults resolved.
+#[derive(Debug, Clone)]
+pub struct Hardening {
+    pub max_streams_forward: usize,
+    pub max_streams_http_proxy: usize,
+    pub max_connections_per_listener: usize,
+    pub stream_idle_timeout: Option<Duration>,
+    pub http_proxy_idle_timeout: Duration,
+    pub enroll_attempts_per_minute: u32,
+}
+
+impl HardeningArgs {
+    /// Resolves the shares against `max_streams`; explicit shares must leave
+    /// kube-apiserver (CONNECT and gRPC) at least one stream of its own.
+    fn resolve(self, max_streams: usize) -> Result<Hardening, ConfigError> {
+        let quarter = (max_streams / 4).max(1);
+        let forward = self.max_streams_forward.unwrap_or(quarter);
+        let http = self.max_streams_http_proxy.unwrap_or(quarter);
+        for (v, flag) in [
+            (forward, "max-streams-forward"),
+            (http, "max-streams-http-proxy"),
+            (
+                self.max_connections_per_listener,
+                "max-connections-per-listener",
+            ),
+            (
+                self.enroll_attempts_per_minute as usize,
+                "enroll-attempts-per-minute",
+            ),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero(flag));
+            }
+        }
+        let explicit = self.max_streams_forward.is_some() || self.max_streams_http_proxy.is_some();
+        // Defaults never fail (a tiny --max-streams just gets shares of 1).
+        if explicit && forward.saturating_add(http) >= max_streams {
+            return Err(ConfigError::SharesLeaveNothing {
+                forward,
+                http,
+                max_streams,
+            });
+        }
+        if self.http_proxy_idle_timeout.is_zero() {
+            return Err(ConfigError::Zero("http-proxy-idle-timeout"));
+        }
+        Ok(Hardening {
+            max_streams_forward: forward,
+            max_streams_http_proxy: http,
+            max_connections_per_listener: self.max_connections_per_listener,
+            stream_idle_timeout: Some(self.stream_idle_timeout).filter(|d| !d.is_zero()),
+            http_proxy_idle_timeout: self.http_proxy_idle_timeout,
+            enroll_attempts_per_minute: self.enroll_attempts_per_minute,
+        })
+    }
+}
+
 /// Everything the server needs, validated.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -219,6 +307,7 @@ pub struct ServerConfig {
     pub agent_idle_timeout: Duration,
     pub apiserver: Option<DialTarget>,
     pub passthrough: PassthroughConfig,
+    pub hardening: Hardening,
 }
 
 /// Highest `--max-streams-per-node`: agents grant 65,536 concurrent streams
@@ -247,6 +336,12 @@ pub enum ConfigError {
     DuplicateForwardListen(SocketAddr),
     #[error("--node-domain {0:?} is not a DNS name")]
     BadNodeDomain(String),
+    #[error("--max-streams-forward ({forward}) + --max-streams-http-proxy ({http}) must be less than --max-streams ({max_streams}), so kube-apiserver keeps streams of its own")]
+    SharesLeaveNothing {
+        forward: usize,
+        http: usize,
+        max_streams: usize,
+    },
 }
 
 impl TryFrom<RunArgs> for ServerConfig {
@@ -280,6 +375,7 @@ impl TryFrom<RunArgs> for ServerConfig {
         if a.max_streams_per_node > MAX_STREAMS_PER_NODE {
             return Err(ConfigError::StreamsPerNode(a.max_streams_per_node));
         }
+        let hardening = a.hardening.resolve(a.max_streams)?;
         let mut listens = std::collections::HashSet::new();
         for f in &a.forwards {
             if f.listen.port() != 0 && !listens.insert(f.listen) {
@@ -313,6 +409,7 @@ impl TryFrom<RunArgs> for ServerConfig {
             agent_idle_timeout: a.agent_idle_timeout,
             apiserver: a.apiserver,
             passthrough: a.passthrough.try_into()?,
+            hardening,
         })
     }
 }
@@ -441,6 +538,38 @@ mod tests {
         assert_eq!(
             parse(&a).unwrap_err(),
             "--node-domain \"bad domain\" is not a DNS name"
+        );
+    }
+
+    #[test]
+    fn quotas_default_to_quarters_and_must_leave_room_for_the_apiserver() {
+        let c = parse(BASE).unwrap().hardening;
+        assert_eq!(
+            (c.max_streams_forward, c.max_streams_http_proxy),
+            (5000, 5000)
+        );
+        assert_eq!(c.stream_idle_timeout, Some(Duration::from_secs(4 * 3600)));
+        assert_eq!(c.http_proxy_idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.max_connections_per_listener, 10_000);
+        let mut a = BASE.to_vec();
+        a.extend(["--max-streams=50", "--stream-idle-timeout=0s"]);
+        let c = parse(&a).unwrap().hardening;
+        assert_eq!((c.max_streams_forward, c.max_streams_http_proxy), (12, 12));
+        assert_eq!(c.stream_idle_timeout, None);
+        let mut a = BASE.to_vec();
+        a.extend([
+            "--max-streams=50",
+            "--max-streams-forward=40",
+            "--max-streams-http-proxy=10",
+        ]);
+        assert!(parse(&a)
+            .unwrap_err()
+            .contains("kube-apiserver keeps streams"));
+        let mut a = BASE.to_vec();
+        a.extend(["--max-connections-per-listener=0"]);
+        assert_eq!(
+            parse(&a).unwrap_err(),
+            "--max-connections-per-listener must be greater than 0"
         );
     }
 

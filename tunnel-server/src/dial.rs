@@ -16,7 +16,7 @@ use transport::framed::{read_message, write_message, FramedError};
 use transport::{TunnelRecv, TunnelSend};
 
 use crate::metrics::ServerMetrics;
-use crate::registry::{AgentEntry, AgentRegistry};
+use crate::registry::{AgentEntry, AgentRegistry, Lookup};
 
 /// Which front end a stream came through (the `frontend` metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,8 +54,19 @@ impl Frontend {
 pub enum DialFailure {
     #[error("no agent is registered for {host}")]
     NoAgent { host: String },
+    #[error("IP {ip} is claimed by several connected nodes ({}); not routed by IP, use the node name", .nodes.join(", "))]
+    Ambiguous {
+        ip: std::net::IpAddr,
+        nodes: Vec<String>,
+    },
     #[error("server is at its limit of {limit} concurrent streams")]
     StreamLimit { limit: usize },
+    #[error("the {flag} front end is at its limit of {limit} concurrent streams (--max-streams-{frontend}); the rest of --max-streams is kept for kube-apiserver")]
+    FrontendLimit {
+        flag: &'static str,
+        frontend: &'static str,
+        limit: usize,
+    },
     #[error("server is at its limit of {limit} pending dials")]
     PendingLimit { limit: usize },
     #[error("node {node} is at its stream limit: {detail}")]
@@ -107,9 +118,11 @@ impl DialFailure {
         match self {
             DialFailure::NoAgent { .. }
             | DialFailure::StreamLimit { .. }
+            | DialFailure::FrontendLimit { .. }
             | DialFailure::PendingLimit { .. }
             | DialFailure::NodeStreamLimit { .. } => 503,
             DialFailure::NotAllowed { .. } => 403,
+            DialFailure::Ambiguous { .. } => 409,
             DialFailure::DialFailed { .. } | DialFailure::BadAnswer { .. } => 502,
             DialFailure::AgentTimeout { .. }
             | DialFailure::Timeout { .. }
@@ -121,7 +134,9 @@ impl DialFailure {
     pub fn result_label(&self) -> &'static str {
         match self {
             DialFailure::NoAgent { .. } => "no_agent",
+            DialFailure::Ambiguous { .. } => "ambiguous",
             DialFailure::StreamLimit { .. }
+            | DialFailure::FrontendLimit { .. }
             | DialFailure::PendingLimit { .. }
             | DialFailure::NodeStreamLimit { .. } => "limit",
             DialFailure::NotAllowed { .. } => "not_allowed",
@@ -149,6 +164,7 @@ pub struct ActiveStream {
     gauge: prometheus::IntGauge,
     node_gauge: Option<prometheus::IntGauge>,
     _permit: OwnedSemaphorePermit,
+    _share: Option<OwnedSemaphorePermit>,
 }
 
 /// One of a connection's `--max-streams-per-node` slots, taken from the
@@ -193,8 +209,41 @@ enum Route<'a> {
     Node(&'a str),
 }
 
+/// Per-front-end shares of `--max-streams` and the idle timeout of spliced streams.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamQuotas {
+    /// `--max-streams-forward`: most streams `--forward` listeners hold at once.
+    pub forward: usize,
+    /// `--max-streams-http-proxy`: most streams `--http-proxy-addr` holds at once.
+    pub http_proxy: usize,
+    /// `--stream-idle-timeout`: a spliced stream with no byte either way this long is reset.
+    pub idle: Option<Duration>,
+}
+
+/// A front end's own stream limit, taken before the shared one.
+struct Share {
+    slots: Arc<Semaphore>,
+    limit: usize,
+    flag: &'static str,
+    name: &'static str,
+}
+
+impl Share {
+    fn new(limit: usize, flag: &'static str, name: &'static str) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(limit)),
+            limit,
+            flag,
+            name,
+        }
+    }
+}
+
 /// Routes and dials; shared by all front ends.
 pub struct Dialer {
+    forward_share: Option<Share>,
+    http_share: Option<Share>,
+    idle: Option<Duration>,
     registry: Arc<AgentRegistry>,
     metrics: ServerMetrics,
     dial_timeout: Duration,
@@ -217,6 +266,9 @@ impl Dialer {
         max_pending: usize,
     ) -> Self {
         Self {
+            forward_share: None,
+            http_share: None,
+            idle: None,
             registry,
             metrics,
             dial_timeout,
@@ -233,6 +285,57 @@ impl Dialer {
     pub fn with_max_streams_per_node(mut self, limit: usize) -> Self {
         self.max_streams_per_node = limit;
         self
+    }
+
+    /// Limits `--forward` and `--http-proxy-addr` to their own shares of
+    /// `--max-streams` (so CONNECT and gRPC from kube-apiserver always have
+    /// the rest) and sets the idle timeout of spliced streams.
+    pub fn with_quotas(mut self, q: StreamQuotas) -> Self {
+        self.forward_share = Some(Share::new(q.forward, "--forward", "forward"));
+        self.http_share = Some(Share::new(q.http_proxy, "--http-proxy-addr", "http-proxy"));
+        self.idle = q.idle;
+        self
+    }
+
+    /// The share `frontend` must hold a slot of, if it has one.
+    fn share(&self, frontend: Frontend) -> Option<&Share> {
+        match frontend {
+            Frontend::Forward => self.forward_share.as_ref(),
+            Frontend::Http => self.http_share.as_ref(),
+            Frontend::Connect | Frontend::Grpc | Frontend::Sni | Frontend::Transparent => None,
+        }
+    }
+
+    /// Splices `local` to a dialed stream with the byte counters and the
+    /// `--stream-idle-timeout` of this dialer; an idle end is counted.
+    pub async fn splice<L>(
+        &self,
+        local: &mut L,
+        send: TunnelSend,
+        recv: TunnelRecv,
+        node: &str,
+        frontend: Frontend,
+    ) -> transport::splice::SpliceOutcome
+    where
+        L: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let outcome = transport::splice::splice_with_idle(
+            local,
+            send,
+            recv,
+            self.byte_counter(node),
+            self.idle,
+        )
+        .await;
+        if outcome.end == transport::splice::SpliceEnd::Idle {
+            self.metrics
+                .idle_timeouts
+                .with_label_values(&[frontend.as_str()])
+                .inc();
+            tracing::info!(%node, frontend = frontend.as_str(), idle = ?self.idle,
+                "stream idle for --stream-idle-timeout; closed");
+        }
+        outcome
     }
 
     /// The metrics this dialer records into (front ends add their own).
@@ -318,14 +421,27 @@ impl Dialer {
     ) -> Result<EdgeStream, DialFailure> {
         let agent = match route {
             Route::ByTarget => self.registry.lookup(target),
-            Route::Node(node) => self.registry.get(node),
+            Route::Node(node) => self.registry.get(node).ok_or(Lookup::NoAgent),
         }
-        .ok_or_else(|| DialFailure::NoAgent {
-            host: match route {
-                Route::ByTarget => target.host_string(),
-                Route::Node(node) => node.to_string(),
+        .map_err(|e| match e {
+            Lookup::Ambiguous { ip, nodes } => DialFailure::Ambiguous { ip, nodes },
+            Lookup::NoAgent => DialFailure::NoAgent {
+                host: match route {
+                    Route::ByTarget => target.host_string(),
+                    Route::Node(node) => node.to_string(),
+                },
             },
         })?;
+        let share_permit = match self.share(frontend) {
+            None => None,
+            Some(share) => Some(share.slots.clone().try_acquire_owned().map_err(|_| {
+                DialFailure::FrontendLimit {
+                    flag: share.flag,
+                    frontend: share.name,
+                    limit: share.limit,
+                }
+            })?),
+        };
         let stream_permit =
             self.streams
                 .clone()
@@ -409,6 +525,7 @@ impl Dialer {
                         gauge,
                         node_gauge,
                         _permit: stream_permit,
+                        _share: share_permit,
                     },
                 })
             }

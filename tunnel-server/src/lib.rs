@@ -16,6 +16,7 @@ pub mod forward;
 pub mod frontend;
 pub mod handshake;
 pub mod hosts_file;
+pub mod log_limit;
 pub mod metrics;
 pub mod registry;
 pub mod reload;

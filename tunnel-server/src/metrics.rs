@@ -38,6 +38,14 @@ pub struct ServerMetrics {
     pub grpc_buffered_bytes: IntGauge,
     /// SNI and transparent connections closed before any dial, by front end and reason.
     pub passthrough_refused: IntCounterVec,
+    /// TLS front-end clients refused, by reason (agent_certificate, revoked, ...).
+    pub frontend_refusals: IntCounterVec,
+    /// IPs that more than one connected node claims now (routed by name only).
+    pub ip_conflicts: IntGauge,
+    /// Connections closed at once because a listener was at its connection cap.
+    pub connections_refused: IntCounterVec,
+    /// Tunneled streams closed after no byte moved for `--stream-idle-timeout`.
+    pub idle_timeouts: IntCounterVec,
     /// Whether the `node` label is used; off for fleets too large for one
     /// series per node (`--per-node-metrics=false`).
     per_node: bool,
@@ -228,6 +236,43 @@ impl ServerMetrics {
                     &["frontend", "reason"]
                 )
             ),
+            frontend_refusals: registered!(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tunnel_server_frontend_refusals_total",
+                        "TLS front-end clients refused (403), by reason."
+                    ),
+                    &["reason"]
+                )
+            ),
+            ip_conflicts: registered!(
+                r,
+                IntGauge::new(
+                    "tunnel_server_ip_conflicts",
+                    "IPs claimed by more than one connected node (CONNECT to them: 409)."
+                )
+            ),
+            connections_refused: registered!(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tunnel_server_connections_refused_total",
+                        "Connections refused because a listener was at its connection cap."
+                    ),
+                    &["listener"]
+                )
+            ),
+            idle_timeouts: registered!(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tunnel_server_stream_idle_timeouts_total",
+                        "Tunneled streams closed for idleness, by front end."
+                    ),
+                    &["frontend"]
+                )
+            ),
             registry: r,
             per_node: true,
         })
@@ -295,6 +340,7 @@ impl ServerMetrics {
         let buffered = crate::frontend::grpc::budget::CALL_BUFFERS.used();
         self.grpc_buffered_bytes
             .set(i64::try_from(buffered).unwrap_or(i64::MAX));
+        self.ip_conflicts.set(agents.conflicts().len() as i64);
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::warn!(error = %e, "encoding metrics failed");

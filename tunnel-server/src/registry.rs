@@ -4,6 +4,12 @@
 //! lookups are exact (no fallback to "some agent"). A newer connection for a
 //! node replaces the older one, and a connection's cleanup only removes its
 //! own entry, so a reconnect racing a disconnect never loses the new agent.
+//!
+//! An IP claimed by two connected nodes (overlapping private ranges behind
+//! NAT, or a certificate issued with the wrong IP) is never taken over by the
+//! newer one: it becomes *ambiguous* ([`route_ip`]), a dial by that IP fails
+//! with [`Lookup::Ambiguous`] naming every claimant, and routing by node name
+//! keeps working. When all but one claimant leave, the IP routes again.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -43,6 +49,43 @@ impl AgentEntry {
     }
 }
 
+/// An IP more than one connected node claims.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct IpConflict {
+    pub ip: IpAddr,
+    /// Every claimant, in registration order.
+    pub nodes: Vec<String>,
+}
+
+/// The answer for one IP given the nodes that claim it (registration order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IpRoute<'a> {
+    /// Nobody claims it.
+    Unclaimed,
+    /// Exactly one node: route there.
+    Node(&'a str),
+    /// Several nodes: refuse rather than guess.
+    Ambiguous(&'a [String]),
+}
+
+/// Decides how an IP routes from its claimants (sans-IO).
+pub fn route_ip(claimants: &[String]) -> IpRoute<'_> {
+    match claimants {
+        [] => IpRoute::Unclaimed,
+        [one] => IpRoute::Node(one),
+        many => IpRoute::Ambiguous(many),
+    }
+}
+
+/// Why [`AgentRegistry::lookup`] found no agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// No connected node answers for the host.
+    NoAgent,
+    /// Several connected nodes claim the IP.
+    Ambiguous { ip: IpAddr, nodes: Vec<String> },
+}
+
 /// One row of `/agents`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct AgentInfo {
@@ -54,12 +97,51 @@ pub struct AgentInfo {
     pub streams: u64,
     pub agent_version: String,
     pub remote_addr: String,
+    /// This node's IPs that other connected nodes claim too (not routable by IP).
+    pub ip_conflicts: Vec<IpConflict>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     by_node: HashMap<String, Arc<AgentEntry>>,
-    by_ip: HashMap<IpAddr, String>,
+    /// Every connected node claiming each IP, in registration order.
+    by_ip: HashMap<IpAddr, Vec<String>>,
+}
+
+impl Inner {
+    fn claim(&mut self, node: &str, ips: &[IpAddr]) {
+        for ip in ips {
+            let claimants = self.by_ip.entry(*ip).or_default();
+            if !claimants.iter().any(|n| n == node) {
+                claimants.push(node.to_owned());
+            }
+        }
+    }
+
+    fn release(&mut self, node: &str, ips: &[IpAddr]) {
+        for ip in ips {
+            if let Some(claimants) = self.by_ip.get_mut(ip) {
+                claimants.retain(|n| n != node);
+                if claimants.is_empty() {
+                    self.by_ip.remove(ip);
+                }
+            }
+        }
+    }
+
+    fn conflicts_of(&self, ips: &[IpAddr]) -> Vec<IpConflict> {
+        ips.iter()
+            .filter_map(|ip| {
+                match route_ip(self.by_ip.get(ip).map(Vec::as_slice).unwrap_or_default()) {
+                    IpRoute::Ambiguous(nodes) => Some(IpConflict {
+                        ip: *ip,
+                        nodes: nodes.to_vec(),
+                    }),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
 }
 
 /// The set of connected agents, shared by the agent listener and every front end.
@@ -69,6 +151,9 @@ pub struct AgentRegistry {
     next_conn_id: AtomicU64,
     /// Bumped on every register and unregister (see [`AgentRegistry::changes`]).
     generation: tokio::sync::watch::Sender<u64>,
+    /// Connections replaced by their own agent's new transport, still
+    /// carrying open streams (not routed to; revocation still closes them).
+    draining: std::sync::Mutex<HashMap<u64, Arc<AgentEntry>>>,
 }
 
 impl Default for AgentRegistry {
@@ -77,6 +162,7 @@ impl Default for AgentRegistry {
             inner: RwLock::default(),
             next_conn_id: AtomicU64::default(),
             generation: tokio::sync::watch::Sender::new(0),
+            draining: std::sync::Mutex::default(),
         }
     }
 }
@@ -110,24 +196,19 @@ impl AgentRegistry {
     }
 
     /// Adds an agent; returns the entry it replaced (same node), which the
-    /// caller should close.
+    /// caller should close. IPs another connected node already claims become
+    /// ambiguous (logged), never taken over.
     pub fn register(&self, entry: Arc<AgentEntry>) -> Option<Arc<AgentEntry>> {
         let mut inner = self.write();
         let old = inner.by_node.insert(entry.node.clone(), entry.clone());
         if let Some(old) = &old {
-            for ip in &old.ips {
-                if inner.by_ip.get(ip) == Some(&old.node) {
-                    inner.by_ip.remove(ip);
-                }
-            }
+            inner.release(&old.node, &old.ips);
         }
-        for ip in &entry.ips {
-            if let Some(prev) = inner.by_ip.insert(*ip, entry.node.clone()) {
-                if prev != entry.node {
-                    tracing::warn!(ip = %ip, previous = %prev, node = %entry.node,
-                        "two nodes' certificates claim the same IP; the newest registration answers for it");
-                }
-            }
+        inner.claim(&entry.node, &entry.ips);
+        for c in inner.conflicts_of(&entry.ips) {
+            tracing::warn!(ip = %c.ip, nodes = ?c.nodes, node = %entry.node,
+                "several connected nodes' certificates claim this IP; it is not routed by IP \
+                 until only one remains (route by node name instead)");
         }
         drop(inner);
         self.changed();
@@ -144,37 +225,39 @@ impl AgentRegistry {
             return false;
         }
         inner.by_node.remove(node);
-        for ip in &entry.ips {
-            if inner.by_ip.get(ip).map(String::as_str) == Some(node) {
-                inner.by_ip.remove(ip);
-            }
-        }
-        // An IP another node also claims goes back to that node.
-        let others: Vec<(IpAddr, String)> = inner
-            .by_node
-            .values()
-            .flat_map(|e| e.ips.iter().map(|ip| (*ip, e.node.clone())))
-            .filter(|(ip, _)| entry.ips.contains(ip))
-            .collect();
-        for (ip, n) in others {
-            inner.by_ip.entry(ip).or_insert(n);
-        }
+        inner.release(node, &entry.ips);
         drop(inner);
         self.changed();
         true
     }
 
     /// The agent that answers for `target`'s host, by exact node name or IP.
-    pub fn lookup(&self, target: &DialTarget) -> Option<Arc<AgentEntry>> {
+    pub fn lookup(&self, target: &DialTarget) -> Result<Arc<AgentEntry>, Lookup> {
         let inner = self.read();
-        match &target.host {
-            Host::Ip(ip) => inner
-                .by_ip
-                .get(ip)
-                .and_then(|node| inner.by_node.get(node))
-                .cloned(),
-            Host::Name(name) => inner.by_node.get(name).cloned(),
-        }
+        let node = match &target.host {
+            Host::Ip(ip) => {
+                match route_ip(inner.by_ip.get(ip).map(Vec::as_slice).unwrap_or_default()) {
+                    IpRoute::Unclaimed => return Err(Lookup::NoAgent),
+                    IpRoute::Node(node) => node,
+                    IpRoute::Ambiguous(nodes) => {
+                        return Err(Lookup::Ambiguous {
+                            ip: *ip,
+                            nodes: nodes.to_vec(),
+                        })
+                    }
+                }
+            }
+            Host::Name(name) => name.as_str(),
+        };
+        inner.by_node.get(node).cloned().ok_or(Lookup::NoAgent)
+    }
+
+    /// Every IP more than one connected node claims, sorted by IP.
+    pub fn conflicts(&self) -> Vec<IpConflict> {
+        let inner = self.read();
+        let mut ips: Vec<IpAddr> = inner.by_ip.keys().copied().collect();
+        ips.sort();
+        inner.conflicts_of(&ips)
     }
 
     /// The agent of `node`, by exact node name (`--forward` names the node).
@@ -182,9 +265,30 @@ impl AgentRegistry {
         self.read().by_node.get(node).cloned()
     }
 
-    /// Every registered connection (e.g. to close the revoked ones).
+    /// Every registered connection.
     pub fn entries(&self) -> Vec<Arc<AgentEntry>> {
         self.read().by_node.values().cloned().collect()
+    }
+
+    /// Keeps `entry` (replaced, finishing its streams) for [`Self::all_connections`].
+    pub fn start_draining(&self, entry: Arc<AgentEntry>) {
+        self.draining_map().insert(entry.conn_id, entry);
+    }
+
+    /// The draining connection `conn_id` has closed.
+    pub fn finish_draining(&self, conn_id: u64) {
+        self.draining_map().remove(&conn_id);
+    }
+
+    /// Registered and draining connections: everything revocation must close.
+    pub fn all_connections(&self) -> Vec<Arc<AgentEntry>> {
+        let mut all = self.entries();
+        all.extend(self.draining_map().values().cloned());
+        all
+    }
+
+    fn draining_map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<AgentEntry>>> {
+        self.draining.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Number of connected agents per transport.
@@ -208,8 +312,8 @@ impl AgentRegistry {
 
     /// Rows for `/agents`, sorted by node name.
     pub fn snapshot(&self) -> Vec<AgentInfo> {
-        let mut rows: Vec<AgentInfo> = self
-            .read()
+        let inner = self.read();
+        let mut rows: Vec<AgentInfo> = inner
             .by_node
             .values()
             .map(|e| AgentInfo {
@@ -220,6 +324,7 @@ impl AgentRegistry {
                 streams: e.streams.load(Ordering::Relaxed),
                 agent_version: e.agent_version.clone(),
                 remote_addr: e.link.remote_address().to_string(),
+                ip_conflicts: inner.conflicts_of(&e.ips),
             })
             .collect();
         rows.sort_by(|a, b| a.node.cmp(&b.node));
@@ -241,4 +346,45 @@ fn rfc3339(t: SystemTime) -> String {
     let dt = time::OffsetDateTime::from(t);
     dt.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| "unknown".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn one_claimant_routes_and_several_are_ambiguous() {
+        assert_eq!(route_ip(&[]), IpRoute::Unclaimed);
+        let one = names(&["edge-1"]);
+        assert_eq!(route_ip(&one), IpRoute::Node("edge-1"));
+        let two = names(&["edge-1", "edge-3"]);
+        assert_eq!(route_ip(&two), IpRoute::Ambiguous(&two[..]));
+    }
+
+    #[test]
+    fn claims_are_shared_released_and_never_taken_over() {
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let other: IpAddr = "10.0.0.3".parse().unwrap();
+        let mut inner = Inner::default();
+        inner.claim("edge-1", &[ip]);
+        inner.claim("edge-3", &[ip, other]);
+        // A reconnect of edge-1 claims again without duplicating itself.
+        inner.claim("edge-1", &[ip]);
+        assert_eq!(
+            inner.conflicts_of(&[ip, other]),
+            vec![IpConflict {
+                ip,
+                nodes: names(&["edge-1", "edge-3"])
+            }]
+        );
+        inner.release("edge-1", &[ip]);
+        assert!(inner.conflicts_of(&[ip]).is_empty());
+        assert_eq!(inner.by_ip[&ip], names(&["edge-3"]));
+        inner.release("edge-3", &[ip, other]);
+        assert!(inner.by_ip.is_empty());
+    }
 }

@@ -167,13 +167,14 @@ impl Reloader {
         }
     }
 
-    /// Closes every registered connection whose certificate the deny list now revokes.
+    /// Closes every connection whose certificate the deny list now revokes,
+    /// including connections still draining after a transport switch.
     fn close_revoked(&self) {
         let list = self.revocations.current();
         if list.is_empty() {
             return;
         }
-        for entry in self.registry.entries() {
+        for entry in self.registry.all_connections() {
             let Some(not_before) = entry
                 .link
                 .peer_certificates()

@@ -12,8 +12,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-/// Largest deny list read (about 15,000 entries).
-const MAX_FILE_LEN: u64 = 1024 * 1024;
+/// Largest deny list accepted (about 250,000 entries); a longer file is an
+/// error (the previous list stays in force), never silently cut short.
+pub const MAX_FILE_LEN: u64 = 16 * 1024 * 1024;
 
 /// The parsed deny list: node name → latest revocation time (Unix seconds).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -116,6 +117,14 @@ pub enum RevocationError {
         #[source]
         source: std::io::Error,
     },
+    /// The file is longer than [`MAX_FILE_LEN`].
+    #[error("{}: the deny list is larger than {limit} bytes; compact it (one line per node is enough)", path.display())]
+    TooLarge {
+        /// The deny list file.
+        path: PathBuf,
+        /// [`MAX_FILE_LEN`].
+        limit: u64,
+    },
     /// The file's content is not a deny list.
     #[error("{}: {source}", path.display())]
     Parse {
@@ -129,6 +138,11 @@ pub enum RevocationError {
 
 /// Loads the deny list; a missing file is an empty list (nothing revoked yet).
 pub fn load(path: &Path) -> Result<DenyList, RevocationError> {
+    load_bounded(path, MAX_FILE_LEN)
+}
+
+/// [`load`] with a chosen bound: the whole file is read, or it is an error.
+fn load_bounded(path: &Path, limit: u64) -> Result<DenyList, RevocationError> {
     use std::io::Read;
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
@@ -141,12 +155,19 @@ pub fn load(path: &Path) -> Result<DenyList, RevocationError> {
         }
     };
     let mut text = String::new();
-    file.take(MAX_FILE_LEN)
+    // One byte past the bound tells "exactly at the limit" from "longer".
+    file.take(limit + 1)
         .read_to_string(&mut text)
         .map_err(|source| RevocationError::Io {
             path: path.to_path_buf(),
             source,
         })?;
+    if text.len() as u64 > limit {
+        return Err(RevocationError::TooLarge {
+            path: path.to_path_buf(),
+            limit,
+        });
+    }
     DenyList::parse(&text).map_err(|source| RevocationError::Parse {
         path: path.to_path_buf(),
         source,
@@ -230,6 +251,21 @@ mod tests {
             (l.revoked_at("edge-1"), l.revoked_at("edge-2")),
             (Some(7), Some(9))
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_file_past_the_bound_is_an_error_not_a_truncated_list() {
+        let dir = std::env::temp_dir().join(format!("revocation-big-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("revoked");
+        let line = "edge-1 1\n";
+        std::fs::write(&path, line.repeat(10)).unwrap();
+        let exact = (line.len() * 10) as u64;
+        assert_eq!(load_bounded(&path, exact).unwrap().len(), 1);
+        let err = load_bounded(&path, exact - 1).unwrap_err();
+        assert!(matches!(err, RevocationError::TooLarge { .. }), "{err}");
+        assert!(err.to_string().contains("larger than"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

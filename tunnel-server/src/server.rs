@@ -107,7 +107,12 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
             cfg.max_streams,
             cfg.max_pending_dials,
         )
-        .with_max_streams_per_node(cfg.max_streams_per_node),
+        .with_max_streams_per_node(cfg.max_streams_per_node)
+        .with_quotas(crate::dial::StreamQuotas {
+            forward: cfg.hardening.max_streams_forward,
+            http_proxy: cfg.hardening.max_streams_http_proxy,
+            idle: cfg.hardening.stream_idle_timeout,
+        }),
     );
     // Signs enrolled (agent port, TCP) and renewed (service streams) agent certificates.
     let issuer = Arc::new(Issuer {
@@ -148,6 +153,9 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
             vec![proto::enroll::ALPN_ENROLL.to_vec()],
         )?),
         issuer: issuer.clone(),
+        rate: Arc::new(crate::enroll::rate::EnrollRate::new(
+            cfg.hardening.enroll_attempts_per_minute,
+        )),
     });
     let reload_trigger = Arc::new(Notify::new());
     tasks.spawn(
@@ -155,7 +163,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
             files: tls_files,
             tls: server_tls,
             revocation_file: cfg.revocation_file.clone(),
-            revocations,
+            revocations: revocations.clone(),
             registry: registry.clone(),
             metrics: metrics.clone(),
             trigger: reload_trigger.clone(),
@@ -172,6 +180,8 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
     let ctx = Arc::new(FrontendContext {
         dialer: dialer.clone(),
         header_timeout: cfg.header_timeout,
+        max_connections: cfg.hardening.max_connections_per_listener,
+        http_proxy_idle: cfg.hardening.http_proxy_idle_timeout,
     });
     if let Some(path) = &cfg.uds {
         let l = listeners::bind_uds(path)?;
@@ -192,7 +202,10 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         tasks.spawn(listeners::serve_tls(
             l,
             TlsAcceptor::from(Arc::new(tls)),
-            Arc::new(cfg.proxy_client_names.clone()),
+            Arc::new(listeners::ClientPolicy {
+                allowed_names: cfg.proxy_client_names.clone(),
+                revocations: revocations.clone(),
+            }),
             ctx.clone(),
         ));
     }
@@ -205,7 +218,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         tasks.spawn(crate::frontend::http_proxy::serve(l, ctx.clone()));
     }
     start_passthrough(&cfg.passthrough, &ctx, &registry, &mut tasks).await?;
-    let mut forwards = Forwards::new(dialer.clone());
+    let mut forwards = Forwards::new(dialer.clone(), cfg.hardening.max_connections_per_listener);
     if let Some(e) = forwards.apply(&cfg.forwards).await.into_iter().next() {
         return Err(e.into());
     }

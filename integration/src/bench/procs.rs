@@ -174,7 +174,7 @@ impl Tunnel {
             .arg(format!("--agent-ca={}", p("ca.crt")))
             .arg(format!("--uds={}", uds.display()))
             .arg(format!("--proxy-addr={proxy_addr}"))
-            .arg(format!("--proxy-client-ca={}", p("ca.crt")))
+            .arg(format!("--proxy-client-ca={}", p("proxy-client-ca.crt")))
             .args(server_args)
             .env("RUST_LOG", rust_log);
         let mut server = Owned::spawn("tunnel-server", cmd, dir.join("server.log"))?;

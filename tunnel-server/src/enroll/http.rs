@@ -16,16 +16,27 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use super::issuer::{IssueError, Issuer};
+use super::rate::EnrollRate;
+use crate::log_limit::LogLimit;
+
+/// At most one "enrollment refused" line per second (anonymous clients can
+/// fail at will); the lines left out are counted in the next one.
+static REFUSAL_LOG: LogLimit = LogLimit::new(Duration::from_secs(1));
 
 /// Longest an enrollment connection may take, from TLS established to answer sent.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves one enrollment connection.
-pub async fn serve(stream: TlsStream<TcpStream>, issuer: Arc<Issuer>) {
+/// Serves one enrollment connection; `rate` limits attempts per source IP.
+pub async fn serve(stream: TlsStream<TcpStream>, issuer: Arc<Issuer>, rate: Arc<EnrollRate>) {
     let remote = stream.get_ref().0.peer_addr().ok();
     let service = hyper::service::service_fn(move |req| {
-        let issuer = issuer.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(req, &issuer).await) }
+        let (issuer, rate) = (issuer.clone(), rate.clone());
+        async move {
+            if let Some(Err(wait)) = remote.map(|r| rate.check(r.ip())) {
+                return Ok(too_many(&issuer, wait));
+            }
+            Ok::<_, std::convert::Infallible>(handle(req, &issuer).await)
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
@@ -66,13 +77,38 @@ async fn handle(req: Request<Incoming>, issuer: &Issuer) -> Response<Full<Bytes>
             text(StatusCode::OK, pem)
         }
         Err(e) => {
-            tracing::warn!(error = %e, "enrollment refused");
+            // The log names the exact cause; the client gets e.client_message().
+            if let Some(suppressed) = REFUSAL_LOG.allow(std::time::Instant::now()) {
+                tracing::warn!(error = %e, suppressed, "enrollment refused");
+            }
             counter(e.label());
             let status =
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            text(status, format!("{e}\n"))
+            text(status, format!("{}\n", e.client_message()))
         }
     }
+}
+
+/// `429` with `Retry-After` (whole seconds, rounded up) for a source over its limit.
+fn too_many(issuer: &Issuer, wait: Duration) -> Response<Full<Bytes>> {
+    issuer
+        .metrics
+        .enrollments
+        .with_label_values(&["enroll", "rate_limited"])
+        .inc();
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let secs = secs.max(1);
+    let mut resp = text(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "too many enrollment attempts from this address (--enroll-attempts-per-minute); retry in {secs} s\n"
+        ),
+    );
+    resp.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from(secs),
+    );
+    resp
 }
 
 /// The token of `Authorization: Bearer <token>`.

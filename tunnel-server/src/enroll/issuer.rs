@@ -55,6 +55,11 @@ pub enum IssueError {
     BadRequest(String),
 }
 
+/// The one answer for a token that is not (or no longer) valid.
+pub const INVALID_TOKEN: &str =
+    "the bootstrap token is not valid (unknown, wrong, or already used); \
+     create a new one with `tunnel-server certs token create`";
+
 impl IssueError {
     /// The HTTP status: 4xx when the same request can never succeed, 5xx otherwise.
     pub fn status(&self) -> u16 {
@@ -65,6 +70,22 @@ impl IssueError {
             | IssueError::Certificate(CertError::InvalidValidity { .. }) => 500,
             IssueError::BadRequest(_) => 400,
             _ => 403,
+        }
+    }
+
+    /// What the client is told. Every bad-token case that does not prove
+    /// knowledge of the secret (malformed, unknown id, wrong secret, already
+    /// used) reads the same, so the endpoint cannot be used to find valid or
+    /// used token ids; the server log keeps the exact cause.
+    pub fn client_message(&self) -> String {
+        match self {
+            IssueError::Token(
+                TokenError::Malformed
+                | TokenError::Unknown { .. }
+                | TokenError::WrongSecret { .. }
+                | TokenError::AlreadyUsed { .. },
+            ) => INVALID_TOKEN.to_string(),
+            other => other.to_string(),
         }
     }
 
@@ -226,6 +247,27 @@ mod tests {
         );
         // The refused attempt did not use up the token.
         assert!(f.issuer.enroll(&for_a, &csr("edge-a")).is_ok());
+    }
+
+    #[test]
+    fn unknown_wrong_and_used_tokens_read_the_same_to_the_client() {
+        let f = fixture("uniform");
+        let good = token(&f, "edge-a", i64::MAX);
+        let id = good.split('.').next().unwrap().to_string();
+        let wrong_secret = format!("{id}.0000000000000000");
+        let unknown = "zzzzzz.0123456789abcdef";
+        let mut answers = Vec::new();
+        for t in [unknown, wrong_secret.as_str(), "garbage"] {
+            let e = f.issuer.enroll(t, &csr("edge-a")).unwrap_err();
+            answers.push((e.status(), e.client_message()));
+        }
+        f.issuer.enroll(&good, &csr("edge-a")).unwrap();
+        let e = f.issuer.enroll(&good, &csr("edge-a")).unwrap_err();
+        assert_eq!(e.label(), "token_used");
+        answers.push((e.status(), e.client_message()));
+        for a in &answers {
+            assert_eq!(a, &(403, INVALID_TOKEN.to_string()));
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod issuer;
+pub mod rate;
 
 use std::sync::Arc;
 
@@ -21,6 +22,8 @@ pub struct AgentPortTls {
     pub enroll: Arc<ServerConfig>,
     /// Answers enrollment and renewal requests.
     pub issuer: Arc<Issuer>,
+    /// Per-source-IP limit of enrollment attempts.
+    pub rate: Arc<rate::EnrollRate>,
 }
 
 impl AgentPortTls {

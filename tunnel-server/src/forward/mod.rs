@@ -16,7 +16,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 use transport::socket::AbortOnDrop;
-use transport::splice::{splice, SpliceEnd};
+use transport::splice::SpliceEnd;
+
+use crate::frontend::conn_cap::ConnCap;
 
 use crate::dial::{Dialer, EdgeStream, Frontend};
 pub use spec::{parse_forward, ForwardParseError, ForwardSpec};
@@ -72,14 +74,17 @@ struct Running {
 pub struct Forwards {
     dialer: Arc<Dialer>,
     running: HashMap<ForwardSpec, Running>,
+    max_connections: usize,
 }
 
 impl Forwards {
-    /// No forwards yet.
-    pub fn new(dialer: Arc<Dialer>) -> Self {
+    /// No forwards yet; each one started holds at most `max_connections`
+    /// client connections (`--max-connections-per-listener`).
+    pub fn new(dialer: Arc<Dialer>, max_connections: usize) -> Self {
         Self {
             dialer,
             running: HashMap::new(),
+            max_connections,
         }
     }
 
@@ -102,7 +107,13 @@ impl Forwards {
                 Ok(l) => {
                     let local = l.local_addr().unwrap_or(spec.listen);
                     tracing::info!(forward = %spec, %local, "forward listening");
-                    let task = tokio::spawn(serve(l, Arc::new(spec.clone()), self.dialer.clone()));
+                    let cap = ConnCap::new(
+                        self.max_connections,
+                        format!("forward {local}"),
+                        self.dialer.metrics(),
+                    );
+                    let task =
+                        tokio::spawn(serve(l, Arc::new(spec.clone()), self.dialer.clone(), cap));
                     self.running.insert(spec, Running { task, local });
                 }
                 Err(source) => errors.push(ForwardBindError { spec, source }),
@@ -128,12 +139,22 @@ impl Drop for Forwards {
     }
 }
 
-async fn serve(listener: TcpListener, spec: Arc<ForwardSpec>, dialer: Arc<Dialer>) {
+/// Accepts until aborted; beyond the cap a connection is closed at once
+/// (a raw port has no way to say why; the log and metric do).
+async fn serve(listener: TcpListener, spec: Arc<ForwardSpec>, dialer: Arc<Dialer>, cap: ConnCap) {
     loop {
         match listener.accept().await {
             Ok((sock, peer)) => {
+                let Some(slot) = cap.admit(&peer) else {
+                    drop(sock);
+                    continue;
+                };
                 let _ = sock.set_nodelay(true);
-                tokio::spawn(carry(sock, peer, spec.clone(), dialer.clone()));
+                let (spec, dialer) = (spec.clone(), dialer.clone());
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    carry(sock, peer, spec, dialer).await
+                });
             }
             Err(e) => transport::http_server::accept_backoff(&spec.to_string(), &e).await,
         }
@@ -163,10 +184,15 @@ async fn carry(mut sock: TcpStream, peer: SocketAddr, spec: Arc<ForwardSpec>, di
     } = stream;
     let span = tracing::info_span!("stream", node = %node, stream_id, forward = %spec, %peer);
     async {
-        let outcome = splice(&mut sock, send, recv, dialer.byte_counter(&node)).await;
+        let outcome = dialer
+            .splice(&mut sock, send, recv, &node, Frontend::Forward)
+            .await;
         tracing::debug!(to_edge = outcome.to_tunnel, from_edge = outcome.from_tunnel,
             end = ?outcome.end, "forward connection closed");
-        if matches!(outcome.end, SpliceEnd::TunnelReset | SpliceEnd::TunnelLost) {
+        if matches!(
+            outcome.end,
+            SpliceEnd::TunnelReset | SpliceEnd::TunnelLost | SpliceEnd::Idle
+        ) {
             let _ = sock.abort_on_drop();
         }
     }

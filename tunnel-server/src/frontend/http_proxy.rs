@@ -18,7 +18,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -31,9 +30,10 @@ use hyper_util::rt::TokioIo;
 use proto::DialTarget;
 use tokio::net::TcpListener;
 use tracing::Instrument;
-use transport::splice::splice;
 use transport::tunnel_io::TunnelIo;
 
+use super::conn_cap::ConnCap;
+use super::head_clock::{HeadClock, HeadState};
 use super::FrontendContext;
 use crate::dial::{EdgeStream, Frontend};
 
@@ -128,31 +128,96 @@ pub fn request_target(method: &Method, uri: &Uri) -> Result<DialTarget, TargetEr
 pub use transport::hop_by_hop::strip_hop_by_hop;
 
 /// Accepts plain-HTTP proxy clients until the task is dropped; each client
-/// connection gets its own [`EdgeSlot`].
+/// connection gets its own [`EdgeSlot`] and [`HeadClock`]. Beyond
+/// `--max-connections-per-listener` a client is answered 503 at once.
 pub async fn serve(listener: TcpListener, ctx: Arc<FrontendContext>) {
-    transport::http_server::serve_http1(listener, "http-proxy-addr", HEADER_TIMEOUT, || {
-        let ctx = ctx.clone();
-        let slot = Arc::new(EdgeSlot::default());
-        hyper::service::service_fn(move |req| {
-            let (ctx, slot) = (ctx.clone(), slot.clone());
-            async move { Ok::<_, Infallible>(handle(req, &ctx, &slot).await) }
-        })
-    })
-    .await
+    let cap = Arc::new(ConnCap::new(
+        ctx.max_connections,
+        "http-proxy-addr",
+        ctx.dialer.metrics(),
+    ));
+    loop {
+        let (mut sock, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                transport::http_server::accept_backoff("http-proxy-addr", &e).await;
+                continue;
+            }
+        };
+        let Some(conn_slot) = cap.admit(&peer) else {
+            let answer = super::reply::error_response(503, &cap.message());
+            tokio::spawn(async move { super::answer_and_linger(&mut sock, &answer).await });
+            continue;
+        };
+        let _ = sock.set_nodelay(true);
+        let state = Arc::new(HeadState::default());
+        let io = HeadClock::new(sock, state.clone(), ctx.header_timeout, ctx.http_proxy_idle);
+        let (ctx, slot) = (ctx.clone(), Arc::new(EdgeSlot::default()));
+        let service = hyper::service::service_fn(move |req| {
+            let (ctx, slot, state) = (ctx.clone(), slot.clone(), state.clone());
+            async move {
+                state.begin_request();
+                let resp = handle(req, &ctx, &slot, &state).await;
+                Ok::<_, Infallible>(resp.map(|body| EndsRequest { body, state }.boxed()))
+            }
+        });
+        tokio::spawn(async move {
+            let _conn_slot = conn_slot;
+            // The HeadClock replaces hyper's header timeout (which would also
+            // cut idle keep-alive connections).
+            let conn = hyper::server::conn::http1::Builder::new()
+                .header_read_timeout(None)
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "HTTP proxy connection ended with an error");
+            }
+        });
+    }
 }
 
-/// Time a client has for each request head, also between keep-alive
-/// requests (Prometheus reuses its connection every scrape interval).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(120);
+/// A response body that tells the connection's [`HeadClock`] when the
+/// response is over (hyper drops the body once it is written or abandoned).
+struct EndsRequest {
+    body: ProxyBody,
+    state: Arc<HeadState>,
+}
+
+impl Drop for EndsRequest {
+    fn drop(&mut self) {
+        self.state.end_request();
+    }
+}
+
+impl Body for EndsRequest {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
 
 async fn handle(
     req: Request<Incoming>,
     ctx: &FrontendContext,
     slot: &EdgeSlot,
+    state: &HeadState,
 ) -> Response<ProxyBody> {
     let resp = match request_target(req.method(), req.uri()) {
         Err(e) => error(e.http_status(), &e.to_string()),
-        Ok(target) if req.method() == Method::CONNECT => connect(req, target, ctx).await,
+        Ok(target) if req.method() == Method::CONNECT => connect(req, target, ctx, state).await,
         Ok(target) => forward(req, target, ctx, slot).await.unwrap_or_else(|e| e),
     };
     ctx.dialer
@@ -168,11 +233,13 @@ async fn connect(
     req: Request<Incoming>,
     target: DialTarget,
     ctx: &FrontendContext,
+    state: &HeadState,
 ) -> Response<ProxyBody> {
     let stream = match ctx.dialer.dial(&target, Frontend::Http).await {
         Ok(s) => s,
         Err(e) => return error(e.http_status(), &e.to_string()),
     };
+    state.upgraded();
     let EdgeStream {
         mut send,
         recv,
@@ -180,7 +247,7 @@ async fn connect(
         node,
         _active,
     } = stream;
-    let counter = ctx.dialer.byte_counter(&node);
+    let dialer = ctx.dialer.clone();
     let span = tracing::info_span!("stream", node = %node, stream_id, %target);
     tokio::spawn(
         async move {
@@ -194,7 +261,9 @@ async fn connect(
                 }
             };
             let mut io = TokioIo::new(upgraded);
-            let outcome = splice(&mut io, send, recv, counter).await;
+            let outcome = dialer
+                .splice(&mut io, send, recv, &node, Frontend::Http)
+                .await;
             tracing::debug!(to_edge = outcome.to_tunnel, from_edge = outcome.from_tunnel,
                 end = ?outcome.end, "stream closed");
         }

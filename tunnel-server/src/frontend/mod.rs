@@ -8,8 +8,10 @@
 //! size and time), routed through the [`Dialer`], answered `200` only once
 //! the agent's dial succeeded, and then spliced byte for byte.
 
+pub mod conn_cap;
 pub mod connect;
 pub mod grpc;
+pub mod head_clock;
 pub mod http_proxy;
 pub mod listeners;
 pub mod reply;
@@ -24,7 +26,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use transport::socket::AbortOnDrop;
-use transport::splice::{splice, SpliceEnd};
+use transport::splice::SpliceEnd;
 
 use tracing::Instrument;
 
@@ -35,6 +37,10 @@ use connect::{parse_connect, HeadError, MAX_HEAD};
 pub struct FrontendContext {
     pub dialer: Arc<Dialer>,
     pub header_timeout: Duration,
+    /// `--max-connections-per-listener`.
+    pub max_connections: usize,
+    /// `--http-proxy-idle-timeout`: keep-alive idle time on `--http-proxy-addr`.
+    pub http_proxy_idle: Duration,
 }
 
 /// The metric label for requests on this front end.
@@ -104,7 +110,7 @@ where
         return;
     }
     count(ctx, 200);
-    splice_to_edge(io, &ctx.dialer, stream, early).await;
+    splice_to_edge(io, &ctx.dialer, stream, early, Frontend::Connect).await;
 }
 
 /// Sends `early` (client bytes already read) to the edge, then splices the
@@ -115,6 +121,7 @@ pub(crate) async fn splice_to_edge<IO>(
     dialer: &Dialer,
     stream: EdgeStream,
     early: bytes::Bytes,
+    frontend: Frontend,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + AbortOnDrop,
 {
@@ -129,10 +136,15 @@ pub(crate) async fn splice_to_edge<IO>(
         let _ = io.abort_on_drop();
         return;
     }
-    let outcome = splice(&mut io, send, recv, dialer.byte_counter(&node)).await;
+    let outcome = dialer
+        .splice(&mut io, send, recv, &node, frontend)
+        .await;
     tracing::debug!(to_edge = outcome.to_tunnel, from_edge = outcome.from_tunnel,
         end = ?outcome.end, "stream closed");
-    if matches!(outcome.end, SpliceEnd::TunnelReset | SpliceEnd::TunnelLost) {
+    if matches!(
+        outcome.end,
+        SpliceEnd::TunnelReset | SpliceEnd::TunnelLost | SpliceEnd::Idle
+    ) {
         let _ = io.abort_on_drop();
     }
 }
@@ -196,7 +208,16 @@ async fn respond<IO: AsyncRead + AsyncWrite + Unpin>(
     msg: &str,
 ) {
     count(ctx, status);
-    let _ = io.write_all(&reply::error_response(status, msg)).await;
+    answer_and_linger(io, &reply::error_response(status, msg)).await;
+}
+
+/// Writes `response`, then closes with [`linger_close`], so the client reads
+/// the answer instead of a reset.
+pub(crate) async fn answer_and_linger<IO: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut IO,
+    response: &[u8],
+) {
+    let _ = io.write_all(response).await;
     linger_close(io).await;
 }
 

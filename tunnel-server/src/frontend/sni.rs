@@ -156,7 +156,7 @@ impl SniFrontend {
         };
         let span = tracing::info_span!("stream", node = %stream.node,
             stream_id = stream.stream_id, server_name = %name);
-        splice_to_edge(sock, &self.dialer, stream, buf.freeze())
+        splice_to_edge(sock, &self.dialer, stream, buf.freeze(), Frontend::Sni)
             .instrument(span)
             .await;
     }
