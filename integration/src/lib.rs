@@ -13,6 +13,7 @@ pub mod http;
 pub mod hub;
 pub mod k8s;
 pub mod netns;
+pub mod peers;
 pub mod pki;
 pub mod process;
 pub mod scenarios;
