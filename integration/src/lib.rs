@@ -16,6 +16,7 @@ pub mod netns;
 pub mod peers;
 pub mod pki;
 pub mod process;
+pub mod raw_h2;
 pub mod scenarios;
 pub mod services;
 

@@ -41,6 +41,8 @@ pub mod status {
     pub const CANCELLED: u32 = 1;
     /// The client broke the protocol (e.g. DATA for another connectID).
     pub const INVALID_ARGUMENT: u32 = 3;
+    /// No DIAL_REQ within `--header-timeout`, or a message stalled half-sent.
+    pub const DEADLINE_EXCEEDED: u32 = 4;
     /// The TLS client certificate may not use the front end.
     pub const PERMISSION_DENIED: u32 = 7;
     /// A message over the size limit.
@@ -86,6 +88,13 @@ impl MessageDecoder {
         self.buf.len()
     }
 
+    /// The length announced by the prefix of the message being received,
+    /// once its prefix is complete.
+    pub fn pending_len(&self) -> Option<usize> {
+        let p = self.buf.get(..PREFIX_LEN)?;
+        Some(u32::from_be_bytes([p[1], p[2], p[3], p[4]]) as usize)
+    }
+
     /// The next whole message, `Ok(None)` if more bytes are needed.
     pub fn next_message(&mut self) -> Result<Option<Bytes>, GrpcFrameError> {
         if self.buf.len() < PREFIX_LEN {
@@ -100,8 +109,9 @@ impl MessageDecoder {
         if len > self.max {
             return Err(GrpcFrameError::TooLarge { len, max: self.max });
         }
+        // The buffer grows with the bytes that arrive, never ahead of them
+        // on the strength of a length from the wire.
         if self.buf.len() < PREFIX_LEN + len {
-            self.buf.reserve(PREFIX_LEN + len - self.buf.len());
             return Ok(None);
         }
         self.buf.advance(PREFIX_LEN);
@@ -180,6 +190,17 @@ mod tests {
         let mut d = MessageDecoder::new(4 << 20);
         d.push(&[0, 0xff, 0xff, 0xff, 0xff]);
         assert!(d.next_message().is_err());
+    }
+
+    #[test]
+    fn the_pending_length_is_known_once_the_prefix_is() {
+        let mut d = MessageDecoder::new(4 << 20);
+        d.push(&[0, 0, 0x40]);
+        assert_eq!(d.pending_len(), None);
+        d.push(&[0, 0, 1, 2, 3]);
+        assert_eq!(d.next_message(), Ok(None));
+        assert_eq!(d.pending_len(), Some(0x40_0000));
+        assert_eq!(d.buffered(), 8);
     }
 
     #[test]

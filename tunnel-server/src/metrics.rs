@@ -34,6 +34,8 @@ pub struct ServerMetrics {
     pub service_streams_active: IntGaugeVec,
     /// Edge→cloud streams agents opened, by service and result.
     pub service_streams_total: IntCounterVec,
+    /// Bytes gRPC calls hold in partially received messages (refreshed at scrape).
+    pub grpc_buffered_bytes: IntGauge,
     /// Whether the `node` label is used; off for fleets too large for one
     /// series per node (`--per-node-metrics=false`).
     per_node: bool,
@@ -207,6 +209,13 @@ impl ServerMetrics {
                     &["service", "result"]
                 )
             ),
+            grpc_buffered_bytes: registered!(
+                r,
+                IntGauge::new(
+                    "tunnel_server_grpc_buffered_bytes",
+                    "Bytes gRPC calls hold in partially received messages (bounded by a 64 MiB budget)."
+                )
+            ),
             registry: r,
             per_node: true,
         })
@@ -271,6 +280,9 @@ impl ServerMetrics {
                 .with_label_values(&[kind.as_str()])
                 .set(n as i64);
         }
+        let buffered = crate::frontend::grpc::budget::CALL_BUFFERS.used();
+        self.grpc_buffered_bytes
+            .set(i64::try_from(buffered).unwrap_or(i64::MAX));
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::warn!(error = %e, "encoding metrics failed");

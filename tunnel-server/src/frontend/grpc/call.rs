@@ -9,16 +9,16 @@ use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use http::{HeaderMap, HeaderValue, Request, Response};
-use proto::grpc::{self, status, GrpcFrameError, MessageDecoder};
-use proto::konnectivity::{self, Packet, PacketError};
+use proto::grpc::{self, status};
+use proto::konnectivity::{self, Packet};
 use proto::DialTarget;
 use tracing::Instrument;
 use transport::splice::Direction;
 use transport::stream::MAX_CHUNK;
 use transport::{StreamError, TunnelRecv, TunnelSend};
 
+use super::reader::{PacketReader, ReadError};
 use super::request::{check_request, Refusal};
-use super::MAX_MESSAGE;
 use crate::dial::{EdgeStream, Frontend};
 use crate::frontend::FrontendContext;
 
@@ -77,10 +77,8 @@ pub async fn serve_call(
         }
     };
     let mut call = Call {
-        recv: req.into_body(),
+        reader: PacketReader::new(req.into_body(), ctx.header_timeout),
         send,
-        decoder: MessageDecoder::new(MAX_MESSAGE),
-        unreleased: 0,
         ctx: ctx.clone(),
     };
     let end = call.run().await;
@@ -112,66 +110,41 @@ impl End {
     }
 }
 
-/// Why the next packet could not be read.
-#[derive(Debug, thiserror::Error)]
-enum ReadError {
-    #[error("client stream failed: {0}")]
-    Client(#[from] h2::Error),
-    #[error(transparent)]
-    Frame(#[from] GrpcFrameError),
-    #[error("malformed Packet: {0}")]
-    Packet(#[from] PacketError),
-}
-
-impl ReadError {
-    /// How the call ends after this error.
-    fn end(self) -> End {
-        match self {
-            ReadError::Client(_) => End::ClientGone,
-            ReadError::Frame(e) => End::Status(e.grpc_status(), e.to_string()),
-            ReadError::Packet(e) => End::Status(status::INTERNAL, format!("malformed Packet: {e}")),
+impl From<ReadError> for End {
+    fn from(e: ReadError) -> Self {
+        match e.status() {
+            Some(code) => End::Status(code, e.to_string()),
+            None => End::ClientGone,
         }
     }
 }
 
-/// The client side of a call: its request stream, decoder and response stream.
+/// The client side of a call: its request stream and response stream.
 struct Call {
-    recv: RecvStream,
+    reader: PacketReader,
     send: SendStream<Bytes>,
-    decoder: MessageDecoder,
-    /// Bytes received but not yet given back to the client's window.
-    unreleased: usize,
     ctx: Arc<FrontendContext>,
 }
 
 impl Call {
     async fn run(&mut self) -> End {
-        // Phase 1: the DIAL_REQ.
-        let (address, random) = loop {
-            match self.next_packet().await {
-                Ok(Some(Packet::DialRequest {
-                    protocol,
-                    address,
-                    random,
-                })) => {
-                    self.release();
-                    if !protocol.is_empty() && protocol != "tcp" {
-                        let error = format!("protocol {protocol:?} is not supported; use tcp");
-                        return self.dial_refused(random, error);
-                    }
-                    break (address, random);
-                }
-                Ok(Some(other)) => {
-                    tracing::warn!(
-                        packet = other.type_name(),
-                        "ignoring packet before DIAL_REQ"
-                    );
-                    self.release();
-                }
-                Ok(None) => return End::ok(),
-                Err(e) => return e.end(),
+        // Phase 1: the DIAL_REQ, within --header-timeout of the call's start.
+        let timeout = self.ctx.header_timeout;
+        let first = tokio::time::timeout(timeout, self.dial_request()).await;
+        let (protocol, address, random) = match first {
+            Ok(Ok(Some(req))) => req,
+            Ok(Ok(None)) => return End::ok(),
+            Ok(Err(e)) => return e.into(),
+            Err(_) => {
+                let message = format!("no DIAL_REQ within {timeout:?} (--header-timeout)");
+                tracing::info!(%message, "ending gRPC call");
+                return End::Status(status::DEADLINE_EXCEEDED, message);
             }
         };
+        if !protocol.is_empty() && protocol != "tcp" {
+            let error = format!("protocol {protocol:?} is not supported; use tcp");
+            return self.dial_refused(random, error);
+        }
         let target: DialTarget = match address.parse() {
             Ok(t) => t,
             Err(e) => return self.dial_refused(random, format!("bad address {address:?}: {e}")),
@@ -184,23 +157,21 @@ impl Call {
         let result = loop {
             tokio::select! {
                 r = &mut dial => break r,
-                p = self.next_packet() => {
+                p = self.reader.next_packet() => {
                     let cancel = match p {
                         Ok(Some(Packet::DialClose { random: r })) if r == random => "DIAL_CLS",
                         Ok(Some(Packet::CloseRequest { .. })) => "CLOSE_REQ",
                         Ok(None) => "the client ended its stream",
                         Ok(Some(other)) => {
                             tracing::warn!(%target, packet = other.type_name(), "ignoring packet during a dial");
-                            self.release();
                             continue;
                         }
                         Err(e) => {
-                            tracing::info!(%target, error = %e, "client gone during a dial; cancelling it");
+                            tracing::info!(%target, error = %e, "call ended during a dial; cancelling it");
                             self.cancelled();
-                            return e.end();
+                            return e.into();
                         }
                     };
-                    self.release();
                     tracing::info!(%target, random, by = cancel, "dial cancelled by the client");
                     self.cancelled();
                     return End::ok();
@@ -225,6 +196,24 @@ impl Call {
             return End::ClientGone;
         }
         self.carry(stream, connect_id).instrument(span).await
+    }
+
+    /// Reads until the DIAL_REQ: its protocol, address and random.
+    async fn dial_request(&mut self) -> Result<Option<(String, String, i64)>, ReadError> {
+        loop {
+            match self.reader.next_packet().await? {
+                Some(Packet::DialRequest {
+                    protocol,
+                    address,
+                    random,
+                }) => return Ok(Some((protocol, address, random))),
+                Some(other) => tracing::warn!(
+                    packet = other.type_name(),
+                    "ignoring packet before DIAL_REQ"
+                ),
+                None => return Ok(None),
+            }
+        }
     }
 
     /// Answers DIAL_RSP with an error; the call then ends.
@@ -259,20 +248,9 @@ impl Call {
             ..
         } = stream;
         let counter = self.ctx.dialer.byte_counter(&node);
-        let Call {
-            recv,
-            send,
-            decoder,
-            unreleased,
-            ..
-        } = self;
-        let mut reader = PacketReader {
-            recv,
-            decoder,
-            unreleased,
-        };
+        let Call { reader, send, .. } = self;
         let outcome = {
-            let up = client_to_edge(&mut reader, &mut to_edge, connect_id, &counter);
+            let up = client_to_edge(reader, &mut to_edge, connect_id, &counter);
             let down = edge_to_client(&mut from_edge, send, connect_id, &counter);
             tokio::pin!(up, down);
             tokio::select! {
@@ -334,25 +312,6 @@ impl Call {
         self.send
             .send_data(grpc::frame(&konnectivity::encode(p)), false)
     }
-
-    async fn next_packet(&mut self) -> Result<Option<Packet>, ReadError> {
-        PacketReader {
-            recv: &mut self.recv,
-            decoder: &mut self.decoder,
-            unreleased: &mut self.unreleased,
-        }
-        .next_packet()
-        .await
-    }
-
-    fn release(&mut self) {
-        PacketReader {
-            recv: &mut self.recv,
-            decoder: &mut self.decoder,
-            unreleased: &mut self.unreleased,
-        }
-        .release()
-    }
 }
 
 enum Outcome {
@@ -376,50 +335,9 @@ enum Down {
     ClientGone(String),
 }
 
-/// Reads packets from the client's request stream, giving window back only
-/// for bytes that were dealt with.
-struct PacketReader<'a> {
-    recv: &'a mut RecvStream,
-    decoder: &'a mut MessageDecoder,
-    unreleased: &'a mut usize,
-}
-
-impl PacketReader<'_> {
-    /// The next packet; `Ok(None)` when the client ended its stream cleanly.
-    /// Cancel-safe: bytes are moved into the decoder in the poll that got them.
-    async fn next_packet(&mut self) -> Result<Option<Packet>, ReadError> {
-        loop {
-            if let Some(msg) = self.decoder.next_message()? {
-                return Ok(Some(konnectivity::decode(&msg)?));
-            }
-            match self.recv.data().await {
-                Some(Ok(chunk)) => {
-                    *self.unreleased += chunk.len();
-                    self.decoder.push(&chunk);
-                }
-                Some(Err(e)) => return Err(ReadError::Client(e)),
-                None => {
-                    self.decoder.finish()?;
-                    return Ok(None);
-                }
-            }
-        }
-    }
-
-    /// Reopens the client's window for the bytes received so far: called once
-    /// the last packet was handled (its data written into the tunnel). At
-    /// most one partial message stays buffered, bounded by [`MAX_MESSAGE`].
-    fn release(&mut self) {
-        if *self.unreleased > 0 {
-            let _ = self.recv.flow_control().release_capacity(*self.unreleased);
-            *self.unreleased = 0;
-        }
-    }
-}
-
 /// Client → edge: DATA into the tunnel until CLOSE_REQ or the client ends.
 async fn client_to_edge(
-    reader: &mut PacketReader<'_>,
+    reader: &mut PacketReader,
     to_edge: &mut TunnelSend,
     connect_id: i64,
     counter: &(impl Fn(Direction, usize) + Send + Sync),
@@ -444,7 +362,6 @@ async fn client_to_edge(
                     }
                     counter(Direction::ToTunnel, n);
                 }
-                reader.release();
             }
             Ok(Some(Packet::CloseRequest { .. })) => return Up::CloseRequested,
             Ok(Some(other)) => {
@@ -452,14 +369,13 @@ async fn client_to_edge(
                     packet = other.type_name(),
                     "ignoring packet on an open connection"
                 );
-                reader.release();
             }
             Ok(None) => {
                 to_edge.finish().await;
                 return Up::ClientEnded;
             }
             Err(ReadError::Client(e)) => return Up::ClientGone(e.to_string()),
-            Err(e) => return Up::Malformed(e.end()),
+            Err(e) => return Up::Malformed(e.into()),
         }
     }
 }

@@ -6,10 +6,16 @@
 //! same [`Dialer`](crate::dial::Dialer) as HTTP CONNECT. The `h2` crate gives
 //! direct control of HTTP/2 flow control, which is the protocol's only
 //! backpressure: a tunnel chunk is read only once the client's window has
-//! room, and the client's window is reopened only after its bytes were
-//! written into the tunnel.
+//! room, and the client's bytes are pulled from h2 only once the previous
+//! packet was written into the tunnel ([`reader`] explains the window).
+//!
+//! The h2 crate is carried with one patch (`third_party/h2/PATCHES.md`):
+//! grpc-go on a Unix socket sends the socket path as `:authority`, which
+//! upstream h2 resets with PROTOCOL_ERROR.
 
+pub mod budget;
 mod call;
+mod reader;
 pub mod request;
 
 use std::sync::Arc;
@@ -69,16 +75,25 @@ pub async fn serve<IO>(
     let forbidden: Option<Arc<str>> = forbidden.map(Arc::from);
     // Each call task holds a clone: the count says whether any call is open.
     let calls = Arc::new(());
-    // No call open and none started by this instant: the connection is idle
-    // (also covers a client that never starts its first call).
+    // Call tasks say when they end, so the idle time counts from then.
+    let (ended_tx, mut ended_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    // No call open, and none started or ended since this instant minus
+    // --header-timeout: the connection is idle (also covers a client that
+    // never starts its first call).
     let mut idle_at = deadline;
     loop {
         let next = tokio::select! {
             n = conn.accept() => n,
+            Some(()) = ended_rx.recv() => {
+                idle_at = Instant::now() + ctx.header_timeout;
+                continue;
+            }
             _ = tokio::time::sleep_until(idle_at) => {
                 if Arc::strong_count(&calls) == 1 {
                     tracing::info!("no gRPC call on this connection within --header-timeout; closing");
-                    return;
+                    // GOAWAY, and flush what the last call sent (its trailers).
+                    conn.graceful_shutdown();
+                    break;
                 }
                 idle_at = Instant::now() + ctx.header_timeout;
                 continue;
@@ -90,9 +105,11 @@ pub async fn serve<IO>(
                 let ctx = ctx.clone();
                 let forbidden = forbidden.clone();
                 let open = calls.clone();
+                let ended = ended_tx.clone();
                 tokio::spawn(async move {
                     call::serve_call(req, respond, ctx, forbidden).await;
                     drop(open);
+                    let _ = ended.send(());
                 });
             }
             Some(Err(e)) => {
@@ -102,6 +119,8 @@ pub async fn serve<IO>(
             None => break,
         }
     }
-    // Drive the connection until its last calls have flushed.
-    let _ = std::future::poll_fn(|cx| conn.poll_closed(cx)).await;
+    // Drive the connection until its last calls have flushed, for at most
+    // one more --header-timeout (a client that never reads cannot hold it).
+    let flushed = std::future::poll_fn(|cx| conn.poll_closed(cx));
+    let _ = tokio::time::timeout(ctx.header_timeout, flushed).await;
 }
