@@ -296,7 +296,7 @@ func modeDialCls(e *Endpoint, target string, random int64, waitMs int) error {
 	}
 	done := make(chan []int64, 1)
 	go func() {
-		var types []int64
+		types := []int64{}
 		for {
 			p, err := t.Recv()
 			if err != nil || p == nil {
