@@ -15,6 +15,7 @@ pub mod hub;
 pub mod k8s;
 pub mod kubelet;
 pub mod netns;
+pub mod peers;
 pub mod pki;
 pub mod process;
 pub mod raw_h2;

@@ -6,6 +6,7 @@
 
 pub mod dial;
 pub mod grpc_conn;
+pub mod grpc_go;
 pub mod http;
 pub mod measure;
 pub mod procs;
@@ -33,6 +34,9 @@ pub enum PathName {
     TunnelTls,
     /// Konnectivity gRPC on the Unix socket → QUIC → agent → service.
     TunnelGrpc,
+    /// The same with grpc-go as the client (kube-apiserver's stack), through
+    /// a local TCP adapter ([`grpc_go`]).
+    TunnelGrpcGo,
     /// CONNECT on the Unix socket → QUIC → agent → edge TLS service, with
     /// TLS end to end inside (the baseline for `tunnel-sni`).
     TunnelEdgeTls,
@@ -80,6 +84,11 @@ enum Running {
     Tunnel(procs::Tunnel),
     Ssh(procs::Ssh),
     Rathole(procs::Rathole),
+    /// The tunnel with the grpc-go adapter in front (dropped first).
+    TunnelGo {
+        _adapter: grpc_go::Adapter,
+        tunnel: procs::Tunnel,
+    },
 }
 
 impl Running {
@@ -89,6 +98,9 @@ impl Running {
             Running::Tunnel(t) => t.pids(),
             Running::Ssh(s) => s.pids(),
             Running::Rathole(r) => r.pids(),
+            // The adapter is the client side (kube-apiserver's part), like
+            // the bench's own senders: not counted as the path.
+            Running::TunnelGo { tunnel, .. } => tunnel.pids(),
         }
     }
 }
@@ -186,6 +198,29 @@ fn start_path(
             };
             (d, Running::Tunnel(t), crypto.into())
         }
+        PathName::TunnelGrpcGo => {
+            let t = procs::Tunnel::start(
+                &cfg.bin_dir,
+                dir,
+                &[sink, echo],
+                &cfg.rust_log,
+                &cfg.server_args,
+                &cfg.agent_args,
+            )?;
+            let a = grpc_go::Adapter::start(&cfg.bin_dir, dir, &t.uds, &[sink, echo])?;
+            let d = Dialer::Tcp {
+                sink: a.listeners[0],
+                echo: a.listeners[1],
+            };
+            (
+                d,
+                Running::TunnelGo {
+                    _adapter: a,
+                    tunnel: t,
+                },
+                "QUIC, TLS 1.3 AES-256-GCM".into(),
+            )
+        }
         PathName::Ssh => {
             let sshd = procs::find_tool("sshd")
                 .context("sshd not installed (apt-get install openssh-server)")?;
@@ -241,6 +276,7 @@ fn label(path: PathName) -> &'static str {
         PathName::Tunnel => "tunnel (UDS CONNECT)",
         PathName::TunnelTls => "tunnel (mTLS CONNECT)",
         PathName::TunnelGrpc => "tunnel (UDS Konnectivity gRPC)",
+        PathName::TunnelGrpcGo => "tunnel (UDS Konnectivity gRPC, grpc-go client)",
         PathName::TunnelEdgeTls => "tunnel (UDS CONNECT) + TLS to edge",
         PathName::TunnelSni => "tunnel (SNI passthrough) + TLS to edge",
         PathName::TunnelWs => "tunnel over WebSocket (UDS CONNECT)",

@@ -95,6 +95,7 @@ fn main() -> anyhow::Result<()> {
                 PathName::Tunnel,
                 PathName::TunnelTls,
                 PathName::TunnelGrpc,
+                PathName::TunnelGrpcGo,
                 PathName::TunnelEdgeTls,
                 PathName::TunnelSni,
                 PathName::TunnelWs,
