@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod allowlist;
 pub mod backoff;
+pub mod check_config;
 pub mod config;
 pub mod connector;
 pub mod edge;
@@ -14,6 +15,7 @@ pub mod enroll;
 pub mod hub;
 pub mod link;
 pub mod metrics;
+pub mod node_setup;
 pub mod proxy;
 pub mod renew;
 pub mod tls_files;

@@ -101,6 +101,15 @@ pub(crate) struct FoundObject {
     pub json: Bytes,
 }
 
+/// The cache holds API objects (Secrets and tokens included): owner only, even when
+/// the directory was made 0755 by someone else (a kubelet `DirectoryOrCreate` hostPath).
+fn restrict_to_owner(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+        tracing::warn!(path = %dir.display(), error = %e, "cannot set the cache directory to mode 0700");
+    }
+}
+
 impl Store {
     /// Opens the database in `dir` (created if missing) and loads the counters.
     pub(crate) fn open(dir: &Path) -> Result<Store, CacheError> {
@@ -109,6 +118,7 @@ impl Store {
             reason,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        restrict_to_owner(dir);
         let path = dir.join(DB_FILE);
         let db = open_database(&path).map_err(|e| open_err(e.to_string()))?;
         let store = Store {
