@@ -50,7 +50,7 @@ fi
 "$BIN_DIR/tunnel-agent" --version
 
 step "image: stage, build, check the binaries in its root filesystem"
-deploy/image/stage-rootfs.sh "$BIN_DIR" "$work/context" | head -n 1
+deploy/image/stage-rootfs.sh "$BIN_DIR" "$work/context"
 rootfs=$work/context
 if need podman; then
   podman build --quiet --network=none -f deploy/image/Containerfile -t "$image" "$work/context"

@@ -36,5 +36,4 @@ echo 'hosts: files dns' > "$out/etc/nsswitch.conf"
 if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
   cp /etc/ssl/certs/ca-certificates.crt "$out/etc/ssl/certs/ca-certificates.crt"
 fi
-echo "staged $(du -sh "$out" | cut -f1) in $out:"
-(cd "$out" && find . -type f | sort)
+echo "staged $(du -sh "$out" | cut -f1) in $out: $(cd "$out" && find . -type f | sort | tr '\n' ' ')"
