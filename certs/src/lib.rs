@@ -8,6 +8,7 @@
 
 pub mod atomic_file;
 pub mod bundle;
+pub mod check;
 pub mod csr;
 mod error;
 pub mod identity;

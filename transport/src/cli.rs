@@ -63,6 +63,20 @@ pub fn expand_config_file(args: Vec<OsString>) -> Result<Vec<OsString>, ConfigFi
     Ok(out)
 }
 
+/// Removes a leading subcommand that shares the serving flags (e.g. `check-config`) from
+/// `args` and returns it, so the rest goes through [`expand_config_file`] and the normal
+/// parse exactly as a real run does (a config file's flags land right after the program
+/// name, where they would be parsed as the subcommand's otherwise).
+pub fn take_subcommand(args: &mut Vec<OsString>, names: &[&str]) -> Option<String> {
+    let first = args.get(1)?.to_str()?.to_owned();
+    if names.contains(&first.as_str()) {
+        args.remove(1);
+        Some(first)
+    } else {
+        None
+    }
+}
+
 /// Converts a YAML mapping into `--key=value` flags.
 pub fn yaml_to_flags(path: &Path, text: &str) -> Result<Vec<OsString>, ConfigFileError> {
     use serde_yaml_ng::Value;
@@ -283,5 +297,20 @@ mod tests {
         assert!(e.contains("\"a\""), "{e}");
         let e = yaml_to_flags(p, "a: [\n").unwrap_err().to_string();
         assert!(e.contains("not valid YAML"), "{e}");
+    }
+
+    #[test]
+    fn takes_only_a_leading_subcommand() {
+        let v = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        let mut a = v(&["s", "check-config", "--uds=x"]);
+        assert_eq!(
+            take_subcommand(&mut a, &["check-config"]).as_deref(),
+            Some("check-config")
+        );
+        assert_eq!(a, v(&["s", "--uds=x"]));
+        let mut a = v(&["s", "--uds=check-config"]);
+        assert_eq!(take_subcommand(&mut a, &["check-config"]), None);
+        assert_eq!(a, v(&["s", "--uds=check-config"]));
+        assert_eq!(take_subcommand(&mut v(&["s"]), &["check-config"]), None);
     }
 }

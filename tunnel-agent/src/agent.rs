@@ -207,7 +207,8 @@ fn hub_dialer(cfg: &HubConfig, link: &AgentLink) -> Arc<dyn UpstreamDialer> {
     }
 }
 
-fn hostname() -> Option<String> {
+/// The kernel hostname, lowercased: the default node name.
+pub fn hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|s| s.trim().to_lowercase())

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod allowlist;
 pub mod backoff;
+pub mod check_config;
 pub mod config;
 pub mod connector;
 pub mod edge;
@@ -15,6 +16,7 @@ pub mod hub;
 pub mod key_pair;
 pub mod link;
 pub mod metrics;
+pub mod node_setup;
 pub mod proxy;
 pub mod renew;
 pub mod tls_files;

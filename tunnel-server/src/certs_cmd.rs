@@ -8,10 +8,13 @@ use anyhow::Context;
 use clap::Subcommand;
 use transport::cli::parse_duration;
 
+use crate::certs_secret::{self, OutputFormat};
+
 /// Certificate subcommands.
 #[derive(Debug, Subcommand)]
 pub enum CertsCommand {
-    /// Create a CA, the server certificate and kube-apiserver's proxy client certificate.
+    /// Create a CA, the server certificate and kube-apiserver's proxy client certificate
+    /// (PEM files, or Secret manifests with --output-format secret).
     Init {
         /// Directory to write into (created if missing).
         #[arg(long)]
@@ -22,6 +25,12 @@ pub enum CertsCommand {
         /// IP addresses of the server (IP SANs), repeatable.
         #[arg(long = "server-ip")]
         server_ips: Vec<IpAddr>,
+        /// `pem` files, or `secret`: Kubernetes Secret manifests for `kubectl apply -f`.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Pem)]
+        output_format: OutputFormat,
+        /// Namespace of the Secrets (with --output-format secret).
+        #[arg(long, default_value = "edgetunnel")]
+        namespace: String,
         /// Overwrite existing files.
         #[arg(long)]
         force: bool,
@@ -40,6 +49,12 @@ pub enum CertsCommand {
         /// Lifetime of the certificate.
         #[arg(long, default_value = "365d", value_parser = parse_duration)]
         ttl: Duration,
+        /// `pem` files, or `secret`: Kubernetes Secret manifests for `kubectl apply -f`.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Pem)]
+        output_format: OutputFormat,
+        /// Namespace of the Secrets (with --output-format secret).
+        #[arg(long, default_value = "edgetunnel")]
+        namespace: String,
         /// Overwrite existing files.
         #[arg(long)]
         force: bool,
@@ -88,17 +103,36 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<()> {
             dir,
             server_name,
             server_ips,
+            output_format: OutputFormat::Pem,
             force,
+            ..
         } => certs::init_cluster(&dir, &server_name, &server_ips, force)?,
+        CertsCommand::Init {
+            dir,
+            server_name,
+            server_ips,
+            output_format: OutputFormat::Secret,
+            namespace,
+            force,
+        } => certs_secret::init(&dir, &server_name, &server_ips, &namespace, force)?,
         CertsCommand::Agent {
             dir,
             node,
             node_ips,
             ttl,
+            output_format,
+            namespace,
             force,
         } => {
             let identity = certs::NodeIdentity::new(node, node_ips)?;
-            certs::issue_agent_files_valid_for(&dir, &identity, ttl, force)?
+            match output_format {
+                OutputFormat::Pem => {
+                    certs::issue_agent_files_valid_for(&dir, &identity, ttl, force)?
+                }
+                OutputFormat::Secret => {
+                    certs_secret::agent(&dir, &identity, ttl, &namespace, force)?
+                }
+            }
         }
         CertsCommand::Token(TokenCommand::Create {
             dir,

@@ -9,6 +9,8 @@ pub mod admin;
 pub mod agents;
 pub mod agents_ws;
 pub mod certs_cmd;
+pub mod certs_secret;
+pub mod check_config;
 pub mod config;
 pub mod dial;
 pub mod enroll;

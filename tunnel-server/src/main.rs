@@ -1,16 +1,29 @@
 //! `tunnel-server` binary: parse flags once, then serve or run a subcommand.
 
-use clap::Parser;
+use anyhow::Context;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use tunnel_server::check_config;
 use tunnel_server::config::{Cli, Command, ServerConfig};
 
 fn main() -> anyhow::Result<()> {
-    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let check = transport::cli::take_subcommand(&mut argv, &[check_config::SUBCOMMAND]);
     let args = transport::cli::expand_config_file(argv.clone())?;
-    let cli = Cli::parse_from(args);
+    let cli = parse(args);
     if let Some(Command::Certs(cmd)) = cli.command {
+        anyhow::ensure!(
+            check.is_none(),
+            "check-config takes the serving flags, not a subcommand"
+        );
         return tunnel_server::certs_cmd::run(cmd);
     }
     let cfg = ServerConfig::try_from(cli.run)?;
+    if check.is_some() {
+        let report = check_config::check(&cfg, rustls::pki_types::UnixTime::now())
+            .context("configuration check failed")?;
+        print!("tunnel-server configuration OK; it would run with:\n{report}");
+        return Ok(());
+    }
     transport::cli::init_tracing();
     transport::cli::raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -58,3 +71,15 @@ async fn reload(server: &mut tunnel_server::server::RunningServer, argv: &[std::
         }
     }
 }
+
+/// The command line as clap parses it, with the `check-config` subcommand in the help.
+fn parse(args: Vec<std::ffi::OsString>) -> Cli {
+    let matches = Cli::command()
+        .after_help(
+            "Also: tunnel-server check-config [FLAGS]  parse these flags and --config like a real \
+             run, check the certificates, print what would run (exit 1 with the reason otherwise)",
+        )
+        .get_matches_from(args);
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+

@@ -69,6 +69,18 @@ pub(crate) fn names(list: &Value) -> Vec<String> {
 }
 
 #[tokio::test]
+async fn cache_directory_is_made_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = dir.path().join("cache");
+    std::fs::create_dir(&cache_dir).unwrap();
+    std::fs::set_permissions(&cache_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _cache = AutonomyCache::open(config(&cache_dir)).unwrap();
+    let mode = std::fs::metadata(&cache_dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+}
+
+#[tokio::test]
 async fn get_survives_reopen_and_misses_are_not_found() {
     let dir = tempfile::tempdir().unwrap();
     let cache = AutonomyCache::open(config(dir.path())).unwrap();
