@@ -3,7 +3,7 @@
 //! ended with a status that says why, and what calls buffer is bounded.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -38,7 +38,7 @@ fn prefix(len: usize) -> Bytes {
 }
 
 /// A call dialed to `echo`; returns it with its connectID.
-async fn dialed(uds: &PathBuf, echo: SocketAddr, random: i64) -> (Call, i64) {
+async fn dialed(uds: &Path, echo: SocketAddr, random: i64) -> (Call, i64) {
     let mut call = Call::uds(uds).await.unwrap();
     let rsp = call.dial(&echo.to_string(), random).await.unwrap();
     assert_eq!(rsp.error, "");
@@ -120,7 +120,7 @@ async fn calls_without_a_dial_request_are_ended_after_the_header_timeout() {
 }
 
 /// Sends the prefix of a `MAX_MESSAGE` message and `sent` bytes of it.
-async fn half_sent(uds: &PathBuf, echo: SocketAddr, random: i64, sent: usize) -> Call {
+async fn half_sent(uds: &Path, echo: SocketAddr, random: i64, sent: usize) -> Call {
     let (mut call, _) = dialed(uds, echo, random).await;
     call.tx.send_raw(prefix(MAX_MESSAGE)).await.unwrap();
     call.tx

@@ -82,4 +82,3 @@ fn parse(args: Vec<std::ffi::OsString>) -> Cli {
         .get_matches_from(args);
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
-

@@ -136,9 +136,7 @@ pub(crate) async fn splice_to_edge<IO>(
         let _ = io.abort_on_drop();
         return;
     }
-    let outcome = dialer
-        .splice(&mut io, send, recv, &node, frontend)
-        .await;
+    let outcome = dialer.splice(&mut io, send, recv, &node, frontend).await;
     tracing::debug!(to_edge = outcome.to_tunnel, from_edge = outcome.from_tunnel,
         end = ?outcome.end, "stream closed");
     if matches!(

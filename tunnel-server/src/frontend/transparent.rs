@@ -101,7 +101,13 @@ async fn connection(sock: TcpStream, peer: SocketAddr, dialer: Arc<Dialer>) {
     };
     let span = tracing::info_span!("stream", node = %stream.node,
         stream_id = stream.stream_id, %target);
-    splice_to_edge(sock, &dialer, stream, bytes::Bytes::new(), Frontend::Transparent)
-        .instrument(span)
-        .await;
+    splice_to_edge(
+        sock,
+        &dialer,
+        stream,
+        bytes::Bytes::new(),
+        Frontend::Transparent,
+    )
+    .instrument(span)
+    .await;
 }
