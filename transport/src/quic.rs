@@ -12,6 +12,13 @@ use std::time::Duration;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 
+/// Streams an agent lets the server have open at once on its QUIC
+/// connection: above any `--max-streams-per-node` the server accepts, so the
+/// server's own limit answers (503) before the credit runs out. Not larger:
+/// quinn keeps state for every stream it allows the peer (about 75 bytes
+/// each, allocated up front), about 1.9 MB per connection at this value.
+pub const AGENT_STREAM_CREDIT: u32 = 25_000;
+
 /// Knobs of one QUIC connection; defaults suit NAT'd edge nodes.
 #[derive(Debug, Clone, Copy)]
 pub struct QuicTuning {
@@ -39,9 +46,7 @@ impl Default for QuicTuning {
             stream_window: 1024 * 1024,
             connection_window: 8 * 1024 * 1024,
             send_window: 8 * 1024 * 1024,
-            // Far above any per-node limit the server enforces, so the
-            // server's own limit answers (503) before credit runs out.
-            max_incoming_streams: 65_536,
+            max_incoming_streams: 4096,
         }
     }
 }

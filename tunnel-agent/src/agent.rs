@@ -170,6 +170,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunningAgent> {
         tuning: QuicTuning {
             keep_alive: cfg.keepalive,
             idle_timeout: cfg.idle_timeout,
+            max_incoming_streams: transport::quic::AGENT_STREAM_CREDIT,
             ..QuicTuning::default()
         },
         connect_timeout: cfg.connect_timeout,

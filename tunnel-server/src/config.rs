@@ -310,17 +310,18 @@ pub struct ServerConfig {
     pub hardening: Hardening,
 }
 
-/// Highest `--max-streams-per-node`: agents grant 65,536 concurrent streams
-/// (QUIC credit, yamux limit); the margin covers streams the server counts
-/// as closed while the agent has not yet seen them close.
-pub const MAX_STREAMS_PER_NODE: usize = 60_000;
+/// Highest `--max-streams-per-node`: agents grant 25,000 concurrent QUIC
+/// streams (`transport::quic::AGENT_STREAM_CREDIT`; yamux allows 65,536); the
+/// margin covers streams the server counts as closed while the agent has not
+/// yet seen them close.
+pub const MAX_STREAMS_PER_NODE: usize = 24_000;
 
 /// A required flag is missing or flags contradict each other.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("--{0} is required")]
     Missing(&'static str),
-    #[error("--max-streams-per-node {0} is above {MAX_STREAMS_PER_NODE}, the stream credit agents grant (65536) less a margin for streams still closing")]
+    #[error("--max-streams-per-node {0} is above {MAX_STREAMS_PER_NODE}, the QUIC stream credit agents grant (25000) less a margin for streams still closing")]
     StreamsPerNode(usize),
     #[error("--proxy-client-ca is required with --proxy-addr")]
     ProxyNeedsClientCa,
