@@ -24,7 +24,7 @@ use crate::metrics::AgentMetrics;
 async fn echo_upgrade_server(dir: &std::path::Path) -> std::net::SocketAddr {
     let chain = certs::load_cert_chain(&dir.join("server.crt")).unwrap();
     let key = certs::load_private_key(&dir.join("server.key")).unwrap();
-    let roots = certs::load_root_store(&dir.join("ca.crt")).unwrap();
+    let roots = certs::load_root_store(&dir.join("proxy-client-ca.crt")).unwrap();
     let mut tls = certs::proxy_server_config(chain, key, roots).unwrap();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
