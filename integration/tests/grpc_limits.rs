@@ -240,3 +240,44 @@ async fn partial_messages_beyond_the_budget_are_refused_at_once() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_calls_are_closed_after_the_stream_idle_timeout_and_busy_ones_are_not() {
+    let echo = echo_server().await.unwrap();
+    let c = cluster(&["--stream-idle-timeout=1s"], echo);
+    let (mut idle, _) = dialed(&uds(&c), echo, 1).await;
+    let (mut busy, busy_id) = dialed(&uds(&c), echo, 2).await;
+    // A byte every 300 ms for 3 s on `busy`: three idle timeouts, never idle.
+    for _ in 0..10 {
+        busy.tx
+            .send(&data(busy_id, Bytes::from_static(b"x")))
+            .await
+            .unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(2), busy.rx.recv()).await;
+        assert!(
+            matches!(&echoed, Ok(Ok(Some(p))) if matches!(p.payload, Some(Payload::Data(_)))),
+            "busy call lost its echo: {echoed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // `idle` moved nothing: CLOSE_RSP naming the flag, then the call ends.
+    let close = tokio::time::timeout(Duration::from_secs(1), idle.rx.recv()).await;
+    match close {
+        Ok(Ok(Some(p))) => match p.payload {
+            Some(Payload::CloseResponse(r)) => assert!(
+                r.error.contains("--stream-idle-timeout"),
+                "CLOSE_RSP error: {:?}",
+                r.error
+            ),
+            other => panic!("expected CLOSE_RSP, got {other:?}"),
+        },
+        other => panic!("idle call not closed: {other:?}"),
+    }
+    assert_eq!(
+        server_metric(
+            &c,
+            "tunnel_server_stream_idle_timeouts_total{frontend=\"grpc\"}"
+        ),
+        1.0
+    );
+}

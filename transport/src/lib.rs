@@ -13,6 +13,7 @@ pub mod cli;
 pub mod framed;
 pub mod hop_by_hop;
 pub mod http_server;
+pub mod idle;
 pub mod mux;
 pub mod quic;
 pub mod socket;

@@ -132,29 +132,15 @@ where
 {
     let (mut rd, mut wr) = tokio::io::split(local);
     let (abort_tx, abort_rx) = watch::channel(None::<SpliceEnd>);
-    let started = tokio::time::Instant::now();
-    // Milliseconds since `started` of the last byte moved.
-    let last_activity = std::sync::atomic::AtomicU64::new(0);
+    let clock = crate::idle::IdleClock::new();
     let on_bytes = &|dir, n| {
-        let ms = started.elapsed().as_millis() as u64;
-        last_activity.store(ms, std::sync::atomic::Ordering::Relaxed);
+        clock.touch();
         on_bytes(dir, n)
     };
     let watchdog = async {
-        let Some(idle) = idle else {
-            return std::future::pending::<(u64, u64)>().await;
-        };
-        loop {
-            let last = std::time::Duration::from_millis(
-                last_activity.load(std::sync::atomic::Ordering::Relaxed),
-            );
-            let due = started + last + idle;
-            if tokio::time::Instant::now() >= due {
-                abort_tx.send_replace(Some(SpliceEnd::Idle));
-                return std::future::pending::<(u64, u64)>().await;
-            }
-            tokio::time::sleep_until(due).await;
-        }
+        clock.expired(idle).await;
+        abort_tx.send_replace(Some(SpliceEnd::Idle));
+        std::future::pending::<(u64, u64)>().await
     };
 
     let up = {

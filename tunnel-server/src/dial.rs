@@ -328,14 +328,24 @@ impl Dialer {
         )
         .await;
         if outcome.end == transport::splice::SpliceEnd::Idle {
-            self.metrics
-                .idle_timeouts
-                .with_label_values(&[frontend.as_str()])
-                .inc();
-            tracing::info!(%node, frontend = frontend.as_str(), idle = ?self.idle,
-                "stream idle for --stream-idle-timeout; closed");
+            self.record_idle_end(node, frontend);
         }
         outcome
+    }
+
+    /// `--stream-idle-timeout`, for front ends that carry streams themselves.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.idle
+    }
+
+    /// Counts and logs a stream closed for `--stream-idle-timeout`.
+    pub fn record_idle_end(&self, node: &str, frontend: Frontend) {
+        self.metrics
+            .idle_timeouts
+            .with_label_values(&[frontend.as_str()])
+            .inc();
+        tracing::info!(%node, frontend = frontend.as_str(), idle = ?self.idle,
+            "stream idle for --stream-idle-timeout; closed");
     }
 
     /// The metrics this dialer records into (front ends add their own).

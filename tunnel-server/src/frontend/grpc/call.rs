@@ -13,6 +13,7 @@ use proto::grpc::{self, status};
 use proto::konnectivity::{self, Packet};
 use proto::DialTarget;
 use tracing::Instrument;
+use transport::idle::IdleClock;
 use transport::splice::Direction;
 use transport::stream::MAX_CHUNK;
 use transport::{StreamError, TunnelRecv, TunnelSend};
@@ -247,23 +248,44 @@ impl Call {
             _active,
             ..
         } = stream;
-        let counter = self.ctx.dialer.byte_counter(&node);
+        let dialer = self.ctx.dialer.clone();
+        let counter = dialer.byte_counter(&node);
+        // --stream-idle-timeout: any DATA either way restarts the clock.
+        let idle = dialer.idle_timeout();
+        let clock = IdleClock::new();
+        let moved = |dir: Direction, n: usize| {
+            clock.touch();
+            counter(dir, n)
+        };
         let Call { reader, send, .. } = self;
         let outcome = {
-            let up = client_to_edge(reader, &mut to_edge, connect_id, &counter);
-            let down = edge_to_client(&mut from_edge, send, connect_id, &counter);
+            let up = client_to_edge(reader, &mut to_edge, connect_id, &moved);
+            let down = edge_to_client(&mut from_edge, send, connect_id, &moved);
             tokio::pin!(up, down);
             tokio::select! {
                 u = &mut up => match u {
                     // The edge got a FIN; keep carrying its answer.
-                    Up::ClientEnded => Outcome::Down(down.await),
+                    Up::ClientEnded => tokio::select! {
+                        d = &mut down => Outcome::Down(d),
+                        _ = clock.expired(idle) => Outcome::Idle,
+                    },
                     other => Outcome::Up(other),
                 },
                 d = &mut down => Outcome::Down(d),
+                _ = clock.expired(idle) => Outcome::Idle,
             }
         };
         let close_rsp = |error: String| Packet::CloseResponse { error, connect_id };
         match outcome {
+            Outcome::Idle => {
+                dialer.record_idle_end(&node, Frontend::Grpc);
+                to_edge.reset(proto::codes::STREAM_CANCELLED);
+                from_edge.stop(proto::codes::STREAM_CANCELLED);
+                let limit = idle.unwrap_or_default();
+                self.close_with(close_rsp(format!(
+                    "no data either way for {limit:?} (--stream-idle-timeout)"
+                )))
+            }
             Outcome::Up(Up::CloseRequested) => {
                 tracing::debug!("CLOSE_REQ from the client");
                 to_edge.finish().await;
@@ -317,6 +339,8 @@ impl Call {
 enum Outcome {
     Up(Up),
     Down(Down),
+    /// No DATA either way for `--stream-idle-timeout`.
+    Idle,
 }
 
 /// How the client→edge direction ended.
