@@ -17,6 +17,7 @@
 //!   [`DialResult`] and the stream then carries that service's bytes.
 
 pub mod codes;
+pub mod connect_head;
 pub mod enroll;
 pub mod frame;
 pub mod grpc;

@@ -9,7 +9,6 @@
 //! the agent's dial succeeded, and then spliced byte for byte.
 
 pub mod conn_cap;
-pub mod connect;
 pub mod grpc;
 pub mod head_clock;
 pub mod http_proxy;
@@ -31,7 +30,7 @@ use transport::splice::SpliceEnd;
 use tracing::Instrument;
 
 use crate::dial::{Dialer, EdgeStream, Frontend};
-use connect::{parse_connect, HeadError, MAX_HEAD};
+use proto::connect_head::{self as connect, parse_connect, HeadError, MAX_HEAD};
 
 /// What the front end needs from the rest of the server.
 pub struct FrontendContext {

@@ -1,10 +1,11 @@
-//! Parsing an HTTP CONNECT request head (pure, no I/O).
+//! Parsing an HTTP CONNECT request head (pure, no I/O): the front end of
+//! tunnel-server's `--uds` and `--proxy-addr` listeners.
 //!
 //! kube-apiserver sends `CONNECT host:port HTTP/1.1` plus a Host header; any
 //! other client must fit the same shape. The head is bounded so an endless
 //! header costs at most [`MAX_HEAD`] bytes before it is refused.
 
-use proto::{DialTarget, TargetParseError};
+use crate::{DialTarget, TargetParseError};
 
 /// Largest request head accepted (request line and headers).
 pub const MAX_HEAD: usize = 8 * 1024;
