@@ -26,6 +26,9 @@ pub mod message;
 pub mod target;
 pub mod tls_hello;
 
+#[cfg(test)]
+mod fuzz_seeds;
+
 pub use frame::{decode, encode, DecodeError, EncodeError, FrameDecoder, MAX_FRAME_LEN};
 pub use message::{
     AgentService, DialErrorKind, DialResult, Hello, HelloAck, Message, OpenStream, RejectReason,

@@ -221,4 +221,4 @@ pub enum AlertDescription {
 
 #[cfg(test)]
 #[path = "tls_hello_tests.rs"]
-mod tests;
+pub(crate) mod tests;

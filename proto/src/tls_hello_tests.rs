@@ -9,7 +9,7 @@ use super::*;
 const OPENSSL_HELLO: &[u8] = include_bytes!("../testdata/openssl-client-hello-edge-1.bin");
 
 /// The first flight of a rustls client connecting to `name`.
-fn rustls_hello(name: &str) -> Vec<u8> {
+pub(crate) fn rustls_hello(name: &str) -> Vec<u8> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -26,7 +26,7 @@ fn rustls_hello(name: &str) -> Vec<u8> {
 }
 
 /// `hello` (one record) re-framed as records of at most `chunk` body bytes.
-fn split_records(hello: &[u8], chunk: usize) -> Vec<u8> {
+pub(crate) fn split_records(hello: &[u8], chunk: usize) -> Vec<u8> {
     let body = &hello[5..];
     let mut out = Vec::new();
     for part in body.chunks(chunk) {
