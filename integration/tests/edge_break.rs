@@ -188,9 +188,17 @@ async fn revocation_closes_a_connection_left_draining_after_a_transport_switch()
         "draining connection closed {:?} after revocation",
         revoked_at.elapsed()
     );
-    // Known gap (transport): closing a WebSocket (yamux) connection does not
-    // end the streams already open on it, so the stream itself is not
-    // checked here; see the report of issue 12.
-    reader.abort();
+    // The stream riding on it ends with it (before: a graceful yamux close
+    // left the server's side of the stream waiting until the line server
+    // finished, ~10 s after the revocation).
+    let (lines_read, ended_at) = tokio::time::timeout(Duration::from_secs(5), reader)
+        .await
+        .expect("the stream on the revoked connection is still open")
+        .unwrap();
+    let ended_after = ended_at.saturating_duration_since(revoked_at);
+    assert!(
+        ended_after < Duration::from_secs(3) && lines_read < lines,
+        "stream ended {ended_after:?} after revocation with {lines_read} of {lines} lines"
+    );
     drop(edge);
 }

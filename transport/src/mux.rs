@@ -7,7 +7,7 @@
 //! its two halves ([`MuxStream`]) so that a reset by the peer, which yamux
 //! reports as end-of-data, can still be told from a clean FIN.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -143,14 +143,14 @@ impl MuxHandle {
         let lost = || StreamError::ConnectionLost(self.reason());
         self.open_tx.send(tx).await.map_err(|_| lost())?;
         let stream = rx.await.map_err(|_| lost())??;
-        Ok(MuxStream::new(stream))
+        Ok(MuxStream::new(stream, self.closed.clone()))
     }
 
     /// Accepts the next stream the peer opened.
     pub async fn accept(&self) -> Result<MuxStream, StreamError> {
         let mut rx = self.inbound.lock().await;
         match rx.recv().await {
-            Some(s) => Ok(MuxStream::new(s)),
+            Some(s) => Ok(MuxStream::new(s, self.closed.clone())),
             None => Err(StreamError::ConnectionLost(self.reason())),
         }
     }
@@ -182,17 +182,58 @@ impl MuxHandle {
 }
 
 /// One yamux stream shared by its send and receive halves.
-#[derive(Debug, Clone)]
+///
+/// A graceful yamux close (ours: revocation, rejection) leaves the local
+/// streams' readers and writers waiting forever, so a read or write that
+/// would wait also watches the connection's end and fails (`ConnectionAborted`,
+/// [`StreamError::ConnectionLost`]) once the driver is gone.
+#[derive(Debug)]
 pub struct MuxStream {
     inner: Arc<Mutex<yamux::Stream>>,
     sent_fin: Arc<AtomicBool>,
+    connection: watch::Receiver<Option<String>>,
+    // One watch per direction: the halves are polled by different tasks.
+    read_gone: Mutex<GoneWatch>,
+    write_gone: Mutex<GoneWatch>,
+}
+
+impl Clone for MuxStream {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            sent_fin: self.sent_fin.clone(),
+            connection: self.connection.clone(),
+            read_gone: Mutex::new(GoneWatch::Idle),
+            write_gone: Mutex::new(GoneWatch::Idle),
+        }
+    }
+}
+
+/// Waiting for the connection's end, polled only when an I/O call would wait.
+enum GoneWatch {
+    Idle,
+    Waiting(Pin<Box<dyn Future<Output = String> + Send>>),
+    Gone(String),
+}
+
+impl std::fmt::Debug for GoneWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GoneWatch::Idle => f.write_str("Idle"),
+            GoneWatch::Waiting(_) => f.write_str("Waiting"),
+            GoneWatch::Gone(r) => write!(f, "Gone({r:?})"),
+        }
+    }
 }
 
 impl MuxStream {
-    fn new(s: yamux::Stream) -> Self {
+    fn new(s: yamux::Stream, connection: watch::Receiver<Option<String>>) -> Self {
         Self {
             inner: Arc::new(Mutex::new(s)),
             sent_fin: Arc::new(AtomicBool::new(false)),
+            connection,
+            read_gone: Mutex::new(GoneWatch::Idle),
+            write_gone: Mutex::new(GoneWatch::Idle),
         }
     }
 
@@ -200,11 +241,53 @@ impl MuxStream {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// `Pending` while the connection lives (registering `cx`); once it is
+    /// gone, the error every waiting I/O call returns.
+    fn poll_gone(&self, slot: &Mutex<GoneWatch>, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let mut w = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if let GoneWatch::Idle = *w {
+            let mut rx = self.connection.clone();
+            *w = GoneWatch::Waiting(Box::pin(async move {
+                match rx.wait_for(Option::is_some).await {
+                    Ok(r) => r.clone().unwrap_or_default(),
+                    Err(_) => "multiplexer stopped".to_string(),
+                }
+            }));
+        }
+        if let GoneWatch::Waiting(f) = &mut *w {
+            match f.as_mut().poll(cx) {
+                Poll::Ready(reason) => *w = GoneWatch::Gone(reason),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        match &*w {
+            GoneWatch::Gone(reason) => Poll::Ready(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                format!("WebSocket tunnel closed: {reason}"),
+            )),
+            _ => Poll::Pending,
+        }
+    }
+
+    /// `io`'s result, or the connection's end if `io` would wait.
+    fn or_gone<T>(
+        &self,
+        slot: &Mutex<GoneWatch>,
+        cx: &mut Context<'_>,
+        io: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match io {
+            Poll::Pending => self.poll_gone(slot, cx).map(Err),
+            ready => ready,
+        }
+    }
+
     /// Polls a read into `buf`. A clean end leaves `buf` unchanged; a peer
     /// reset (which yamux reports as end-of-data) is `ConnectionReset`.
     pub fn poll_read(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let mut s = self.lock();
-        let n = match Pin::new(&mut *s).poll_read(cx, buf.initialize_unfilled()) {
+        let polled = Pin::new(&mut *s).poll_read(cx, buf.initialize_unfilled());
+        let n = match self.or_gone(&self.read_gone, cx, polled) {
             Poll::Ready(Ok(n)) => n,
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => return Poll::Pending,
@@ -219,18 +302,21 @@ impl MuxStream {
 
     /// Polls a write of (part of) `data`, waiting for the peer's window.
     pub fn poll_write(&self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.lock()).poll_write(cx, data)
+        let polled = Pin::new(&mut *self.lock()).poll_write(cx, data);
+        self.or_gone(&self.write_gone, cx, polled)
     }
 
     /// Polls queued frames out to the connection.
     pub fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.lock()).poll_flush(cx)
+        let polled = Pin::new(&mut *self.lock()).poll_flush(cx);
+        self.or_gone(&self.write_gone, cx, polled)
     }
 
     /// Polls a half-close (FIN).
     pub fn poll_shutdown(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.sent_fin.store(true, Ordering::Release);
-        Pin::new(&mut *self.lock()).poll_close(cx)
+        let polled = Pin::new(&mut *self.lock()).poll_close(cx);
+        self.or_gone(&self.write_gone, cx, polled)
     }
 
     /// Next chunk; `Ok(None)` at a clean end; a peer reset is an error.
@@ -287,4 +373,59 @@ fn io_err(e: io::Error) -> StreamError {
 pub struct PeerInfo {
     pub remote: SocketAddr,
     pub certificates: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A client and a server multiplexer over an in-memory pipe, with one
+    /// stream open between them.
+    async fn pair() -> (MuxHandle, MuxHandle, MuxStream, MuxStream) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let client = spawn(a, MuxRole::Client);
+        let server = spawn(b, MuxRole::Server);
+        let opened = client.open().await.unwrap();
+        opened.write_all(b"hi").await.unwrap();
+        let accepted = server.accept().await.unwrap();
+        let mut buf = [0u8; 2];
+        assert_eq!(accepted.read(&mut buf).await.unwrap(), 2);
+        (client, server, opened, accepted)
+    }
+
+    #[tokio::test]
+    async fn closing_the_connection_ends_the_streams_open_on_it() {
+        let (_client, server, opened, accepted) = pair().await;
+        server.close();
+        let mut buf = [0u8; 16];
+        let t = std::time::Instant::now();
+        let local = tokio::time::timeout(Duration::from_secs(5), accepted.read(&mut buf)).await;
+        // Before: a graceful yamux close left this read waiting until some
+        // other wake-up (here the 5 s timeout) polled it again.
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "read ended after {:?}: {local:?}",
+            t.elapsed()
+        );
+        assert!(matches!(local, Ok(Err(_))), "{local:?}");
+        let write = tokio::time::timeout(Duration::from_secs(2), accepted.write_all(b"x")).await;
+        assert!(matches!(write, Ok(Err(_))), "{write:?}");
+        // The peer's stream ends too (its connection saw the close).
+        let remote = tokio::time::timeout(Duration::from_secs(2), opened.read(&mut buf)).await;
+        assert!(matches!(remote, Ok(Ok(0)) | Ok(Err(_))), "{remote:?}");
+    }
+
+    #[tokio::test]
+    async fn bytes_buffered_before_the_close_are_still_read() {
+        let (client, _server, opened, accepted) = pair().await;
+        opened.write_all(b"last words").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        client.close();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut buf = [0u8; 16];
+        let n = accepted.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"last words");
+    }
 }
