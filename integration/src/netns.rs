@@ -95,6 +95,28 @@ pub fn in_ns(ns: &str, cmd: &[&str]) -> anyhow::Result<String> {
     ip(&args)
 }
 
+/// What [`forward_drop`] blocks in a namespace's FORWARD chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocked {
+    /// UDP only: QUIC cannot pass, TCP (the WebSocket fallback) can.
+    Udp,
+    /// Everything: the link is down.
+    All,
+}
+
+/// Inserts (`on`) or deletes a DROP rule for `blocked` in the FORWARD chain
+/// of `ns` (a NAT namespace between cloud and edge); panics if iptables fails.
+pub fn forward_drop(ns: &str, blocked: Blocked, on: bool) {
+    let mut args = vec!["iptables", if on { "-I" } else { "-D" }, "FORWARD"];
+    if blocked == Blocked::Udp {
+        args.extend(["-p", "udp"]);
+    }
+    args.extend(["-j", "DROP"]);
+    if let Err(e) = in_ns(ns, &args) {
+        panic!("{}: {e:#}", args.join(" "));
+    }
+}
+
 /// Picks two /24s under 10.231.0.0/16 that the root namespace neither routes
 /// nor has addresses in: one for cloud<->NAT, one for NAT<->edge.
 ///

@@ -13,12 +13,11 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use integration::netns::{self, NatTopology};
+use integration::netns::{self, forward_drop, Blocked, NatTopology};
 use integration::services::{echo_server_on, pattern, sha256_hex, source_server_on};
 use integration::{connect_uds, AgentOptions, AgentProc, ServerOptions, ServerProc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,20 +25,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const TRANSFER_BYTES: usize = 2 * 1024 * 1024;
 /// Bound for one transfer or echo session; a stalled one fails at this point.
 const OP_LIMIT: Duration = Duration::from_secs(20);
-
-fn drop_rule(ns: &str, action: &str) {
-    let out = Command::new("ip")
-        .args([
-            "netns", "exec", ns, "iptables", action, "FORWARD", "-j", "DROP",
-        ])
-        .output()
-        .expect("iptables");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 #[derive(Default)]
 struct Tally {
@@ -202,9 +187,9 @@ async fn agents_and_transfers_survive_a_flapping_edge_link() {
         } else {
             Duration::from_millis(300)
         };
-        drop_rule(&topo.nat_ns, "-I");
+        forward_drop(&topo.nat_ns, Blocked::All, true);
         tokio::time::sleep(down).await;
-        drop_rule(&topo.nat_ns, "-D");
+        forward_drop(&topo.nat_ns, Blocked::All, false);
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
     stop.store(true, Ordering::Relaxed);

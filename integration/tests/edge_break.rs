@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use integration::netns::{self, NatTopology};
+use integration::netns::{self, forward_drop, Blocked, NatTopology};
 use integration::services::line_server_on;
 use integration::{
     connect_uds, AgentOptions, AgentProc, Cluster, ClusterOptions, ServerOptions, ServerProc,
@@ -68,20 +68,6 @@ async fn a_broken_edge_stream_on_the_unix_socket_is_not_a_clean_end() {
     }
 }
 
-fn iptables(ns: &str, action: &str) {
-    let out = Command::new("ip")
-        .args([
-            "netns", "exec", ns, "iptables", action, "FORWARD", "-p", "udp", "-j", "DROP",
-        ])
-        .output()
-        .expect("iptables");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A stream opened over WebSocket keeps its (replaced) connection alive after
 /// the agent moved back to QUIC; revoking the node must close that
 /// connection too, not only the registered one.
@@ -114,7 +100,7 @@ async fn revocation_closes_a_connection_left_draining_after_a_transport_switch()
         },
     )
     .expect("server");
-    iptables(&topo.nat_ns, "-I");
+    forward_drop(&topo.nat_ns, Blocked::Udp, true);
     let agent = AgentProc::start(
         &pki,
         server.agent_addr,
@@ -152,7 +138,7 @@ async fn revocation_closes_a_connection_left_draining_after_a_transport_switch()
             Instant::now(),
         )
     });
-    iptables(&topo.nat_ns, "-D");
+    forward_drop(&topo.nat_ns, Blocked::Udp, false);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !on("quic") {
         assert!(Instant::now() < deadline, "{}", server.proc.logs());

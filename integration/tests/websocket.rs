@@ -3,12 +3,11 @@
 //! WebSocket listener.
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use integration::netns::{self, NatTopology};
+use integration::netns::{self, forward_drop, Blocked, NatTopology};
 use integration::scenarios;
 use integration::services::{
     echo_server, echo_server_on, line_server_on, pattern, source_server_on,
@@ -36,20 +35,6 @@ async fn wait_transport(server: &ServerProc, transport: &str, limit: Duration) -
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn iptables(ns: &str, action: &str) {
-    let out = Command::new("ip")
-        .args([
-            "netns", "exec", ns, "iptables", action, "FORWARD", "-p", "udp", "-j", "DROP",
-        ])
-        .output()
-        .expect("iptables");
-    assert!(
-        out.status.success(),
-        "iptables {action}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,7 +70,7 @@ async fn auto_uses_websocket_when_udp_is_blocked_and_returns_to_quic() {
         },
     )
     .expect("server");
-    iptables(&topo.nat_ns, "-I");
+    forward_drop(&topo.nat_ns, Blocked::Udp, true);
     let probe = Duration::from_secs(2);
     let started = Instant::now();
     let _agent = AgentProc::start(
@@ -126,7 +111,7 @@ async fn auto_uses_websocket_when_udp_is_blocked_and_returns_to_quic() {
         stream.read_to_string(&mut s).await.map(|_| s)
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    iptables(&topo.nat_ns, "-D");
+    forward_drop(&topo.nat_ns, Blocked::Udp, false);
     let unblocked = Instant::now();
     let took = wait_transport(&server, "quic", probe * 2 + Duration::from_secs(3)).await;
     eprintln!("UDP unblocked: on QUIC {took:?} later (probe interval {probe:?})");
