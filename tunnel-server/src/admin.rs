@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use transport::admin::{AdminHandler, AdminResponse, StatusCode};
 
+use crate::agents_query;
 use crate::metrics::ServerMetrics;
 use crate::registry::{AgentInfo, AgentRegistry};
 
@@ -40,9 +41,7 @@ pub fn handler(
             r.content_type = "text/plain; version=0.0.4; charset=utf-8";
             r
         }
-        "/agents" => {
-            AdminResponse::json(serde_json::to_vec_pretty(&registry.snapshot()).unwrap_or_default())
-        }
+        "/agents" => agents(&registry, query),
         "/sd" => AdminResponse::json(
             serde_json::to_vec(&sd_groups(&registry.snapshot(), &sd_ports)).unwrap_or_default(),
         ),
@@ -51,6 +50,23 @@ pub fn handler(
             "not found; try /metrics /healthz /readyz /agents /sd\n",
         ),
     })
+}
+
+/// `/agents`, filtered and paged as [`crate::agents_query`] describes.
+fn agents(registry: &AgentRegistry, query: Option<&str>) -> AdminResponse {
+    let q = match agents_query::parse(query) {
+        Ok(q) => q,
+        Err(e) => return AdminResponse::text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let all = registry.snapshot();
+    let body = match agents_query::select(&all, &q) {
+        (rows, None) => serde_json::to_vec_pretty(rows),
+        (items, Some(continue_token)) => serde_json::to_vec_pretty(&agents_query::AgentsPage {
+            items,
+            continue_token,
+        }),
+    };
+    AdminResponse::json(body.unwrap_or_default())
 }
 
 fn readyz(registry: &AgentRegistry, ready: &AtomicBool, query: Option<&str>) -> AdminResponse {

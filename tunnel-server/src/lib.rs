@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod agents;
+pub mod agents_query;
 pub mod agents_ws;
 pub mod certs_cmd;
 pub mod certs_secret;
