@@ -1,7 +1,7 @@
 //! The agent's Prometheus metrics, names as the spec fixes them.
 
-use crate::hub::cache::ResetReason;
 use crate::hub::health::OfflineReason;
+use autonomy_cache::ResetReason;
 use prometheus::{
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };

@@ -1,7 +1,6 @@
 //! Node-local Kubernetes API proxy ("hub") for kubelet and friends: forwards to
-//! the apiserver and answers from the [`cache`] while the cloud is unreachable.
+//! the apiserver and answers from the [`autonomy_cache`] while the cloud is unreachable.
 
-pub mod cache;
 pub mod client_cert;
 pub mod forward;
 pub mod health;

@@ -10,10 +10,10 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::watch;
 
-use crate::hub::cache::{AutonomyCache, RequestInfo};
 use crate::hub::health::Reachability;
 use crate::hub::respond::{send_data, BodySender};
 use crate::metrics::AgentMetrics;
+use autonomy_cache::{AutonomyCache, RequestInfo};
 
 /// Bodies larger than this are passed through but not cached.
 pub const MAX_RECORDED_BODY: usize = 64 << 20;

@@ -11,8 +11,8 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 use tokio::sync::watch;
 
-use crate::hub::cache::status_json;
 use crate::hub::health::Reachability;
+use autonomy_cache::status_json;
 
 /// Body of every response the hub sends to its clients.
 pub type HubBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;

@@ -6,7 +6,6 @@ use std::time::Duration;
 use hyper::header::HeaderValue;
 use rustls_pki_types::ServerName;
 
-use crate::hub::cache::{AutonomyCache, CacheConfig, ResetReason};
 use crate::hub::health::HealthPolicy;
 use crate::hub::prober::HubHealth;
 use crate::hub::record::CacheFailures;
@@ -16,6 +15,7 @@ use crate::hub::status::HubStatus;
 use crate::hub::upstream::{UpstreamClient, UpstreamDialer};
 use crate::hub::upstream_tls::{UpstreamTls, UpstreamTlsError};
 use crate::metrics::AgentMetrics;
+use autonomy_cache::{AutonomyCache, CacheConfig, ResetReason};
 
 /// Connection setup (dial + TLS) to the apiserver may take this long: enough
 /// for a handshake over a 40 KB/s link.

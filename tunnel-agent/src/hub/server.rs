@@ -12,7 +12,6 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::hub::cache::{AutonomyCache, ComponentRule, OfflineAnswer, RequestInfo, Verb};
 use crate::hub::forward::{credentials, requested_upgrade, strip_hop_by_hop, upstream_request};
 use crate::hub::prober::HubHealth;
 use crate::hub::record::{pump_body, CacheFailures, RecordCtx};
@@ -20,6 +19,7 @@ use crate::hub::respond::{self, channel_body, HubBody};
 use crate::hub::upstream::UpstreamClient;
 use crate::hub::watch_pump::pump_watch;
 use crate::metrics::AgentMetrics;
+use autonomy_cache::{AutonomyCache, ComponentRule, OfflineAnswer, RequestInfo, Verb};
 
 /// Request bodies read for offline answers (lease and node-status writes) are capped here.
 const MAX_OFFLINE_REQUEST_BODY: usize = 4 << 20;

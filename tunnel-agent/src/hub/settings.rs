@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::hub::cache::ComponentRule;
+use autonomy_cache::ComponentRule;
 
 /// TLS server name the apiserver presents inside the cluster (used with `--apiserver tunnel`).
 pub const IN_CLUSTER_SERVER_NAME: &str = "kubernetes.default.svc";

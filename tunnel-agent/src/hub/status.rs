@@ -4,9 +4,9 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::hub::cache::{AutonomyCache, CacheHealth};
 use crate::hub::health::{OfflineReason, Reachability};
 use crate::hub::prober::HubHealth;
+use autonomy_cache::{AutonomyCache, CacheHealth};
 
 /// Shared between the hub (which sets it) and the admin endpoint (which reads it).
 #[derive(Clone, Default)]
@@ -67,7 +67,7 @@ pub fn describe(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::cache::{CacheReset, ResetReason};
+    use autonomy_cache::{CacheReset, ResetReason};
 
     #[test]
     fn the_line_names_state_reason_and_cache() {

@@ -11,7 +11,6 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::hub::cache::{AutonomyCache, CacheConfig};
 use crate::hub::health::HealthPolicy;
 use crate::hub::prober::HubHealth;
 use crate::hub::record::CacheFailures;
@@ -19,6 +18,7 @@ use crate::hub::server::{serve, Hub};
 use crate::hub::upstream::{DirectDialer, UpstreamClient};
 use crate::hub::upstream_tls::UpstreamTls;
 use crate::metrics::AgentMetrics;
+use autonomy_cache::{AutonomyCache, CacheConfig};
 
 /// A TLS "apiserver" that answers every request with 101 and echoes the upgraded bytes.
 async fn echo_upgrade_server(dir: &std::path::Path) -> std::net::SocketAddr {

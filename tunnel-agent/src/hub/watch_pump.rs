@@ -11,9 +11,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use crate::hub::cache::WatchDecoder;
 use crate::hub::record::{abort, CacheFailures, RecordCtx, Stop};
 use crate::hub::respond::{send_data, BodySender};
+use autonomy_cache::WatchDecoder;
 
 /// Watch events larger than this end the watch (the client re-watches).
 pub const MAX_WATCH_EVENT: usize = 16 << 20;
