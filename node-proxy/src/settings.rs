@@ -36,7 +36,7 @@ pub struct HubConfig {
     pub probe: ProbeSettings,
 }
 
-/// How the prober checks the upstream (see [`crate::hub::health`]).
+/// How the prober checks the upstream (the policy is in `health.rs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeSettings {
     /// `--hub-probe-interval`: a probe starts this often (probes may overlap).
