@@ -4,6 +4,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
+use node_proxy::run::RunningHub;
+use node_proxy::settings::{ApiserverTarget, HubConfig, HubSetting};
+use node_proxy::status::HubStatus;
+use node_proxy::upstream::{DirectDialer, UpstreamDialer};
 use tokio::sync::watch;
 use transport::admin::{AdminResponse, StatusCode};
 use transport::quic::QuicTuning;
@@ -12,14 +16,11 @@ use crate::allowlist::Allowlist;
 use crate::config::AgentConfig;
 use crate::connector::Connector;
 use crate::edge::EdgeDialer;
-use crate::hub::run::RunningHub;
-use crate::hub::settings::{ApiserverTarget, HubConfig, HubSetting};
-use crate::hub::status::HubStatus;
-use crate::hub::upstream::{DirectDialer, TunnelDialer, UpstreamDialer};
 use crate::link::AgentLink;
 use crate::metrics::AgentMetrics;
 use crate::proxy::HttpProxy;
 use crate::tls_files::AgentTlsFiles;
+use crate::tunnel_dialer::TunnelDialer;
 
 /// A running agent; [`RunningAgent::shutdown`] closes the connection gracefully.
 pub struct RunningAgent {
@@ -146,7 +147,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunningAgent> {
         HubSetting::On(hub_cfg) => {
             let dialer = hub_dialer(hub_cfg, &link);
             // A hub that cannot start must not take the tunnel down with it.
-            match crate::hub::run::start(hub_cfg, dialer, metrics.clone(), &hub_status).await {
+            match node_proxy::run::start(hub_cfg, dialer, metrics.hub.clone(), &hub_status).await {
                 Ok(hub) => Some(hub),
                 Err(err) => {
                     tracing::error!(error = %err,

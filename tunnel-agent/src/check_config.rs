@@ -13,10 +13,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use certs::check::{self, CheckError, Usage};
+use node_proxy::settings::{ApiserverTarget, HubSetting};
 use rustls::pki_types::UnixTime;
 
 use crate::config::AgentConfig;
-use crate::hub::settings::{ApiserverTarget, HubSetting};
 
 /// The subcommand's name on the command line.
 pub const SUBCOMMAND: &str = "check-config";

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use node_proxy::settings::{self, HubConfig, HubConfigError, HubSetting, ProbeSettings};
 use transport::cli::{parse_bytes, parse_duration};
 
 use crate::allowlist::AllowRule;
-use crate::hub::settings::{self, HubConfig, HubConfigError, HubSetting, ProbeSettings};
 
 /// `tunnel-agent`: the edge end of the tunnel.
 #[derive(Debug, Parser)]

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use autonomy_cache::{AutonomyCache, CacheConfig, OfflineAnswer, RequestInfo};
 use bytes::Bytes;
 use clap::Parser;
 use serde_json::{json, Value};
-use tunnel_agent::hub::cache::{AutonomyCache, CacheConfig, OfflineAnswer, RequestInfo};
 
 #[derive(Debug, Parser)]
 #[command(about = "Autonomy cache: ingest rate, offline latency, bytes per object")]

@@ -5,7 +5,7 @@ use hyper::header::{HeaderMap, HeaderValue, ACCEPT, ACCEPT_ENCODING, CONNECTION,
 use hyper::http::request::Parts;
 use hyper::{Request, Uri, Version};
 
-use crate::hub::upstream::{Credentials, UpstreamBody};
+use crate::upstream::{Credentials, UpstreamBody};
 
 pub use transport::hop_by_hop::strip_hop_by_hop;
 

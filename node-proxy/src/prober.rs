@@ -8,10 +8,10 @@ use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use tokio::sync::watch;
 
-use crate::hub::health::{Health, HealthPolicy, OfflineReason, Reachability, ReasonLog, Switch};
-use crate::hub::settings::ProbeSettings;
-use crate::hub::upstream::{Credentials, UpstreamClient};
-use crate::metrics::AgentMetrics;
+use crate::health::{Health, HealthPolicy, OfflineReason, Reachability, ReasonLog, Switch};
+use crate::metrics::HubMetrics;
+use crate::settings::ProbeSettings;
+use crate::upstream::{Credentials, UpstreamClient};
 
 /// Path probed: answered by every apiserver, to anonymous users too.
 pub const PROBE_PATH: &str = "/readyz";
@@ -31,13 +31,13 @@ pub struct HubHealth {
     machine: Arc<Mutex<Health>>,
     offline: Arc<Mutex<OfflineState>>,
     state: watch::Sender<Reachability>,
-    metrics: AgentMetrics,
+    metrics: HubMetrics,
     client: Arc<UpstreamClient>,
 }
 
 impl HubHealth {
     /// Starts in [`Reachability::Starting`].
-    pub fn new(policy: HealthPolicy, metrics: AgentMetrics, client: Arc<UpstreamClient>) -> Self {
+    pub fn new(policy: HealthPolicy, metrics: HubMetrics, client: Arc<UpstreamClient>) -> Self {
         let (state, _) = watch::channel(Reachability::Starting);
         Self {
             machine: Arc::new(Mutex::new(Health::new(policy))),

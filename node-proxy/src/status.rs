@@ -2,11 +2,11 @@
 //! it is offline, and whether its cache works. `/readyz` stays 200 while the
 //! agent is connected (the tunnel works); the body tells what is wrong.
 
+use autonomy_cache::{AutonomyCache, CacheHealth};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::hub::cache::{AutonomyCache, CacheHealth};
-use crate::hub::health::{OfflineReason, Reachability};
-use crate::hub::prober::HubHealth;
+use crate::health::{OfflineReason, Reachability};
+use crate::prober::HubHealth;
 
 /// Shared between the hub (which sets it) and the admin endpoint (which reads it).
 #[derive(Clone, Default)]
@@ -67,7 +67,7 @@ pub fn describe(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::cache::{CacheReset, ResetReason};
+    use autonomy_cache::{CacheReset, ResetReason};
 
     #[test]
     fn the_line_names_state_reason_and_cache() {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use autonomy_cache::{AutonomyCache, ComponentRule, OfflineAnswer, RequestInfo, Verb};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -12,14 +13,13 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::hub::cache::{AutonomyCache, ComponentRule, OfflineAnswer, RequestInfo, Verb};
-use crate::hub::forward::{credentials, requested_upgrade, strip_hop_by_hop, upstream_request};
-use crate::hub::prober::HubHealth;
-use crate::hub::record::{pump_body, CacheFailures, RecordCtx};
-use crate::hub::respond::{self, channel_body, HubBody};
-use crate::hub::upstream::UpstreamClient;
-use crate::hub::watch_pump::pump_watch;
-use crate::metrics::AgentMetrics;
+use crate::forward::{credentials, requested_upgrade, strip_hop_by_hop, upstream_request};
+use crate::metrics::HubMetrics;
+use crate::prober::HubHealth;
+use crate::record::{pump_body, CacheFailures, RecordCtx};
+use crate::respond::{self, channel_body, HubBody};
+use crate::upstream::UpstreamClient;
+use crate::watch_pump::pump_watch;
 
 /// Request bodies read for offline answers (lease and node-status writes) are capped here.
 const MAX_OFFLINE_REQUEST_BODY: usize = 4 << 20;
@@ -33,7 +33,7 @@ pub struct Hub {
     pub health: HubHealth,
     pub cache: AutonomyCache,
     pub components: ComponentRule,
-    pub metrics: AgentMetrics,
+    pub metrics: HubMetrics,
     pub failures: CacheFailures,
 }
 

@@ -5,15 +5,15 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+use autonomy_cache::{AutonomyCache, RequestInfo};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::watch;
 
-use crate::hub::cache::{AutonomyCache, RequestInfo};
-use crate::hub::health::Reachability;
-use crate::hub::respond::{send_data, BodySender};
-use crate::metrics::AgentMetrics;
+use crate::health::Reachability;
+use crate::metrics::HubMetrics;
+use crate::respond::{send_data, BodySender};
 
 /// Bodies larger than this are passed through but not cached.
 pub const MAX_RECORDED_BODY: usize = 64 << 20;
@@ -23,12 +23,12 @@ pub const MAX_RECORDED_BODY: usize = 64 << 20;
 #[derive(Clone)]
 pub struct CacheFailures {
     logged: Arc<Mutex<HashSet<&'static str>>>,
-    pub(crate) metrics: AgentMetrics,
+    pub(crate) metrics: HubMetrics,
 }
 
 impl CacheFailures {
     /// Nothing logged yet.
-    pub fn new(metrics: AgentMetrics) -> Self {
+    pub fn new(metrics: HubMetrics) -> Self {
         Self {
             logged: Arc::new(Mutex::new(HashSet::new())),
             metrics,

@@ -1,7 +1,7 @@
 //! Label and field selector cases, parsed and matched against real-looking objects.
 
 use super::*;
-use crate::hub::cache::label_selector::LabelSelector;
+use crate::label_selector::LabelSelector;
 use serde_json::json;
 
 fn pod() -> Value {

@@ -3,19 +3,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use autonomy_cache::{AutonomyCache, CacheConfig, ResetReason};
 use hyper::header::HeaderValue;
 use rustls_pki_types::ServerName;
 
-use crate::hub::cache::{AutonomyCache, CacheConfig, ResetReason};
-use crate::hub::health::HealthPolicy;
-use crate::hub::prober::HubHealth;
-use crate::hub::record::CacheFailures;
-use crate::hub::server::{self, Hub};
-use crate::hub::settings::{ApiserverTarget, HubConfig};
-use crate::hub::status::HubStatus;
-use crate::hub::upstream::{UpstreamClient, UpstreamDialer};
-use crate::hub::upstream_tls::{UpstreamTls, UpstreamTlsError};
-use crate::metrics::AgentMetrics;
+use crate::health::HealthPolicy;
+use crate::metrics::HubMetrics;
+use crate::prober::HubHealth;
+use crate::record::CacheFailures;
+use crate::server::{self, Hub};
+use crate::settings::{ApiserverTarget, HubConfig};
+use crate::status::HubStatus;
+use crate::upstream::{UpstreamClient, UpstreamDialer};
+use crate::upstream_tls::{UpstreamTls, UpstreamTlsError};
 
 /// Connection setup (dial + TLS) to the apiserver may take this long: enough
 /// for a handshake over a 40 KB/s link.
@@ -56,7 +56,7 @@ impl RunningHub {
 pub async fn start(
     cfg: &HubConfig,
     dialer: Arc<dyn UpstreamDialer>,
-    metrics: AgentMetrics,
+    metrics: HubMetrics,
     status: &HubStatus,
 ) -> Result<RunningHub, HubStartError> {
     let cache = open_cache(cfg);
@@ -127,7 +127,7 @@ fn open_cache(cfg: &HubConfig) -> AutonomyCache {
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Copies [`AutonomyCache::stats`] into the gauges, forever.
-async fn export_cache_stats(cache: AutonomyCache, metrics: AgentMetrics) {
+async fn export_cache_stats(cache: AutonomyCache, metrics: HubMetrics) {
     let mut tick = tokio::time::interval(STATS_INTERVAL);
     let mut resets_seen = [0u64; 4];
     loop {

@@ -53,7 +53,7 @@ fn kill_9_loses_no_acknowledged_write() {
         let mut child = Command::new(&exe)
             .args([
                 "--exact",
-                "hub::cache::crash_tests::crash_child",
+                "crash_tests::crash_child",
                 "--ignored",
                 "--nocapture",
             ])

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use autonomy_cache::{AutonomyCache, CacheConfig};
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper::{Request, Response};
@@ -11,14 +12,13 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::hub::cache::{AutonomyCache, CacheConfig};
-use crate::hub::health::HealthPolicy;
-use crate::hub::prober::HubHealth;
-use crate::hub::record::CacheFailures;
-use crate::hub::server::{serve, Hub};
-use crate::hub::upstream::{DirectDialer, UpstreamClient};
-use crate::hub::upstream_tls::UpstreamTls;
-use crate::metrics::AgentMetrics;
+use crate::health::HealthPolicy;
+use crate::metrics::HubMetrics;
+use crate::prober::HubHealth;
+use crate::record::CacheFailures;
+use crate::server::{serve, Hub};
+use crate::upstream::{DirectDialer, UpstreamClient};
+use crate::upstream_tls::UpstreamTls;
 
 /// A TLS "apiserver" that answers every request with 101 and echoes the upgraded bytes.
 async fn echo_upgrade_server(dir: &std::path::Path) -> std::net::SocketAddr {
@@ -88,7 +88,7 @@ async fn upgraded_connections_are_spliced_both_ways() {
         hyper::header::HeaderValue::from_static("localhost"),
         Duration::from_secs(5),
     );
-    let metrics = AgentMetrics::new().unwrap();
+    let metrics = HubMetrics::register(&prometheus::Registry::new()).unwrap();
     let health = HubHealth::new(HealthPolicy::default(), metrics.clone(), client.clone());
     let cache = AutonomyCache::open(CacheConfig {
         dir: dir.path().join("cache"),

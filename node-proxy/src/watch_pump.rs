@@ -6,14 +6,14 @@
 
 use std::sync::Arc;
 
+use autonomy_cache::WatchDecoder;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use crate::hub::cache::WatchDecoder;
-use crate::hub::record::{abort, CacheFailures, RecordCtx, Stop};
-use crate::hub::respond::{send_data, BodySender};
+use crate::record::{abort, CacheFailures, RecordCtx, Stop};
+use crate::respond::{send_data, BodySender};
 
 /// Watch events larger than this end the watch (the client re-watches).
 pub const MAX_WATCH_EVENT: usize = 16 << 20;

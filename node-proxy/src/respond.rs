@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use autonomy_cache::status_json;
 use bytes::Bytes;
 use futures::channel::mpsc;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -11,8 +12,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 use tokio::sync::watch;
 
-use crate::hub::cache::status_json;
-use crate::hub::health::Reachability;
+use crate::health::Reachability;
 
 /// Body of every response the hub sends to its clients.
 pub type HubBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use rustls::{ClientConfig, RootCertStore};
 
-use crate::hub::client_cert::ReloadingClientCert;
+use crate::client_cert::ReloadingClientCert;
 
 /// The TLS side of the upstream could not be set up.
 #[derive(Debug, thiserror::Error)]

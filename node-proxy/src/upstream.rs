@@ -1,7 +1,9 @@
 //! The hub's HTTP/1.1-over-TLS client to the apiserver, with a keep-alive pool.
 //!
 //! How bytes reach the apiserver is a [`UpstreamDialer`]: [`DirectDialer`]
-//! opens TCP; the tunnel path (`--apiserver tunnel`) plugs in its own.
+//! opens TCP; the tunnel path (`--apiserver tunnel`) is tunnel-agent's
+//! `TunnelDialer`, which opens a service stream over the agent's link. This
+//! trait is where the tunnel ends and the node proxy begins.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,10 +21,8 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsConnector;
 
-use crate::hub::health::OfflineReason;
-use crate::hub::upstream_tls::UpstreamTls;
-use crate::link::{AgentLink, LinkError};
-use proto::AgentService;
+use crate::health::OfflineReason;
+use crate::upstream_tls::UpstreamTls;
 
 /// A boxed future, as trait objects need.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -54,45 +54,6 @@ impl UpstreamDialer for DirectDialer {
             transport::socket::set_tcp_keepalive(&tcp);
             Ok(Box::new(tcp) as Box<dyn UpstreamIo>)
         })
-    }
-}
-
-/// Reaches the apiserver over the agent's own tunnel connection
-/// (`--apiserver tunnel`): an edge→cloud service stream that the tunnel
-/// server pipes to its `--apiserver`. Fails at once while disconnected, so
-/// the hub goes offline instead of waiting.
-pub struct TunnelDialer {
-    pub link: AgentLink,
-}
-
-/// Upper bound for the server's answer to a service request; the hub's own
-/// connect timeout usually ends the attempt first.
-const SERVICE_ANSWER_LIMIT: Duration = Duration::from_secs(10);
-
-impl UpstreamDialer for TunnelDialer {
-    fn dial(&self) -> BoxFuture<'_, std::io::Result<Box<dyn UpstreamIo>>> {
-        Box::pin(async move {
-            let stream = self
-                .link
-                .open_service(AgentService::Apiserver, SERVICE_ANSWER_LIMIT)
-                .await
-                .map_err(|e| std::io::Error::new(link_error_kind(&e), e))?;
-            Ok(Box::new(stream.into_io()) as Box<dyn UpstreamIo>)
-        })
-    }
-}
-
-/// The I/O error kind that best describes why a service stream failed.
-fn link_error_kind(e: &LinkError) -> std::io::ErrorKind {
-    use std::io::ErrorKind;
-    match e {
-        LinkError::NotConnected => ErrorKind::NotConnected,
-        LinkError::Timeout { .. } => ErrorKind::TimedOut,
-        LinkError::Refused {
-            kind: proto::DialErrorKind::Refused,
-            ..
-        } => ErrorKind::ConnectionRefused,
-        _ => ErrorKind::Other,
     }
 }
 

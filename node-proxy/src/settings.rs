@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::hub::cache::ComponentRule;
+use autonomy_cache::ComponentRule;
 
 /// TLS server name the apiserver presents inside the cluster (used with `--apiserver tunnel`).
 pub const IN_CLUSTER_SERVER_NAME: &str = "kubernetes.default.svc";
@@ -36,7 +36,7 @@ pub struct HubConfig {
     pub probe: ProbeSettings,
 }
 
-/// How the prober checks the upstream (see [`crate::hub::health`]).
+/// How the prober checks the upstream (the policy is in `health.rs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeSettings {
     /// `--hub-probe-interval`: a probe starts this often (probes may overlap).
