@@ -50,6 +50,66 @@ pub use request::{RequestInfo, RequestKind, Verb};
 pub use status::status_json;
 pub use watch_decoder::WatchDecoder;
 
+/// The decoders of what the cache reads from the apiserver and from disk,
+/// for the `fuzz/` targets only (feature `fuzzing`; not a stable API).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use bytes::Bytes;
+
+    use crate::object::{self, StoredObject, WatchEvent};
+    use crate::CacheError;
+
+    /// An object's identity as the cache keys it, and the JSON it stores.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Identity {
+        pub namespace: String,
+        pub name: String,
+        pub resource_version: Option<String>,
+        pub json: Bytes,
+    }
+
+    fn identity(o: StoredObject) -> Identity {
+        Identity {
+            namespace: o.namespace,
+            name: o.name,
+            resource_version: o.resource_version,
+            json: o.json,
+        }
+    }
+
+    /// A get/create/update/patch response body.
+    pub fn parse_object(json: &[u8]) -> Result<Identity, CacheError> {
+        object::parse_object(Bytes::copy_from_slice(json)).map(identity)
+    }
+
+    /// A list response body: its items as stored (with `kind`/`apiVersion`
+    /// added where a typed list leaves them out).
+    pub fn parse_list(json: &[u8], later_page: bool) -> Result<Vec<Identity>, CacheError> {
+        object::parse_list(json, later_page).map(|l| l.items.into_iter().map(identity).collect())
+    }
+
+    /// One watch event line: its type and, except for bookmarks, the object.
+    pub fn parse_event(line: &[u8]) -> Result<(&'static str, Option<Identity>), CacheError> {
+        Ok(match object::parse_event(line)? {
+            WatchEvent::Upsert(o) => ("upsert", Some(identity(o))),
+            WatchEvent::Deleted(o) => ("deleted", Some(identity(o))),
+            WatchEvent::Bookmark(_) => ("bookmark", None),
+            WatchEvent::Ignored => ("ignored", None),
+        })
+    }
+
+    /// A value as read back from the store: resourceVersion and JSON.
+    pub fn decode_stored_value(value: &[u8]) -> (Option<&str>, &[u8]) {
+        crate::store::decode_value(value)
+    }
+
+    /// What the store writes for `rv` and `json`.
+    pub fn encode_stored_value(rv: Option<&str>, json: &[u8]) -> Vec<u8> {
+        crate::store::encode_value(rv, json)
+    }
+}
+
 /// Where and how the cache stores: from `--cache-dir` and `--cache-max-bytes`.
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
