@@ -66,6 +66,10 @@ pub struct RunArgs {
     /// Export byte and stream series per node (`--per-node-metrics=false` for very large fleets).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub per_node_metrics: bool,
+    /// Most nodes with per-node series at once; nodes connecting beyond it
+    /// get none (counted in tunnel_server_per_node_metrics_omitted_nodes).
+    #[arg(long, default_value_t = 2000, value_name = "N")]
+    pub per_node_metrics_max_nodes: usize,
     /// Certificate shown to agents and on --proxy-addr.
     #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
@@ -289,6 +293,7 @@ pub struct ServerConfig {
     pub sd_ports: Vec<u16>,
     pub forwards: Vec<ForwardSpec>,
     pub per_node_metrics: bool,
+    pub per_node_metrics_max_nodes: usize,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
     pub agent_ca: PathBuf,
@@ -392,6 +397,7 @@ impl TryFrom<RunArgs> for ServerConfig {
             sd_ports: a.sd_ports,
             forwards: a.forwards,
             per_node_metrics: a.per_node_metrics,
+            per_node_metrics_max_nodes: a.per_node_metrics_max_nodes,
             tls_cert: a.tls_cert.ok_or(ConfigError::Missing("tls-cert"))?,
             tls_key: a.tls_key.ok_or(ConfigError::Missing("tls-key"))?,
             agent_ca: a.agent_ca.ok_or(ConfigError::Missing("agent-ca"))?,

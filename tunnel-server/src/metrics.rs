@@ -1,5 +1,8 @@
 //! The server's Prometheus metrics, names as the spec fixes them.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -46,9 +49,45 @@ pub struct ServerMetrics {
     pub connections_refused: IntCounterVec,
     /// Tunneled streams closed after no byte moved for `--stream-idle-timeout`.
     pub idle_timeouts: IntCounterVec,
+    /// Connected nodes left without per-node series by `--per-node-metrics-max-nodes`.
+    pub per_node_omitted: IntGauge,
     /// Whether the `node` label is used; off for fleets too large for one
     /// series per node (`--per-node-metrics=false`).
     per_node: bool,
+    /// The nodes that have per-node series, at most `--per-node-metrics-max-nodes`.
+    tracked: Arc<Mutex<TrackedNodes>>,
+}
+
+/// Which nodes get `node`-labelled series: the first `max` to need one, a
+/// slot freed when its node disconnects.
+#[derive(Debug, Default)]
+struct TrackedNodes {
+    max: usize,
+    nodes: HashSet<String>,
+    omitted: HashSet<String>,
+}
+
+impl TrackedNodes {
+    /// Whether `node` has (or now gets) series.
+    fn admit(&mut self, node: &str) -> bool {
+        if self.nodes.contains(node) {
+            return true;
+        }
+        if self.nodes.len() < self.max {
+            self.omitted.remove(node);
+            self.nodes.insert(node.to_string());
+            return true;
+        }
+        if !self.omitted.contains(node) {
+            self.omitted.insert(node.to_string());
+        }
+        false
+    }
+
+    fn forget(&mut self, node: &str) {
+        self.nodes.remove(node);
+        self.omitted.remove(node);
+    }
 }
 
 /// Directions of the byte counters, as label values.
@@ -273,21 +312,49 @@ impl ServerMetrics {
                     &["frontend"]
                 )
             ),
+            per_node_omitted: registered!(
+                r,
+                IntGauge::new(
+                    "tunnel_server_per_node_metrics_omitted_nodes",
+                    "Connected nodes without node-labelled series (--per-node-metrics-max-nodes reached)."
+                )
+            ),
             registry: r,
             per_node: true,
+            tracked: Arc::new(Mutex::new(TrackedNodes {
+                max: usize::MAX,
+                ..Default::default()
+            })),
         })
     }
 
-    /// Turns the per-node series on or off (on by default).
-    pub fn with_per_node(mut self, on: bool) -> Self {
+    /// Turns the per-node series on or off (on by default) and bounds how
+    /// many nodes have them at once.
+    pub fn with_per_node(mut self, on: bool, max_nodes: usize) -> Self {
         self.per_node = on;
+        self.lock_tracked().max = max_nodes;
         self
+    }
+
+    fn lock_tracked(&self) -> std::sync::MutexGuard<'_, TrackedNodes> {
+        self.tracked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `node` gets per-node series (on, and within the node bound).
+    fn per_node_for(&self, node: &str) -> bool {
+        if !self.per_node {
+            return false;
+        }
+        let mut t = self.lock_tracked();
+        let admitted = t.admit(node);
+        self.per_node_omitted.set(t.omitted.len() as i64);
+        admitted
     }
 
     /// Records when `node`'s certificate expires (Unix seconds), when
     /// per-node metrics are on; with them off the expiry warning log remains.
     pub fn set_agent_certificate_expiry(&self, node: &str, not_after: i64) {
-        if self.per_node {
+        if self.per_node_for(node) {
             self.agent_certificate_expiry
                 .with_label_values(&[node])
                 .set(not_after);
@@ -297,7 +364,7 @@ impl ServerMetrics {
     /// Records a newly opened stream of `node`; returns its active gauge
     /// (to decrement when the stream ends) when per-node metrics are on.
     pub fn node_stream_opened(&self, node: &str) -> Option<IntGauge> {
-        if !self.per_node {
+        if !self.per_node_for(node) {
             return None;
         }
         self.node_streams_total.with_label_values(&[node]).inc();
@@ -308,7 +375,7 @@ impl ServerMetrics {
 
     /// The (to_edge, from_edge) byte counters of `node`, when per-node metrics are on.
     pub fn node_byte_counters(&self, node: &str) -> Option<(IntCounter, IntCounter)> {
-        self.per_node.then(|| {
+        self.per_node_for(node).then(|| {
             (
                 self.node_bytes.with_label_values(&[node, DIRECTIONS[0]]),
                 self.node_bytes.with_label_values(&[node, DIRECTIONS[1]]),
@@ -326,6 +393,9 @@ impl ServerMetrics {
         let _ = self.node_streams_total.remove_label_values(&[node]);
         let _ = self.node_streams_active.remove_label_values(&[node]);
         let _ = self.agent_certificate_expiry.remove_label_values(&[node]);
+        let mut t = self.lock_tracked();
+        t.forget(node);
+        self.per_node_omitted.set(t.omitted.len() as i64);
     }
 
     /// Prometheus text exposition, with gauges derived from the registry refreshed first.
@@ -378,9 +448,38 @@ mod tests {
 
     #[test]
     fn per_node_series_can_be_turned_off() {
-        let m = ServerMetrics::new().unwrap().with_per_node(false);
+        let m = ServerMetrics::new()
+            .unwrap()
+            .with_per_node(false, usize::MAX);
         assert!(m.node_stream_opened("edge-1").is_none());
         assert!(m.node_byte_counters("edge-1").is_none());
         assert!(!m.render(&AgentRegistry::new()).contains("edge-1"));
+    }
+
+    #[test]
+    fn per_node_series_are_bounded_and_slots_free_on_disconnect() {
+        let m = ServerMetrics::new().unwrap().with_per_node(true, 2);
+        let reg = AgentRegistry::new();
+        assert!(m.node_stream_opened("edge-1").is_some());
+        assert!(m.node_byte_counters("edge-2").is_some());
+        // A third node gets no series, and is counted.
+        assert!(m.node_stream_opened("edge-3").is_none());
+        assert!(m.node_byte_counters("edge-3").is_none());
+        let text = m.render(&reg);
+        assert!(!text.contains("edge-3"), "{text}");
+        assert!(
+            text.contains("tunnel_server_per_node_metrics_omitted_nodes 1"),
+            "{text}"
+        );
+        // Nodes that have series keep them.
+        assert!(m.node_stream_opened("edge-1").is_some());
+        // edge-1 leaves: its slot goes to the next node that needs one.
+        m.forget_node("edge-1");
+        assert!(m.node_stream_opened("edge-3").is_some());
+        let text = m.render(&reg);
+        assert!(
+            text.contains("tunnel_server_per_node_metrics_omitted_nodes 0"),
+            "{text}"
+        );
     }
 }

@@ -65,7 +65,7 @@ impl RunningServer {
 pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
     let metrics = ServerMetrics::new()
         .context("registering metrics")?
-        .with_per_node(cfg.per_node_metrics);
+        .with_per_node(cfg.per_node_metrics, cfg.per_node_metrics_max_nodes);
     let registry = Arc::new(AgentRegistry::new());
     // The key also seeds the QUIC stateless-reset secret (stable across restarts).
     let (_, key) = certs::load_cert_and_key(&cfg.tls_cert, &cfg.tls_key)?;
