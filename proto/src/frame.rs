@@ -84,9 +84,13 @@ pub fn encode(msg: &Message, out: &mut BytesMut) -> Result<(), EncodeError> {
             }
             T_HELLO
         }
-        Message::HelloAck(HelloAck::Accepted { server_version }) => {
+        Message::HelloAck(HelloAck::Accepted {
+            server_version,
+            reconnect_spread_ms,
+        }) => {
             payload.put_u8(0);
             put_str(&mut payload, "server_version", server_version)?;
+            payload.put_u32(*reconnect_spread_ms);
             T_HELLO_ACK
         }
         Message::HelloAck(HelloAck::Rejected { reason, message }) => {
@@ -182,6 +186,8 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, DecodeError> {
         T_HELLO_ACK => match r.u8("status")? {
             0 => Message::HelloAck(HelloAck::Accepted {
                 server_version: r.string("server_version")?,
+                // Added later: absent from older servers' acks.
+                reconnect_spread_ms: r.optional_u32("reconnect_spread_ms")?.unwrap_or(0),
             }),
             1 => {
                 let reason = RejectReason::from_wire(r.u8("reason")?);
@@ -350,6 +356,19 @@ impl<'a> Reader<'a> {
         Ok(u16::from_be_bytes(self.array(field)?))
     }
 
+    fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(self.array(field)?))
+    }
+
+    /// A trailing field that older peers do not send: `None` at the end of
+    /// the frame, else the field (truncated is still an error).
+    fn optional_u32(&mut self, field: &'static str) -> Result<Option<u32>, DecodeError> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        self.u32(field).map(Some)
+    }
+
     fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
         Ok(u64::from_be_bytes(self.array(field)?))
     }
@@ -402,6 +421,7 @@ mod tests {
             }),
             Message::HelloAck(HelloAck::Accepted {
                 server_version: "0.1.0".into(),
+                reconnect_spread_ms: 20_000,
             }),
             Message::HelloAck(HelloAck::Rejected {
                 reason: RejectReason::IpNotInCertificate,
@@ -591,5 +611,32 @@ mod tests {
             capabilities: vec![],
         });
         assert!(encode(&m, &mut BytesMut::new()).is_err());
+    }
+
+    #[test]
+    fn a_hello_ack_without_the_spread_hint_still_decodes() {
+        // What servers before the hint sent: status 0 and the version string.
+        let mut old = BytesMut::new();
+        old.put_u8(T_HELLO_ACK);
+        old.put_u32(7);
+        old.put_u8(0);
+        old.put_u16(4);
+        old.put_slice(b"0.1.");
+        let (msg, used) = decode(&old).unwrap().unwrap();
+        assert_eq!(used, old.len());
+        assert_eq!(
+            msg,
+            Message::HelloAck(HelloAck::Accepted {
+                server_version: "0.1.".into(),
+                reconnect_spread_ms: 0,
+            })
+        );
+        // A hint cut short is an error, not a zero.
+        let mut cut = BytesMut::new();
+        cut.put_u8(T_HELLO_ACK);
+        cut.put_u32(9);
+        cut.put_slice(&old[5..]);
+        cut.put_slice(&[0, 1]);
+        assert!(matches!(decode(&cut), Err(DecodeError::Truncated { .. })));
     }
 }

@@ -47,6 +47,7 @@ fn frames() -> Vec<Vec<u8>> {
         hello,
         Message::HelloAck(HelloAck::Accepted {
             server_version: "0.1.0".into(),
+            reconnect_spread_ms: 20_000,
         }),
         Message::HelloAck(HelloAck::Rejected {
             reason: RejectReason::IpNotInCertificate,

@@ -49,7 +49,14 @@ pub struct Hello {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HelloAck {
     /// Registered; streams may follow.
-    Accepted { server_version: String },
+    Accepted {
+        server_version: String,
+        /// Over how long the agent should spread a reconnect the server
+        /// refused as busy, in milliseconds: the server's estimate of how
+        /// long its whole fleet takes to come back (0: no hint). Optional on
+        /// the wire (servers before it send nothing; agents before it ignore it).
+        reconnect_spread_ms: u32,
+    },
     /// Refused; the server closes the connection after sending this.
     Rejected {
         reason: RejectReason,
