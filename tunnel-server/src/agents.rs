@@ -11,6 +11,7 @@ use transport::framed::{read_message, read_message_timeout, write_message};
 use transport::TunnelConnection;
 
 use crate::handshake::{check_hello, Rejection};
+use crate::handshake_gate::{reconnect_spread, HandshakeGate, HandshakePermit};
 use crate::metrics::ServerMetrics;
 use crate::registry::{AgentEntry, AgentRegistry};
 use crate::services::{serve_agent_streams, ServiceContext, ServicePeer};
@@ -20,6 +21,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Shared state of the agent listener.
 pub struct AgentListener {
+    /// `--max-pending-handshakes`: connections not yet registered.
+    pub gate: HandshakeGate,
     pub registry: Arc<AgentRegistry>,
     pub metrics: ServerMetrics,
     pub server_version: String,
@@ -33,11 +36,27 @@ impl AgentListener {
     /// Accepts agents until the endpoint is closed.
     pub async fn serve_quic(self: Arc<Self>, endpoint: quinn::Endpoint) {
         while let Some(incoming) = endpoint.accept().await {
+            if self.gate.under_pressure() && !incoming.remote_address_validated() {
+                // Address validation first: spoofed sources never come back.
+                if let Err(e) = incoming.retry() {
+                    e.into_incoming().refuse();
+                }
+                continue;
+            }
+            let Some(permit) = self.gate.try_enter() else {
+                // Before any crypto: the agent retries after its spread.
+                self.refused_busy("quic");
+                incoming.refuse();
+                continue;
+            };
             let this = self.clone();
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
                 match tokio::time::timeout(HELLO_TIMEOUT, incoming).await {
-                    Ok(Ok(conn)) => this.serve_connection(TunnelConnection::Quic(conn)).await,
+                    Ok(Ok(conn)) => {
+                        this.serve_connection(TunnelConnection::Quic(conn), permit)
+                            .await
+                    }
                     Ok(Err(e)) => {
                         tracing::info!(%remote, error = %e, "agent QUIC handshake failed")
                     }
@@ -47,8 +66,21 @@ impl AgentListener {
         }
     }
 
-    /// Runs one authenticated connection from hello to disconnect.
-    pub(crate) async fn serve_connection(&self, link: TunnelConnection) {
+    /// Counts a connection refused because the handshake budget is spent.
+    pub(crate) fn refused_busy(&self, transport: &str) {
+        self.metrics
+            .handshakes_refused
+            .with_label_values(&[transport])
+            .inc();
+        tracing::debug!(
+            transport,
+            "agent connection refused: --max-pending-handshakes in progress"
+        );
+    }
+
+    /// Runs one authenticated connection from hello to disconnect; `permit`
+    /// (its handshake slot) is released once it is registered or refused.
+    pub(crate) async fn serve_connection(&self, link: TunnelConnection, permit: HandshakePermit) {
         let remote = link.remote_address();
         let identity = match peer_identity(&link) {
             Ok(id) => id,
@@ -133,10 +165,14 @@ impl AgentListener {
         if let Some(old) = self.registry.register(entry) {
             retire(&self.registry, old, reg.session.as_deref(), link.kind());
         }
+        let spread = reconnect_spread(self.registry.len());
         let ack = Message::HelloAck(HelloAck::Accepted {
             server_version: self.server_version.clone(),
+            reconnect_spread_ms: u32::try_from(spread.as_millis()).unwrap_or(u32::MAX),
         });
-        if let Err(e) = write_message(&mut send, &ack).await {
+        let written = write_message(&mut send, &ack).await;
+        drop(permit);
+        if let Err(e) = written {
             tracing::info!(%node, error = %e, "agent left during handshake");
             self.registry.unregister(&node, conn_id);
             return;

@@ -37,12 +37,20 @@ impl AgentListener {
                     continue;
                 }
             };
+            let Some(permit) = self.gate.try_enter() else {
+                // Before TLS: closing costs nothing, the agent retries after its spread.
+                self.refused_busy("websocket");
+                drop(tcp);
+                continue;
+            };
             let this = self.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(UPGRADE_TIMEOUT, upgrade(tcp, remote, &tls)).await {
-                    Ok(Ok(Accepted::Tunnel(link))) => this.serve_connection(link).await,
+                    Ok(Ok(Accepted::Tunnel(link))) => this.serve_connection(link, permit).await,
                     Ok(Ok(Accepted::Enroll(stream))) => {
+                        // Enrollment has its own rate limit.
+                        drop(permit);
                         crate::enroll::http::serve(*stream, tls.issuer.clone(), tls.rate.clone())
                             .await
                     }

@@ -223,6 +223,10 @@ pub struct HardeningArgs {
     /// Enrollment attempts allowed per source IP per minute (beyond: 429 with Retry-After).
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub enroll_attempts_per_minute: u32,
+    /// Most agent connections between first packet and registration at once;
+    /// beyond, new ones are refused at once (QUIC CONNECTION_REFUSED, TCP closed).
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub max_pending_handshakes: usize,
 }
 
 /// [`HardeningArgs`], validated, with defaults resolved.
@@ -234,6 +238,7 @@ pub struct Hardening {
     pub stream_idle_timeout: Option<Duration>,
     pub http_proxy_idle_timeout: Duration,
     pub enroll_attempts_per_minute: u32,
+    pub max_pending_handshakes: usize,
 }
 
 impl HardeningArgs {
@@ -254,6 +259,7 @@ impl HardeningArgs {
                 self.enroll_attempts_per_minute as usize,
                 "enroll-attempts-per-minute",
             ),
+            (self.max_pending_handshakes, "max-pending-handshakes"),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(flag));
@@ -278,6 +284,7 @@ impl HardeningArgs {
             stream_idle_timeout: Some(self.stream_idle_timeout).filter(|d| !d.is_zero()),
             http_proxy_idle_timeout: self.http_proxy_idle_timeout,
             enroll_attempts_per_minute: self.enroll_attempts_per_minute,
+            max_pending_handshakes: self.max_pending_handshakes,
         })
     }
 }

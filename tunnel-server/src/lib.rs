@@ -18,6 +18,7 @@ pub mod enroll;
 pub mod forward;
 pub mod frontend;
 pub mod handshake;
+pub mod handshake_gate;
 pub mod hosts_file;
 pub mod log_limit;
 pub mod metrics;

@@ -51,6 +51,8 @@ pub struct ServerMetrics {
     pub idle_timeouts: IntCounterVec,
     /// Connected nodes left without per-node series by `--per-node-metrics-max-nodes`.
     pub per_node_omitted: IntGauge,
+    /// Agent connections refused at once because `--max-pending-handshakes` were in progress.
+    pub handshakes_refused: IntCounterVec,
     /// Whether the `node` label is used; off for fleets too large for one
     /// series per node (`--per-node-metrics=false`).
     per_node: bool,
@@ -310,6 +312,16 @@ impl ServerMetrics {
                         "Tunneled streams closed for idleness, by front end."
                     ),
                     &["frontend"]
+                )
+            ),
+            handshakes_refused: registered!(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tunnel_server_handshakes_refused_total",
+                        "Agent connections refused at once because --max-pending-handshakes were in progress, by transport."
+                    ),
+                    &["transport"]
                 )
             ),
             per_node_omitted: registered!(

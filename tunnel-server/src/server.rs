@@ -126,6 +126,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         metrics: metrics.clone(),
     });
     let agents = Arc::new(AgentListener {
+        gate: crate::handshake_gate::HandshakeGate::new(cfg.hardening.max_pending_handshakes),
         registry: registry.clone(),
         metrics: metrics.clone(),
         server_version: env!("CARGO_PKG_VERSION").to_string(),
