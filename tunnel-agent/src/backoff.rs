@@ -40,6 +40,19 @@ impl Backoff {
         step.mul_f64(0.5 + 0.5 * jitter)
     }
 
+    /// The delay after the server refused the attempt as busy: the next
+    /// backoff step plus a point (`spread_jitter` in `[0, 1)`) in the
+    /// server's spread window, so a refused fleet comes back over the time the
+    /// server needs to admit it instead of in waves.
+    pub fn next_busy_delay(
+        &mut self,
+        jitter: f64,
+        spread_jitter: f64,
+        spread: Duration,
+    ) -> Duration {
+        self.next_delay(jitter) + spread.mul_f64(spread_jitter.clamp(0.0, 1.0))
+    }
+
     /// Back to the first step (after a successful registration).
     pub fn reset(&mut self) {
         self.current = self.base;
@@ -58,5 +71,23 @@ mod tests {
         b.reset();
         assert_eq!(b.next_delay(0.0), Duration::from_millis(500));
         assert_eq!(b.next_delay(0.5), Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn busy_refusals_spread_over_the_servers_window() {
+        let spread = Duration::from_secs(20);
+        let mut b = Backoff::default();
+        assert_eq!(
+            b.next_busy_delay(0.0, 0.0, spread),
+            Duration::from_millis(500)
+        );
+        assert_eq!(b.next_busy_delay(1.0, 0.5, spread), Duration::from_secs(12));
+        // The backoff keeps doubling underneath.
+        assert_eq!(b.next_busy_delay(1.0, 1.0, spread), Duration::from_secs(24));
+        b.reset();
+        assert_eq!(
+            b.next_busy_delay(0.0, 2.0, spread),
+            Duration::from_millis(20_500)
+        );
     }
 }

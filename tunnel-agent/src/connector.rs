@@ -54,6 +54,11 @@ pub struct Connector {
     pub link: LinkPublisher,
 }
 
+/// Spread of a busy refusal before any server gave a hint (a first start).
+const DEFAULT_RECONNECT_SPREAD: Duration = Duration::from_secs(5);
+/// Largest spread a server's hint may ask for.
+const MAX_RECONNECT_SPREAD: Duration = Duration::from_secs(60);
+
 /// Why one attempt did not produce a registered connection.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -84,6 +89,10 @@ pub enum ConnectError {
     },
     #[error("server answered the hello with an unexpected message: {0}")]
     Unexpected(String),
+    #[error(
+        "server {addr} is busy admitting other agents (connection refused before the handshake)"
+    )]
+    Busy { addr: String },
 }
 
 /// A registered connection.
@@ -91,6 +100,8 @@ struct Session {
     endpoint: Option<quinn::Endpoint>,
     link: TunnelConnection,
     control: (TunnelSend, TunnelRecv),
+    /// The server's hint: how long to spread a reconnect it refuses as busy.
+    reconnect_spread: Duration,
 }
 
 /// How serving a session ended.
@@ -108,6 +119,8 @@ impl Connector {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::default();
         let mut attempt = 0u64;
+        // Until a server says otherwise (it does in every HelloAck).
+        let mut spread = DEFAULT_RECONNECT_SPREAD;
         loop {
             if attempt > 0 {
                 self.metrics.reconnects.inc();
@@ -120,16 +133,30 @@ impl Connector {
             match result {
                 Ok(mut session) => {
                     backoff.reset();
+                    spread = session.reconnect_spread;
                     loop {
                         match self.serve(session, &mut shutdown).await {
                             ServeEnd::Stopping => return,
                             ServeEnd::Lost => break,
-                            ServeEnd::Upgraded(next) => session = *next,
+                            ServeEnd::Upgraded(next) => {
+                                spread = next.reconnect_spread;
+                                session = *next;
+                            }
                         }
                     }
                 }
                 Err(e @ ConnectError::Rejected { .. }) => {
                     tracing::error!(node = %self.node_name, error = %e, "registration refused; will retry");
+                }
+                Err(e @ ConnectError::Busy { .. }) => {
+                    let delay = backoff.next_busy_delay(rand::random(), rand::random(), spread);
+                    tracing::info!(node = %self.node_name, error = %e, delay_ms = delay.as_millis() as u64,
+                        spread_ms = spread.as_millis() as u64, "server busy; retrying later");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    continue;
                 }
                 Err(e) => {
                     tracing::warn!(node = %self.node_name, error = %e, "cannot reach the server");
@@ -151,7 +178,8 @@ impl Connector {
             TransportChoice::Websocket => self.connect(TransportKind::Websocket).await,
             TransportChoice::Auto => match self.connect(TransportKind::Quic).await {
                 Ok(s) => Ok(s),
-                Err(e @ ConnectError::Rejected { .. }) => Err(e),
+                // The server answered: UDP works, so WebSocket would only add load.
+                Err(e @ (ConnectError::Rejected { .. } | ConnectError::Busy { .. })) => Err(e),
                 Err(e) => {
                     tracing::warn!(node = %self.node_name, error = %e, "QUIC failed; trying WebSocket");
                     self.connect(TransportKind::Websocket).await
@@ -168,11 +196,12 @@ impl Connector {
             }
             TransportKind::Websocket => (self.dial_ws().await?, None),
         };
-        let control = self.hello(&link).await?;
+        let (control, reconnect_spread) = self.hello(&link).await?;
         Ok(Session {
             endpoint,
             link,
             control,
+            reconnect_spread,
         })
     }
 
@@ -187,13 +216,23 @@ impl Connector {
                     addr: addr.to_string(),
                     reason: e.to_string(),
                 })?;
-        let conn = step(
-            "QUIC handshake",
-            &addr.to_string(),
-            self.connect_timeout,
-            connecting,
-        )
-        .await?;
+        let busy = |e: &quinn::ConnectionError| {
+            matches!(e, quinn::ConnectionError::ConnectionClosed(c)
+                if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED)
+        };
+        let conn = match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Ok(Err(e)) if busy(&e) => {
+                return Err(ConnectError::Busy {
+                    addr: addr.to_string(),
+                })
+            }
+            other => step_result(
+                "QUIC handshake",
+                &addr.to_string(),
+                self.connect_timeout,
+                other,
+            )?,
+        };
         Ok((TunnelConnection::Quic(conn), endpoint))
     }
 
@@ -247,10 +286,11 @@ impl Connector {
     }
 
     /// Opens the control stream and registers.
+    /// Returns the control stream and the server's reconnect spread hint.
     async fn hello(
         &self,
         link: &TunnelConnection,
-    ) -> Result<(TunnelSend, TunnelRecv), ConnectError> {
+    ) -> Result<((TunnelSend, TunnelRecv), Duration), ConnectError> {
         let (mut send, mut recv) = link
             .open_stream()
             .await
@@ -264,10 +304,17 @@ impl Connector {
         });
         write_message(&mut send, &hello).await?;
         match read_message_timeout(&mut recv, self.connect_timeout * 3).await? {
-            Message::HelloAck(HelloAck::Accepted { server_version }) => {
+            Message::HelloAck(HelloAck::Accepted {
+                server_version,
+                reconnect_spread_ms,
+            }) => {
                 tracing::info!(node = %self.node_name, server = %link.remote_address(), %server_version,
                     transport = link.kind().as_str(), "registered with the server");
-                Ok((send, recv))
+                let spread = match reconnect_spread_ms {
+                    0 => DEFAULT_RECONNECT_SPREAD,
+                    ms => Duration::from_millis(u64::from(ms)).min(MAX_RECONNECT_SPREAD),
+                };
+                Ok(((send, recv), spread))
             }
             Message::HelloAck(HelloAck::Rejected { reason, message }) => {
                 Err(ConnectError::Rejected { reason, message })
@@ -293,6 +340,7 @@ impl Connector {
             endpoint,
             link,
             control: (control_send, mut control_recv),
+            reconnect_spread: _,
         } = session;
         let transport = link.kind();
         self.set_connected(transport, true);
@@ -365,7 +413,17 @@ async fn step<T, E: std::fmt::Display>(
     limit: Duration,
     fut: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, ConnectError> {
-    match tokio::time::timeout(limit, fut).await {
+    step_result(what, addr, limit, tokio::time::timeout(limit, fut).await)
+}
+
+/// [`step`]'s verdict on a finished (or timed out) step.
+fn step_result<T, E: std::fmt::Display>(
+    what: &'static str,
+    addr: &str,
+    limit: Duration,
+    result: Result<Result<T, E>, tokio::time::error::Elapsed>,
+) -> Result<T, ConnectError> {
+    match result {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(ConnectError::Connect {
             addr: addr.to_string(),
