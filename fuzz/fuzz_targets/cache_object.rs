@@ -4,9 +4,7 @@
 //! identity; a stored value reads back as written.
 #![no_main]
 
-use autonomy_cache::fuzzing::{
-    decode_stored_value, encode_stored_value, parse_list, parse_object,
-};
+use autonomy_cache::fuzzing::{decode_stored_value, encode_stored_value, parse_list, parse_object};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -8,7 +8,9 @@
 use autonomy_cache::{FieldSelector, LabelSelector, RequestInfo};
 use libfuzzer_sys::fuzz_target;
 
-const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT"];
+const METHODS: &[&str] = &[
+    "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT",
+];
 
 fuzz_target!(|data: &[u8]| {
     let Some((&m, rest)) = data.split_first() else {
@@ -24,7 +26,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert!(info.path.starts_with('/'), "{info:?}");
-    assert!(!info.path.split('/').any(|s| s == ".." || s == "."), "{info:?}");
+    assert!(
+        !info.path.split('/').any(|s| s == ".." || s == "."),
+        "{info:?}"
+    );
     assert!(!info.path.chars().any(char::is_control), "{info:?}");
     let _ = info.cacheable();
     if let Some(sel) = &info.label_selector {

@@ -33,7 +33,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(!object.name.is_empty());
             let reparsed: serde_json::Value =
                 serde_json::from_slice(&object.json).expect("stored event object is JSON");
-            assert_eq!(reparsed["metadata"]["name"].as_str(), Some(object.name.as_str()));
+            assert_eq!(
+                reparsed["metadata"]["name"].as_str(),
+                Some(object.name.as_str())
+            );
         }
     }
 });
