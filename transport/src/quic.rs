@@ -122,16 +122,26 @@ pub fn server_endpoint(
     .map_err(|source| QuicSetupError::Bind { addr, source })
 }
 
+/// The quinn client configuration an agent dials with: its TLS identity
+/// plus the transport knobs of `tuning`.
+pub fn client_config(
+    tls: rustls::ClientConfig,
+    tuning: &QuicTuning,
+) -> Result<quinn::ClientConfig, QuicSetupError> {
+    let crypto =
+        QuicClientConfig::try_from(tls).map_err(|e| QuicSetupError::Crypto(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(Arc::new(tuning.transport_config()?));
+    Ok(cfg)
+}
+
 /// A client endpoint for dialing `server` (binds an ephemeral UDP port of the same family).
 pub fn client_endpoint(
     server: SocketAddr,
     tls: rustls::ClientConfig,
     tuning: &QuicTuning,
 ) -> Result<quinn::Endpoint, QuicSetupError> {
-    let crypto =
-        QuicClientConfig::try_from(tls).map_err(|e| QuicSetupError::Crypto(e.to_string()))?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-    cfg.transport_config(Arc::new(tuning.transport_config()?));
+    let cfg = client_config(tls, tuning)?;
     let bind: SocketAddr = if server.is_ipv6() {
         SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
     } else {
