@@ -9,6 +9,7 @@ pub mod bench;
 pub mod client;
 pub mod cluster;
 pub mod daemon;
+pub mod fleet;
 pub mod grpc;
 pub mod http;
 pub mod hub;

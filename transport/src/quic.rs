@@ -85,6 +85,10 @@ impl QuicTuning {
 
 /// A server endpoint accepting agents on `addr` (UDP).
 ///
+/// Least time between two stateless resets the server sends: up to 10,000
+/// agents a second learn that a restarted server lost their connection.
+pub const RESET_INTERVAL: std::time::Duration = std::time::Duration::from_micros(100);
+
 /// `reset_secret` (the server's private key bytes) seeds the stateless-reset
 /// key, so a *restarted* server can tell agents that their old connection is
 /// gone; they reconnect at their next keep-alive instead of waiting for the
@@ -112,6 +116,12 @@ pub fn server_endpoint(
     endpoint_cfg.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
+    // quinn sends at most one stateless reset per 20 ms by default: 50 agents
+    // a second learn of a restart, the rest wait for their idle timeout and
+    // then come back together (fleet-bench: median 16 s at 5,000 agents).
+    // Connection IDs are validated by the keyed hash above, so garbage does
+    // not trigger resets; allow one per RESET_INTERVAL.
+    endpoint_cfg.min_reset_interval(RESET_INTERVAL);
     let socket = udp_socket(addr).map_err(|source| QuicSetupError::Bind { addr, source })?;
     quinn::Endpoint::new(
         endpoint_cfg,
@@ -122,16 +132,26 @@ pub fn server_endpoint(
     .map_err(|source| QuicSetupError::Bind { addr, source })
 }
 
+/// The quinn client configuration an agent dials with: its TLS identity
+/// plus the transport knobs of `tuning`.
+pub fn client_config(
+    tls: rustls::ClientConfig,
+    tuning: &QuicTuning,
+) -> Result<quinn::ClientConfig, QuicSetupError> {
+    let crypto =
+        QuicClientConfig::try_from(tls).map_err(|e| QuicSetupError::Crypto(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(Arc::new(tuning.transport_config()?));
+    Ok(cfg)
+}
+
 /// A client endpoint for dialing `server` (binds an ephemeral UDP port of the same family).
 pub fn client_endpoint(
     server: SocketAddr,
     tls: rustls::ClientConfig,
     tuning: &QuicTuning,
 ) -> Result<quinn::Endpoint, QuicSetupError> {
-    let crypto =
-        QuicClientConfig::try_from(tls).map_err(|e| QuicSetupError::Crypto(e.to_string()))?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-    cfg.transport_config(Arc::new(tuning.transport_config()?));
+    let cfg = client_config(tls, tuning)?;
     let bind: SocketAddr = if server.is_ipv6() {
         SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
     } else {

@@ -6,6 +6,19 @@
 
 use std::time::Duration;
 
+/// Spread of a busy refusal before any server gave a hint (a first start).
+pub const DEFAULT_RECONNECT_SPREAD: Duration = Duration::from_secs(5);
+/// Largest spread a server's hint may ask for.
+pub const MAX_RECONNECT_SPREAD: Duration = Duration::from_secs(60);
+
+/// The spread window from a `HelloAck`'s `reconnect_spread_ms` (0: no hint).
+pub fn spread_from_hint(ms: u32) -> Duration {
+    match ms {
+        0 => DEFAULT_RECONNECT_SPREAD,
+        ms => Duration::from_millis(u64::from(ms)).min(MAX_RECONNECT_SPREAD),
+    }
+}
+
 /// The delay schedule of one agent.
 #[derive(Debug, Clone)]
 pub struct Backoff {

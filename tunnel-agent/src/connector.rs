@@ -22,7 +22,7 @@ use transport::mux::{MuxRole, PeerInfo};
 use transport::quic::QuicTuning;
 use transport::{TransportKind, TunnelConnection, TunnelRecv, TunnelSend};
 
-use crate::backoff::Backoff;
+use crate::backoff::{spread_from_hint, Backoff, DEFAULT_RECONNECT_SPREAD};
 use crate::config::TransportChoice;
 use crate::edge::EdgeDialer;
 use crate::link::LinkPublisher;
@@ -53,11 +53,6 @@ pub struct Connector {
     /// Where the current connection is published for edge→cloud service streams.
     pub link: LinkPublisher,
 }
-
-/// Spread of a busy refusal before any server gave a hint (a first start).
-const DEFAULT_RECONNECT_SPREAD: Duration = Duration::from_secs(5);
-/// Largest spread a server's hint may ask for.
-const MAX_RECONNECT_SPREAD: Duration = Duration::from_secs(60);
 
 /// Why one attempt did not produce a registered connection.
 #[derive(Debug, thiserror::Error)]
@@ -310,11 +305,7 @@ impl Connector {
             }) => {
                 tracing::info!(node = %self.node_name, server = %link.remote_address(), %server_version,
                     transport = link.kind().as_str(), "registered with the server");
-                let spread = match reconnect_spread_ms {
-                    0 => DEFAULT_RECONNECT_SPREAD,
-                    ms => Duration::from_millis(u64::from(ms)).min(MAX_RECONNECT_SPREAD),
-                };
-                Ok(((send, recv), spread))
+                Ok(((send, recv), spread_from_hint(reconnect_spread_ms)))
             }
             Message::HelloAck(HelloAck::Rejected { reason, message }) => {
                 Err(ConnectError::Rejected { reason, message })

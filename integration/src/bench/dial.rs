@@ -154,9 +154,9 @@ impl Dialer {
 /// swallow tunneled bytes), this reads in one buffer: the bench services
 /// never speak first, so nothing can follow the head yet, and a byte-wise
 /// read would add dozens of syscalls to every latency sample.
-async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
-    target: SocketAddr,
+    target: impl std::fmt::Display,
 ) -> anyhow::Result<S> {
     s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
         .await?;
