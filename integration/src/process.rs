@@ -30,12 +30,21 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A loopback port free on both TCP and UDP right now.
 pub fn free_port() -> u16 {
-    for _ in 0..100 {
+    // The kernel may hand out a port again as soon as our probe socket is
+    // closed, before the process we pass it to binds it: never give the same
+    // port twice in one test process (two listeners of one server collided).
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..1000 {
         let Ok(t) = TcpListener::bind("127.0.0.1:0") else {
             continue;
         };
         let Ok(addr) = t.local_addr() else { continue };
-        if UdpSocket::bind(addr).is_ok() {
+        if UdpSocket::bind(addr).is_err() {
+            continue;
+        }
+        let mut given = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
             return addr.port();
         }
     }
