@@ -19,6 +19,23 @@ impl Pki {
         })
     }
 
+    /// Issues an agent certificate for `node` and returns the client TLS
+    /// configuration an agent would dial the server with, offering `alpn`.
+    pub fn agent_client_tls(
+        &self,
+        node: &str,
+        ips: &[IpAddr],
+        alpn: &[u8],
+    ) -> anyhow::Result<rustls::ClientConfig> {
+        let (cert, key) = self.agent(node, ips)?;
+        Ok(certs::agent_client_config(
+            certs::load_root_store(&self.path("ca.crt"))?,
+            certs::load_cert_chain(&cert)?,
+            certs::load_private_key(&key)?,
+            vec![alpn.to_vec()],
+        )?)
+    }
+
     /// Issues an agent certificate; returns (cert, key) paths.
     pub fn agent(&self, node: &str, ips: &[IpAddr]) -> anyhow::Result<(PathBuf, PathBuf)> {
         let id = certs::NodeIdentity::new(node, ips.to_vec())?;

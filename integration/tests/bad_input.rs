@@ -181,17 +181,14 @@ async fn garbage_and_idle_connections_on_the_agent_port() {
 
     // 5000 QUIC connections with a valid agent certificate that complete
     // the handshake and then never say hello.
-    let (cert, key) = s
+    let tls = s
         .pki
-        .agent("idle-node", &["127.0.0.1".parse().unwrap()])
+        .agent_client_tls(
+            "idle-node",
+            &["127.0.0.1".parse().unwrap()],
+            proto::ALPN_QUIC,
+        )
         .unwrap();
-    let tls = certs::agent_client_config(
-        certs::load_root_store(&s.pki.path("ca.crt")).unwrap(),
-        certs::load_cert_chain(&cert).unwrap(),
-        certs::load_private_key(&key).unwrap(),
-        vec![proto::ALPN_QUIC.to_vec()],
-    )
-    .unwrap();
     let tuning = transport::quic::QuicTuning::default();
     let mut endpoints = Vec::new();
     let mut conns = Vec::with_capacity(IDLE);

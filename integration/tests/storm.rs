@@ -9,20 +9,6 @@ use std::time::{Duration, Instant};
 use integration::pki::Pki;
 use integration::process::{metric_value, AgentOptions, AgentProc, ServerOptions, ServerProc};
 
-/// Agent certificate TLS config for raw QUIC connections that never say hello.
-fn idle_agent_tls(pki: &Pki) -> rustls::ClientConfig {
-    let (cert, key) = pki
-        .agent("idle-node", &["127.0.0.1".parse().unwrap()])
-        .unwrap();
-    certs::agent_client_config(
-        certs::load_root_store(&pki.path("ca.crt")).unwrap(),
-        certs::load_cert_chain(&cert).unwrap(),
-        certs::load_private_key(&key).unwrap(),
-        vec![proto::ALPN_QUIC.to_vec()],
-    )
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_handshake_budget_refuses_at_once_and_the_agent_comes_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -37,7 +23,14 @@ async fn a_full_handshake_budget_refuses_at_once_and_the_agent_comes_back() {
     )
     .unwrap();
     let addr = server.agent_addr;
-    let tls = idle_agent_tls(&pki);
+    // Raw QUIC connections with an agent certificate that never say hello.
+    let tls = pki
+        .agent_client_tls(
+            "idle-node",
+            &["127.0.0.1".parse().unwrap()],
+            proto::ALPN_QUIC,
+        )
+        .unwrap();
     let tuning = transport::quic::QuicTuning::default();
     let ep = transport::quic::client_endpoint(addr, tls, &tuning).unwrap();
 

@@ -190,19 +190,11 @@ async fn agent_reaches_the_server_through_an_http_connect_proxy() {
 
 /// TLS client config for the WebSocket listener, with or without the agent's certificate.
 fn ws_tls(pki: &Pki, with_cert: bool) -> tokio_rustls::TlsConnector {
-    let roots = certs::load_root_store(&pki.path("ca.crt")).unwrap();
     let cfg = if with_cert {
-        let (cert, key) = pki
-            .agent("edge-x", &["127.0.0.1".parse().unwrap()])
-            .unwrap();
-        certs::agent_client_config(
-            roots,
-            certs::load_cert_chain(&cert).unwrap(),
-            certs::load_private_key(&key).unwrap(),
-            vec![b"http/1.1".to_vec()],
-        )
-        .unwrap()
+        pki.agent_client_tls("edge-x", &["127.0.0.1".parse().unwrap()], b"http/1.1")
+            .unwrap()
     } else {
+        let roots = certs::load_root_store(&pki.path("ca.crt")).unwrap();
         rustls::ClientConfig::builder_with_provider(certs::provider())
             .with_safe_default_protocol_versions()
             .unwrap()
