@@ -85,6 +85,13 @@ impl QuicTuning {
 
 /// A server endpoint accepting agents on `addr` (UDP).
 ///
+/// Whether a connection attempt was refused before its handshake (the
+/// server's `--max-pending-handshakes` were in progress): busy, not broken.
+pub fn refused_as_busy(e: &quinn::ConnectionError) -> bool {
+    matches!(e, quinn::ConnectionError::ConnectionClosed(c)
+        if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED)
+}
+
 /// Least time between two stateless resets the server sends: up to 10,000
 /// agents a second learn that a restarted server lost their connection.
 pub const RESET_INTERVAL: std::time::Duration = std::time::Duration::from_micros(100);

@@ -211,12 +211,8 @@ impl Connector {
                     addr: addr.to_string(),
                     reason: e.to_string(),
                 })?;
-        let busy = |e: &quinn::ConnectionError| {
-            matches!(e, quinn::ConnectionError::ConnectionClosed(c)
-                if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED)
-        };
         let conn = match tokio::time::timeout(self.connect_timeout, connecting).await {
-            Ok(Err(e)) if busy(&e) => {
+            Ok(Err(e)) if transport::quic::refused_as_busy(&e) => {
                 return Err(ConnectError::Busy {
                     addr: addr.to_string(),
                 })

@@ -444,11 +444,7 @@ impl SimAgent {
             .await
             .with_context(|| format!("no QUIC handshake within {limit:?}"))?
         {
-            Err(quinn::ConnectionError::ConnectionClosed(c))
-                if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
-            {
-                return Err(Busy.into())
-            }
+            Err(e) if transport::quic::refused_as_busy(&e) => return Err(Busy.into()),
             other => other?,
         };
         let link = TunnelConnection::Quic(conn.clone());
