@@ -58,7 +58,11 @@ fn agents(registry: &AgentRegistry, query: Option<&str>) -> AdminResponse {
         Ok(q) => q,
         Err(e) => return AdminResponse::text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
-    let all = registry.snapshot();
+    // One node is looked up, not listed out of the whole fleet.
+    let all = match &q.node {
+        Some(node) => registry.info(node).into_iter().collect(),
+        None => registry.snapshot(),
+    };
     let body = match agents_query::select(&all, &q) {
         (rows, None) => serde_json::to_vec_pretty(rows),
         (items, Some(continue_token)) => serde_json::to_vec_pretty(&agents_query::AgentsPage {
@@ -118,16 +122,7 @@ mod tests {
     use super::*;
 
     fn agent(node: &str, ips: &[&str]) -> AgentInfo {
-        AgentInfo {
-            node: node.into(),
-            ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
-            transport: "quic",
-            connected_since: String::new(),
-            streams: 0,
-            agent_version: String::new(),
-            remote_addr: String::new(),
-            ip_conflicts: Vec::new(),
-        }
+        AgentInfo::for_tests(node, ips)
     }
 
     #[test]

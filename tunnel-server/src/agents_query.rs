@@ -95,16 +95,7 @@ mod tests {
 
     fn fleet(n: usize) -> Vec<AgentInfo> {
         (0..n)
-            .map(|i| AgentInfo {
-                node: format!("edge-{i:03}"),
-                ips: Vec::new(),
-                transport: "quic",
-                connected_since: String::new(),
-                streams: 0,
-                agent_version: String::new(),
-                remote_addr: String::new(),
-                ip_conflicts: Vec::new(),
-            })
+            .map(|i| AgentInfo::for_tests(&format!("edge-{i:03}"), &[]))
             .collect()
     }
 

@@ -101,6 +101,23 @@ pub struct AgentInfo {
     pub ip_conflicts: Vec<IpConflict>,
 }
 
+#[cfg(test)]
+impl AgentInfo {
+    /// A QUIC row with only a node name and IPs, for tests of what reads rows.
+    pub(crate) fn for_tests(node: &str, ips: &[&str]) -> Self {
+        AgentInfo {
+            node: node.into(),
+            ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
+            transport: "quic",
+            connected_since: String::new(),
+            streams: 0,
+            agent_version: String::new(),
+            remote_addr: String::new(),
+            ip_conflicts: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     by_node: HashMap<String, Arc<AgentEntry>>,
@@ -126,6 +143,20 @@ impl Inner {
                     self.by_ip.remove(ip);
                 }
             }
+        }
+    }
+
+    /// `e`'s row in `/agents`.
+    fn row(&self, e: &AgentEntry) -> AgentInfo {
+        AgentInfo {
+            node: e.node.clone(),
+            ips: e.ips.clone(),
+            transport: e.transport().as_str(),
+            connected_since: rfc3339(e.connected_since),
+            streams: e.streams.load(Ordering::Relaxed),
+            agent_version: e.agent_version.clone(),
+            remote_addr: e.link.remote_address().to_string(),
+            ip_conflicts: self.conflicts_of(&e.ips),
         }
     }
 
@@ -313,22 +344,15 @@ impl AgentRegistry {
     /// Rows for `/agents`, sorted by node name.
     pub fn snapshot(&self) -> Vec<AgentInfo> {
         let inner = self.read();
-        let mut rows: Vec<AgentInfo> = inner
-            .by_node
-            .values()
-            .map(|e| AgentInfo {
-                node: e.node.clone(),
-                ips: e.ips.clone(),
-                transport: e.transport().as_str(),
-                connected_since: rfc3339(e.connected_since),
-                streams: e.streams.load(Ordering::Relaxed),
-                agent_version: e.agent_version.clone(),
-                remote_addr: e.link.remote_address().to_string(),
-                ip_conflicts: inner.conflicts_of(&e.ips),
-            })
-            .collect();
+        let mut rows: Vec<AgentInfo> = inner.by_node.values().map(|e| inner.row(e)).collect();
         rows.sort_by(|a, b| a.node.cmp(&b.node));
         rows
+    }
+
+    /// The `/agents` row of one node, if it is connected.
+    pub fn info(&self, node: &str) -> Option<AgentInfo> {
+        let inner = self.read();
+        inner.by_node.get(node).map(|e| inner.row(e))
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
