@@ -52,6 +52,10 @@ async fn the_offline_reason_is_reported_each_time_it_changes() {
         agent_args: vec![
             "--hub-apiserver-server-name=not-in-the-certificate.example".into(),
             "--hub-probe-interval=200ms".into(),
+            // The server is killed without a restart: the agent notices at
+            // its idle timeout (45 s by default), shortened here.
+            "--keepalive=1s".into(),
+            "--idle-timeout=4s".into(),
         ],
         ..Default::default()
     })

@@ -55,24 +55,36 @@ async fn the_hub_reaches_the_apiserver_through_the_tunnel_and_survives_its_loss(
         .iter()
         .any(|r| r.client_cn.as_deref() == Some("system:node:edge-1")));
 
-    // The link behind the server goes silent: offline within 3 s, cache answers.
+    // Online and quiet over the tunnel, the hub rides the tunnel's liveness
+    // and sends no probes (it used to send one every --hub-probe-interval).
+    env.api.clear_requests();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let probes = probe_count(&env);
+    assert_eq!(
+        probes, 0,
+        "an online, quiet hub probed {probes} times in 3 s"
+    );
+
+    // The link behind the server goes silent. The next request that waits
+    // --hub-probe-interval (500 ms) for its answer starts a probe; the
+    // probe's timeout (1.5 s) takes the hub offline and the waiting request
+    // is answered from the cache, without waiting for a client timeout.
     env.relay.cut();
-    let took = env.wait_reachable(false, LIMIT).await.unwrap();
-    assert!(took < Duration::from_secs(3), "offline after {took:?}");
-    let r = hub
-        .get("/api/v1/namespaces/default/pods/pod-2")
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200);
+    let (status, took) = timed_get(&hub, "/api/v1/namespaces/default/pods/pod-2").await;
+    assert_eq!(status, 200);
+    assert!(took < Duration::from_secs(3), "answered after {took:?}");
+    assert_eq!(env.reachable(), Some(false));
     env.relay.restore();
     env.wait_reachable(true, LIMIT).await.unwrap();
 
-    // The server goes away: the agent has no connection, the hub notices at
-    // its next probe and answers from the cache; back online when the
-    // server returns.
+    // The server goes away. Until the agent's QUIC idle timeout the tunnel
+    // still looks up, so the same waiting-request probe answers from the
+    // cache; back online when the server returns.
     env.cluster.server.proc.kill();
-    let took = env.wait_reachable(false, LIMIT).await.unwrap();
-    assert!(took < Duration::from_secs(3), "offline after {took:?}");
+    let (status, took) = timed_get(&hub, "/api/v1/namespaces/default/pods").await;
+    assert_eq!(status, 200);
+    assert!(took < Duration::from_secs(3), "answered after {took:?}");
+    assert_eq!(env.reachable(), Some(false));
     let r = hub.get("/api/v1/namespaces/default/pods").await.unwrap();
     assert_eq!(r.status, 200);
     let list: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
@@ -84,4 +96,20 @@ async fn the_hub_reaches_the_apiserver_through_the_tunnel_and_survives_its_loss(
         .await
         .unwrap();
     assert_eq!(r.status, 200);
+}
+
+/// Probes the fake apiserver saw since its requests were last cleared.
+fn probe_count(env: &integration::hub::HubEnv) -> usize {
+    let probes = env.api.requests();
+    probes
+        .iter()
+        .filter(|r| r.path_and_query == "/readyz")
+        .count()
+}
+
+/// A GET through the hub: its status and how long it took.
+async fn timed_get(hub: &integration::k8s::ApiClient, path: &str) -> (u16, Duration) {
+    let started = std::time::Instant::now();
+    let r = hub.get(path).await.unwrap();
+    (r.status, started.elapsed())
 }

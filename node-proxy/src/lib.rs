@@ -13,6 +13,7 @@ mod client_cert;
 mod forward;
 mod health;
 pub mod metrics;
+mod probe_schedule;
 mod prober;
 mod record;
 mod respond;

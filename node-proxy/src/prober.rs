@@ -1,20 +1,25 @@
 //! The I/O around [`Health`]: the probe loop, traffic-failure reports, the
 //! switch log line and the `tunnel_agent_cloud_reachable` gauge.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Empty};
 use hyper::Request;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::health::{Health, HealthPolicy, OfflineReason, Reachability, ReasonLog, Switch};
 use crate::metrics::HubMetrics;
+use crate::probe_schedule::{ProbeDue, ProbeInputs, ProbeSchedule, WaiterId, Waiters};
 use crate::settings::ProbeSettings;
-use crate::upstream::{Credentials, UpstreamClient};
+use crate::upstream::{Credentials, LinkLiveness, UpstreamClient};
 
 /// Path probed: answered by every apiserver, to anonymous users too.
 pub const PROBE_PATH: &str = "/readyz";
+
+/// Why the hub is offline while the tunnel is down.
+const NO_TUNNEL: &str = "the agent has no connection to the tunnel server";
 
 /// The same offline reason is logged at most this often (a changed one at once).
 const REASON_LOG_EVERY: Duration = Duration::from_secs(60);
@@ -25,6 +30,13 @@ struct OfflineState {
     log: ReasonLog,
 }
 
+/// What the probe schedule needs to know about upstream traffic.
+#[derive(Default)]
+struct Traffic {
+    waiters: Waiters,
+    last_answer: Option<Instant>,
+}
+
 /// Shared reachability: read by request handlers, changed by probes and traffic failures.
 #[derive(Clone)]
 pub struct HubHealth {
@@ -33,6 +45,26 @@ pub struct HubHealth {
     state: watch::Sender<Reachability>,
     metrics: HubMetrics,
     client: Arc<UpstreamClient>,
+    traffic: Arc<Mutex<Traffic>>,
+    /// Wakes the prober: a request started waiting, or the state changed.
+    wake: Arc<Notify>,
+    /// The tunnel under the upstream is down: probes still in flight then
+    /// fail for that reason, whatever error they saw.
+    link_down: Arc<AtomicBool>,
+}
+
+/// A proxied request waiting for its answer; dropping it ends the wait.
+pub struct Waiting {
+    health: HubHealth,
+    id: WaiterId,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.health.traffic.lock() {
+            t.waiters.end(self.id);
+        }
+    }
 }
 
 impl HubHealth {
@@ -48,6 +80,26 @@ impl HubHealth {
             state,
             metrics,
             client,
+            traffic: Arc::default(),
+            wake: Arc::default(),
+            link_down: Arc::default(),
+        }
+    }
+
+    /// A proxied request starts waiting for upstream's answer (until the guard drops).
+    pub fn waiting(&self) -> Option<Waiting> {
+        let id = self.traffic.lock().ok()?.waiters.begin(Instant::now());
+        self.wake.notify_one();
+        Some(Waiting {
+            health: self.clone(),
+            id,
+        })
+    }
+
+    /// Upstream answered a proxied request: as good as a successful probe while online.
+    pub fn answered(&self) {
+        if let Ok(mut t) = self.traffic.lock() {
+            t.last_answer = Some(Instant::now());
         }
     }
 
@@ -83,6 +135,7 @@ impl HubHealth {
         };
         self.note_reason(failure, state, switch.is_some());
         let Some(switch) = switch else { return };
+        self.wake.notify_one();
         match switch.to {
             Reachability::Offline => {
                 let cause = self
@@ -105,31 +158,88 @@ impl HubHealth {
         self.state.send_replace(switch.to);
     }
 
-    /// Probes forever: a probe starts every `interval` (they may overlap, so a
-    /// hung probe does not delay the next), each bounded by `timeout`.
-    pub async fn run_prober(self, probe: ProbeSettings) {
-        let mut tick = tokio::time::interval(probe.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    /// Probes forever, when [`ProbeSchedule`] says a probe is due (probes may
+    /// overlap, so a hung probe does not delay the next), each bounded by
+    /// `timeout`. With `link` (the tunnel), a link that goes down makes the
+    /// hub offline at once.
+    pub async fn run_prober(self, probe: ProbeSettings, mut link: Option<Box<dyn LinkLiveness>>) {
+        let schedule = ProbeSchedule {
+            interval: probe.interval,
+            idle_interval: probe.idle_interval,
+        };
+        let mut last_probe = None;
+        let mut was_up = true;
         loop {
-            tick.tick().await;
-            let me = self.clone();
-            let timeout = probe.timeout;
-            tokio::spawn(async move {
-                let outcome = tokio::time::timeout(timeout, me.probe_once()).await;
-                match outcome {
-                    Ok(Ok(())) => me.apply(None, |h| h.probe_succeeded(Instant::now())),
-                    Ok(Err((reason, detail))) => {
-                        me.apply(Some((reason, &detail)), |h| h.probe_failed(&detail))
-                    }
-                    Err(_) => {
-                        let detail = format!("no answer within {timeout:?}");
-                        me.apply(Some((OfflineReason::Timeout, &detail)), |h| {
-                            h.probe_failed(&detail)
-                        })
-                    }
-                }
+            let link_up = link.as_ref().map(|l| l.is_up());
+            self.link_down
+                .store(link_up == Some(false), Ordering::Relaxed);
+            if link_up == Some(false) && was_up {
+                self.apply(Some((OfflineReason::TunnelNotConnected, NO_TUNNEL)), |h| {
+                    h.traffic_failed(NO_TUNNEL)
+                });
+            }
+            was_up = link_up != Some(false);
+            let now = Instant::now();
+            let (last_answer, oldest_waiting) = match self.traffic.lock() {
+                Ok(t) => (t.last_answer, t.waiters.oldest()),
+                Err(_) => (None, None),
+            };
+            let due = schedule.next(ProbeInputs {
+                now,
+                state: self.current(),
+                link_up,
+                last_probe,
+                last_answer,
+                oldest_waiting,
             });
+            let sleep = match due {
+                ProbeDue::At(at) if at <= now => {
+                    last_probe = Some(now);
+                    tokio::spawn(self.clone().probe(probe.timeout));
+                    continue;
+                }
+                ProbeDue::At(at) => Some(tokio::time::Instant::from_std(at)),
+                ProbeDue::Nothing => None,
+            };
+            let link_changed = async {
+                match link.as_mut() {
+                    Some(l) => l.changed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let slept = async {
+                match sleep {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = slept => {}
+                _ = link_changed => {}
+                _ = self.wake.notified() => {}
+            }
         }
+    }
+
+    /// One probe and its effect on the state.
+    async fn probe(self, timeout: Duration) {
+        let failure = match tokio::time::timeout(timeout, self.probe_once()).await {
+            Ok(Ok(())) => {
+                self.answered();
+                return self.apply(None, |h| h.probe_succeeded(Instant::now()));
+            }
+            Ok(Err(failure)) => failure,
+            Err(_) => (
+                OfflineReason::Timeout,
+                format!("no answer within {timeout:?}"),
+            ),
+        };
+        let (reason, detail) = if self.link_down.load(Ordering::Relaxed) {
+            (OfflineReason::TunnelNotConnected, NO_TUNNEL.to_string())
+        } else {
+            failure
+        };
+        self.apply(Some((reason, &detail)), |h| h.probe_failed(&detail))
     }
 
     /// Keeps the current offline reason, its gauge and its rate-limited log line.

@@ -73,6 +73,7 @@ pub async fn start(
         ApiserverTarget::Tunnel => cfg.server_name.clone(),
     };
     let host = HeaderValue::from_str(&host).map_err(|_| HubStartError::ServerName(host))?;
+    let liveness = dialer.liveness();
     let client = UpstreamClient::new(dialer, tls, server_name, host, CONNECT_TIMEOUT);
     let policy = HealthPolicy {
         online_after: cfg.probe.online_after,
@@ -97,7 +98,7 @@ pub async fn start(
         failures: CacheFailures::new(metrics.clone()),
         metrics,
     });
-    let prober = tokio::spawn(health.run_prober(cfg.probe.clone()));
+    let prober = tokio::spawn(health.run_prober(cfg.probe.clone(), liveness));
     let serving = tokio::spawn(server::serve(listener, hub));
     Ok(RunningHub {
         tasks: vec![prober, serving, stats],

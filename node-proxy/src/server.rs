@@ -140,12 +140,19 @@ impl Hub {
             Err(e) => return respond::status(400, "BadRequest", &format!("unusable request: {e}")),
         };
         let mut reachability = self.health.subscribe();
+        let waiting = self.health.waiting();
         let sent = tokio::select! {
             r = self.client.send(creds, up_req, upgrade) => Some(r),
             _ = reachability.wait_for(|r| !r.forwards()) => None,
         };
+        drop(waiting);
         let resp = match sent {
-            Some(Ok(resp)) => resp,
+            Some(Ok(resp)) => {
+                if !resp.status().is_server_error() {
+                    self.health.answered();
+                }
+                resp
+            }
             Some(Err(e)) => {
                 let reason = e.to_string();
                 self.health.traffic_failed(e.offline_reason(), &reason);

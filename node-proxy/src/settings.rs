@@ -43,6 +43,9 @@ pub struct ProbeSettings {
     pub interval: Duration,
     /// `--hub-probe-timeout`: a probe without an answer by then is a failure.
     pub timeout: Duration,
+    /// `--hub-idle-probe-interval` (`None`: `0s`, never): with `--apiserver
+    /// tunnel`, while online and quiet, probe after this long without an answer.
+    pub idle_interval: Option<Duration>,
     /// `--hub-online-after`: consecutive successes must span this long before going online.
     pub online_after: Duration,
 }
@@ -74,6 +77,8 @@ pub enum HubConfigError {
     BadApiserver(String),
     #[error("--hub-components {value:?}: {reason}")]
     BadComponents { value: String, reason: String },
+    #[error("--hub-idle-probe-interval ({idle:?}) must be 0s (never) or at least --hub-probe-interval ({interval:?})")]
+    IdleProbeTooShort { idle: Duration, interval: Duration },
     #[error("--hub-probe-timeout ({timeout:?}) must be at least 100ms and --hub-probe-interval ({interval:?}) at least 100ms")]
     BadProbe {
         interval: Duration,
@@ -151,6 +156,12 @@ pub fn check_probe(p: &ProbeSettings) -> Result<(), HubConfigError> {
         return Err(HubConfigError::BadProbe {
             interval: p.interval,
             timeout: p.timeout,
+        });
+    }
+    if let Some(idle) = p.idle_interval.filter(|idle| *idle < p.interval) {
+        return Err(HubConfigError::IdleProbeTooShort {
+            idle,
+            interval: p.interval,
         });
     }
     Ok(())
@@ -231,15 +242,24 @@ mod tests {
             interval: Duration::from_secs(1),
             timeout: Duration::from_millis(1500),
             online_after: Duration::from_secs(2),
+            idle_interval: Some(Duration::from_secs(60)),
         };
         assert!(check_probe(&ok).is_ok());
         let bad = ProbeSettings {
             timeout: Duration::from_millis(10),
-            ..ok
+            ..ok.clone()
         };
         assert!(check_probe(&bad)
             .unwrap_err()
             .to_string()
             .contains("--hub-probe-timeout"));
+        let idle_too_short = ProbeSettings {
+            idle_interval: Some(Duration::from_millis(200)),
+            ..ok
+        };
+        assert!(check_probe(&idle_too_short)
+            .unwrap_err()
+            .to_string()
+            .contains("--hub-idle-probe-interval"));
     }
 }

@@ -34,6 +34,22 @@ pub type UpstreamBody = BoxBody<Bytes, hyper::Error>;
 pub trait UpstreamDialer: Send + Sync + 'static {
     /// One new connection.
     fn dial(&self) -> BoxFuture<'_, std::io::Result<Box<dyn UpstreamIo>>>;
+
+    /// Whether the link under this dialer is up, when the dialer knows (the
+    /// tunnel does; a TCP dialer does not). With it the prober rests while
+    /// the hub is online and quiet (`probe_schedule.rs`).
+    fn liveness(&self) -> Option<Box<dyn LinkLiveness>> {
+        None
+    }
+}
+
+/// A view of the link under an [`UpstreamDialer`] (the agent's tunnel connection).
+pub trait LinkLiveness: Send + 'static {
+    /// Whether the link is up now.
+    fn is_up(&self) -> bool;
+    /// Resolves when [`is_up`](Self::is_up) may have changed; never, once the
+    /// link's owner is gone.
+    fn changed(&mut self) -> BoxFuture<'_, ()>;
 }
 
 /// A byte stream to the apiserver.

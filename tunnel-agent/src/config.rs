@@ -68,8 +68,9 @@ pub struct Cli {
     /// QUIC keep-alive interval (holds NAT bindings open).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub keepalive: Duration,
-    /// Silence after which the server connection is declared dead.
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    /// Silence after which the server connection is declared dead (three
+    /// keep-alives, each retransmitted by QUIC when lost).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
     /// Node proxy listener for kubelet and friends (plain HTTP; `off` disables it).
     #[arg(long, default_value = "127.0.0.1:10261", value_name = "ADDR|off")]
@@ -109,6 +110,10 @@ pub struct Cli {
     #[arg(long, default_value = "1500ms", value_parser = parse_duration)]
     pub hub_probe_timeout: Duration,
     /// Consecutive successful probes must span this long before the hub goes back online.
+    /// With `--apiserver tunnel`: while online, the tunnel up and no request
+    /// waiting, probe only after this long without an upstream answer (`0s`: never).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub hub_idle_probe_interval: Duration,
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub hub_online_after: Duration,
 }

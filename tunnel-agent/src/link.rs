@@ -96,6 +96,14 @@ impl AgentLink {
         self.0.borrow().is_some()
     }
 
+    /// Waits until a connection is published or withdrawn; never returns once
+    /// the connector is gone.
+    pub async fn connection_changed(&mut self) {
+        if self.0.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Opens a stream on the current connection, asks for `service` and
     /// waits (up to `limit`) for the server's answer. Fails at once when not
     /// connected: callers (the node proxy's health logic) must not hang.

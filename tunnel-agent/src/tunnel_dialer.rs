@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use node_proxy::upstream::{BoxFuture, UpstreamDialer, UpstreamIo};
+use node_proxy::upstream::{BoxFuture, LinkLiveness, UpstreamDialer, UpstreamIo};
 use proto::AgentService;
 
 use crate::link::{AgentLink, LinkError};
@@ -30,6 +30,22 @@ impl UpstreamDialer for TunnelDialer {
                 .map_err(|e| std::io::Error::new(link_error_kind(&e), e))?;
             Ok(Box::new(stream.into_io()) as Box<dyn UpstreamIo>)
         })
+    }
+
+    /// The hub rides the tunnel's own liveness (QUIC keep-alives, the
+    /// WebSocket's TCP keep-alive) instead of probing while online and quiet.
+    fn liveness(&self) -> Option<Box<dyn LinkLiveness>> {
+        Some(Box::new(self.link.clone()))
+    }
+}
+
+impl LinkLiveness for AgentLink {
+    fn is_up(&self) -> bool {
+        self.is_connected()
+    }
+
+    fn changed(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(self.connection_changed())
     }
 }
 
