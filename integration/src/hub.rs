@@ -25,6 +25,8 @@ pub struct HubOptions {
     /// `--apiserver tunnel`: the hub reaches the relay through the agent's
     /// tunnel connection and the server's `--apiserver`, not directly.
     pub via_tunnel: bool,
+    /// Extra server flags.
+    pub server_args: Vec<String>,
 }
 
 /// A fake apiserver, the relay in front of it, and a cluster whose agent runs the hub.
@@ -78,6 +80,7 @@ impl HubEnv {
         if opts.via_tunnel {
             copts = copts.server_args(&[&format!("--apiserver={}", relay.addr())]);
         }
+        copts.server.args.extend(opts.server_args.iter().cloned());
         copts.agent.args = agent_args.clone();
         let cluster = tokio::task::spawn_blocking(move || Cluster::start(copts)).await?;
         let env = Self {

@@ -19,7 +19,8 @@ fn fifty_agents_register_answer_dials_and_return_after_kill_9() {
         register_limit: Duration::from_secs(30),
         // Several endpoints, so sharing them is covered too.
         per_endpoint: 20,
-        agent: AgentSettings::from_agent_flags(&[], 256).unwrap(),
+        // Keep-alives within the 2 s idle window (the default is 10 s).
+        agent: AgentSettings::from_agent_flags(&["--keepalive=1s".to_string()], 256).unwrap(),
         server_args: Vec::new(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -244,7 +244,10 @@ async fn a_certificate_for_node_a_cannot_register_node_b_or_a_foreign_ip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_metrics_and_readiness_follow_the_connection() {
     let echo = echo_server().await.unwrap();
-    let mut c = Cluster::start(ClusterOptions::allowing(&[echo.to_string()], &[]));
+    // The server is killed without a restart: the agent notices at its idle
+    // timeout (30 s by default), shortened here.
+    let quick = ["--keepalive=1s", "--idle-timeout=4s"];
+    let mut c = Cluster::start(ClusterOptions::allowing(&[echo.to_string()], &quick));
     let (server, a) = (&mut c.server, c.agent.as_ref().unwrap());
     echo_once(server, &echo.to_string()).await.unwrap();
     let _ = connect_uds(server.uds.as_ref().unwrap(), "127.0.0.1:1")

@@ -65,8 +65,9 @@ pub struct Cli {
     /// While on WebSocket with --transport auto, how often to try QUIC again (jittered).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub quic_probe_interval: Duration,
-    /// QUIC keep-alive interval (holds NAT bindings open).
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    /// QUIC keep-alive interval: holds NAT bindings open (common UDP NAT
+    /// timeouts are 30 s and more) and notices a restarted server.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub keepalive: Duration,
     /// Silence after which the server connection is declared dead (three
     /// keep-alives, each retransmitted by QUIC when lost).
@@ -109,11 +110,11 @@ pub struct Cli {
     /// A probe unanswered for this long counts as a failure (one failure = offline).
     #[arg(long, default_value = "1500ms", value_parser = parse_duration)]
     pub hub_probe_timeout: Duration,
-    /// Consecutive successful probes must span this long before the hub goes back online.
     /// With `--apiserver tunnel`: while online, the tunnel up and no request
     /// waiting, probe only after this long without an upstream answer (`0s`: never).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub hub_idle_probe_interval: Duration,
+    /// Consecutive successful probes must span this long before the hub goes back online.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub hub_online_after: Duration,
 }
@@ -223,6 +224,7 @@ fn hub_setting(c: &Cli) -> Result<HubSetting, ConfigError> {
         interval: c.hub_probe_interval,
         timeout: c.hub_probe_timeout,
         online_after: c.hub_online_after,
+        idle_interval: Some(c.hub_idle_probe_interval).filter(|d| !d.is_zero()),
     };
     settings::check_probe(&probe)?;
     let Some(apiserver) = c.apiserver.as_deref() else {

@@ -112,11 +112,15 @@ pub struct RunArgs {
     /// A front-end client must finish its request header within this time.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
-    /// QUIC keep-alive interval towards agents (holds NAT bindings open).
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    /// QUIC keep-alive interval towards agents. Agents ping every 10 s by
+    /// default (they hold the NAT bindings) and every packet from an agent
+    /// restarts this timer, so the server's own ping only matters for agents
+    /// that ping less often.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub agent_keepalive: Duration,
-    /// Silence after which an agent connection is declared dead.
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    /// Silence after which an agent connection is declared dead (the lower
+    /// of this and the agent's `--idle-timeout` applies).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub agent_idle_timeout: Duration,
     /// Where agents' node-proxy traffic goes when an agent runs with
     /// `--apiserver tunnel` (edge→cloud streams over its own connection).

@@ -13,6 +13,7 @@ pub mod procs;
 pub mod report;
 pub mod services;
 pub mod sys;
+pub mod udp_wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

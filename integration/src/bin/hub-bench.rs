@@ -4,13 +4,20 @@
 //! ```text
 //! cargo build --release -p tunnel-server -p tunnel-agent -p integration
 //! target/release/hub-bench [--pods 1000] [--lists 200] [--gets 1000]
+//! target/release/hub-bench --idle-wire-seconds 60   # root: idle bytes per node
 //! ```
+//!
+//! `--idle-wire-seconds` instead measures what an idle node with
+//! `--apiserver tunnel` costs on its link (QUIC keep-alives plus the hub's
+//! health probes), counted by iptables on the server's UDP port, with the
+//! old settings (2 s keep-alive, a probe every 500 ms) and the defaults.
 //!
 //! Prints a Markdown table on stdout; progress goes to stderr.
 
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use integration::bench::udp_wire::UdpWireCounter;
 use integration::hub::{pod, HubEnv, HubOptions};
 use integration::k8s::{ApiClient, Res};
 
@@ -26,6 +33,9 @@ struct Args {
     /// Timed get requests per phase.
     #[arg(long, default_value_t = 1000)]
     gets: usize,
+    /// Instead: measure an idle node's wire bytes for this many seconds per setting.
+    #[arg(long, default_value_t = 0)]
+    idle_wire_seconds: u64,
 }
 
 /// p50 and p99 of `samples`, in milliseconds.
@@ -60,6 +70,9 @@ async fn time_requests(
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.idle_wire_seconds > 0 {
+        return idle_wire(Duration::from_secs(args.idle_wire_seconds)).await;
+    }
     let env = HubEnv::start(HubOptions::default()).await?;
     env.wait_reachable(true, Duration::from_secs(30)).await?;
     let pods = Res::pods();
@@ -106,6 +119,71 @@ async fn main() -> anyhow::Result<()> {
         ("get one pod", "offline (cache)", offline_get),
     ] {
         println!("| {what} | {mode} | {p50:.2} | {p99:.2} | {bytes} |");
+    }
+    Ok(())
+}
+
+/// The idle-node settings compared by `--idle-wire-seconds`: name, agent flags, server flags.
+const IDLE_SETTINGS: [(&str, &[&str], &[&str]); 3] = [
+    (
+        "before: keep-alive 2 s (agent) / 2 s (server), probe every 500 ms",
+        &[
+            "--keepalive=2s",
+            "--idle-timeout=15s",
+            "--hub-idle-probe-interval=500ms",
+        ],
+        &["--agent-keepalive=2s", "--agent-idle-timeout=15s"],
+    ),
+    (
+        "keep-alive defaults (10 s / 20 s), probe every 500 ms",
+        &["--hub-idle-probe-interval=500ms"],
+        &[],
+    ),
+    (
+        "defaults: keep-alive 10 s / 20 s, probes ride the tunnel",
+        &[],
+        &[],
+    ),
+];
+
+/// One idle node with `--apiserver tunnel` per setting: bytes on the wire and probes seen.
+async fn idle_wire(window: Duration) -> anyhow::Result<()> {
+    println!(
+        "| setting | up B/s | down B/s | packets/s up / down | probes in {} s |",
+        window.as_secs()
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for (name, agent, server) in IDLE_SETTINGS {
+        eprintln!("idle node: {name}");
+        let env = HubEnv::start(HubOptions {
+            via_tunnel: true,
+            agent_args: agent.iter().map(|s| s.to_string()).collect(),
+            server_args: server.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        })
+        .await?;
+        env.wait_reachable(true, Duration::from_secs(30)).await?;
+        // Let the start-up probes and the first keep-alives pass.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let counter = UdpWireCounter::start(env.cluster.server.agent_addr.port())?;
+        let before = counter.read()?;
+        env.api.clear_requests();
+        tokio::time::sleep(window).await;
+        let wire = counter.read()?.since(&before);
+        let probes = env
+            .api
+            .requests()
+            .iter()
+            .filter(|r| r.path_and_query == "/readyz")
+            .count();
+        let per_s = |v: u64| v as f64 / window.as_secs_f64();
+        println!(
+            "| {name} | {:.1} | {:.1} | {:.2} / {:.2} | {probes} |",
+            per_s(wire.to_port.1),
+            per_s(wire.from_port.1),
+            per_s(wire.to_port.0),
+            per_s(wire.from_port.0),
+        );
     }
     Ok(())
 }
