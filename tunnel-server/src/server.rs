@@ -21,6 +21,10 @@ use crate::revocation::Revocations;
 use crate::services::ServiceContext;
 use tokio::sync::Notify;
 
+/// Shortest drain: how long a replica keeps serving new front-end requests
+/// after `/readyz` turned 503, even with no stream open.
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A running server: its tasks and the handle to stop it gracefully.
 pub struct RunningServer {
     pub registry: Arc<AgentRegistry>,
@@ -57,7 +61,11 @@ impl RunningServer {
         self.draining.store(true, Ordering::Release);
         self.dialer.set_draining();
         self.drain.send_replace(true);
-        let deadline = tokio::time::Instant::now() + timeout;
+        let started = tokio::time::Instant::now();
+        let deadline = started + timeout;
+        // Clients (a Service's endpoints, a load balancer) that saw /readyz
+        // 200 just before still arrive for a moment: keep serving them.
+        let grace = started + DRAIN_GRACE.min(timeout);
         tracing::info!(
             open_streams = self.dialer.open_streams(),
             ?timeout,
@@ -65,7 +73,7 @@ impl RunningServer {
         );
         loop {
             let open = self.dialer.open_streams();
-            if open == 0 {
+            if open == 0 && tokio::time::Instant::now() >= grace {
                 tracing::info!("drained: no open streams");
                 break;
             }
