@@ -149,6 +149,10 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
     let endpoint =
         transport::quic::server_endpoint(cfg.agent_addr, agent_tls, &tuning, key.secret_der())
             .with_context(|| format!("starting the agent listener on {} (UDP)", cfg.agent_addr))?;
+    // Peers are checked against this replica's own certificate name (CN).
+    let own_name = certs::load_cert_chain(&cfg.tls_cert)?
+        .first()
+        .and_then(|c| certs::common_name(c).ok().flatten());
     let peers = cfg.replicas.peer_cert.as_ref().map(|(cert, key)| {
         Arc::new(crate::peers::Peers::new(
             cfg.replicas.server_id.clone(),
@@ -158,6 +162,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
                 cert: cert.clone(),
                 key: key.clone(),
                 ca: cfg.agent_ca.clone(),
+                server_name: own_name.clone(),
             },
             metrics.clone(),
         ))

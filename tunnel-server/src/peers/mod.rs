@@ -12,7 +12,8 @@
 //!
 //! Replicas talk over TLS on each other's agent port (ALPN [`ALPN_PEER`]),
 //! one multiplexed connection per peer, one stream per request. The asking
-//! side checks the peer's server certificate like an agent does and shows
+//! side checks the peer's server certificate like an agent does (against
+//! the name in its own `--tls-cert`, which replicas share) and shows
 //! its peer certificate (`certs peer`, `--peer-cert`); [`serve`] accepts
 //! only peer certificates of the agent CA, never an agent's
 //! ([`certs::is_peer_certificate`]).
@@ -56,6 +57,10 @@ pub struct PeerTls {
     pub key: PathBuf,
     /// `--agent-ca`: signs the peers' server and peer certificates.
     pub ca: PathBuf,
+    /// The name a peer's server certificate is checked against: this
+    /// replica's own certificate's (replicas normally share one); `None`:
+    /// the `--peer` HOST.
+    pub server_name: Option<String>,
 }
 
 /// One peer address and the name its certificate is checked against.
@@ -343,8 +348,13 @@ impl Peers {
             vec![ALPN_PEER.to_vec()],
         )
         .map_err(tls_err)?;
-        let name = ServerName::try_from(peer.name.clone())
-            .map_err(|e| PeerError::Tls(format!("server name {:?}: {e}", peer.name)))?;
+        let name = self
+            .tls
+            .server_name
+            .clone()
+            .unwrap_or_else(|| peer.name.clone());
+        let name = ServerName::try_from(name.clone())
+            .map_err(|e| PeerError::Tls(format!("server name {name:?}: {e}")))?;
         let handshake = async {
             let tcp = tokio::net::TcpStream::connect(peer.addr)
                 .await
