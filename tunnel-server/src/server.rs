@@ -153,9 +153,13 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
     let own_name = certs::load_cert_chain(&cfg.tls_cert)?
         .first()
         .and_then(|c| certs::common_name(c).ok().flatten());
+    let me = crate::peers::decide::Replica {
+        server_id: cfg.replicas.server_id.clone(),
+        instance: crate::peers::decide::instance_number(),
+    };
     let peers = cfg.replicas.peer_cert.as_ref().map(|(cert, key)| {
         Arc::new(crate::peers::Peers::new(
-            cfg.replicas.server_id.clone(),
+            me.clone(),
             &cfg.replicas.peers,
             cfg.agent_addr,
             crate::peers::PeerTls {
@@ -238,7 +242,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         )?),
         peers: Arc::new(crate::peers::serve::PeerService {
             dialer: dialer.clone(),
-            server_id: cfg.replicas.server_id.clone(),
+            me,
         }),
         issuer: issuer.clone(),
         rate: Arc::new(crate::enroll::rate::EnrollRate::new(

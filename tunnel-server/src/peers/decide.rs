@@ -94,17 +94,35 @@ impl RouteCache {
 /// Status of a positive answer.
 pub const FOUND: u16 = 200;
 
-/// The answer a replica gives for its own dial result.
-pub fn answer_for(server_id: &str, result: Result<(), &DialFailure>) -> Answer {
+/// Who answers: `--server-id` and the per-process instance number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    pub server_id: String,
+    pub instance: u64,
+}
+
+/// A number unlikely to repeat between processes: the process id and the
+/// start time's nanoseconds, mixed.
+pub fn instance_number() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos.rotate_left(17) ^ u64::from(std::process::id()).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// The answer `me` gives for its own dial result.
+pub fn answer_for(me: &Replica, result: Result<(), &DialFailure>) -> Answer {
     match result {
         Ok(()) => Answer {
-            server_id: server_id.to_owned(),
+            server_id: me.server_id.clone(),
+            instance: me.instance,
             status: FOUND,
             label: "ok".into(),
             message: String::new(),
         },
         Err(e) => Answer {
-            server_id: server_id.to_owned(),
+            server_id: me.server_id.clone(),
+            instance: me.instance,
             status: e.http_status(),
             label: e.result_label().into(),
             message: e.to_string(),
@@ -196,6 +214,13 @@ mod tests {
         assert!(c.len() <= MAX_ENTRIES);
     }
 
+    fn me() -> Replica {
+        Replica {
+            server_id: "b".into(),
+            instance: 7,
+        }
+    }
+
     #[test]
     fn failures_cross_with_their_status() {
         let e = DialFailure::NotAllowed {
@@ -203,15 +228,15 @@ mod tests {
             target: "10.0.0.1:22".into(),
             message: "not in the allowlist".into(),
         };
-        let a = answer_for("b", Err(&e));
+        let a = answer_for(&me(), Err(&e));
         assert_eq!((a.status, a.label.as_str()), (403, "not_allowed"));
         let back = failure_of(&a).unwrap();
         assert_eq!(back.http_status(), 403);
         assert_eq!(back.result_label(), "not_allowed");
         assert!(back.to_string().contains("not in the allowlist"), "{back}");
-        assert!(failure_of(&answer_for("b", Ok(()))).is_none());
+        assert!(failure_of(&answer_for(&me(), Ok(()))).is_none());
         let gone = answer_for(
-            "b",
+            &me(),
             Err(&DialFailure::NoAgent {
                 host: "edge-9".into(),
             }),

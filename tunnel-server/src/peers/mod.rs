@@ -97,7 +97,7 @@ impl PeerError {
 
 /// The other replicas, as this one reaches them.
 pub struct Peers {
-    server_id: String,
+    me: decide::Replica,
     names: Vec<(String, u16)>,
     agent_addr: SocketAddr,
     tls: PeerTls,
@@ -118,7 +118,7 @@ pub struct PeerStream {
 impl Peers {
     /// Peers from `--peer HOST:PORT` flags (resolved by [`Peers::refresh`]).
     pub fn new(
-        server_id: String,
+        me: decide::Replica,
         peers: &[String],
         agent_addr: SocketAddr,
         tls: PeerTls,
@@ -133,7 +133,7 @@ impl Peers {
             })
             .collect();
         Self {
-            server_id,
+            me,
             names,
             agent_addr,
             tls,
@@ -284,8 +284,15 @@ impl Peers {
         while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, asks.join_next()).await {
             let Ok((peer, answer)) = joined else { continue };
             match answer {
-                Ok((a, ..)) if a.status == FOUND && a.server_id != self.server_id => {
-                    return Some(peer)
+                Ok((a, ..)) if a.instance == self.me.instance => {
+                    tracing::debug!(peer = %peer.addr, "that peer address is this replica");
+                }
+                Ok((a, ..)) if a.status == FOUND => {
+                    if a.server_id == self.me.server_id {
+                        tracing::warn!(peer = %peer.addr, server_id = %a.server_id,
+                            "a peer replica has this replica's --server-id; give each its own");
+                    }
+                    return Some(peer);
                 }
                 Ok(_) => {}
                 Err(e) => self.failed(peer.addr, &e),

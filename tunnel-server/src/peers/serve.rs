@@ -21,7 +21,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// What answering peers needs.
 pub struct PeerService {
     pub dialer: Arc<Dialer>,
-    pub server_id: String,
+    /// Who answers (the same as this replica's [`super::Peers`]).
+    pub me: decide::Replica,
 }
 
 /// Serves one peer connection (TLS done, ALPN [`super::ALPN_PEER`]) until it closes.
@@ -83,7 +84,8 @@ async fn handle(service: Arc<PeerService>, mut send: TunnelSend, mut recv: Tunne
         Ok(t) => t,
         Err(e) => {
             let answer = Answer {
-                server_id: service.server_id.clone(),
+                server_id: service.me.server_id.clone(),
+                instance: service.me.instance,
                 status: 400,
                 label: "bad_request".into(),
                 message: format!("invalid destination {:?}: {e}", request.target),
@@ -100,14 +102,14 @@ async fn handle(service: Arc<PeerService>, mut send: TunnelSend, mut recv: Tunne
                 host: node.map_or_else(|| target.host_string(), str::to_owned),
             };
             let result = if found { Ok(()) } else { Err(&missing) };
-            let _ = wire::write(&mut send, &decide::answer_for(&service.server_id, result)).await;
+            let _ = wire::write(&mut send, &decide::answer_for(&service.me, result)).await;
         }
         Op::Dial => {
             let dialed = service
                 .dialer
                 .dial_local(node, &target, Frontend::Peer)
                 .await;
-            let answer = decide::answer_for(&service.server_id, dialed.as_ref().map(|_| ()));
+            let answer = decide::answer_for(&service.me, dialed.as_ref().map(|_| ()));
             if wire::write(&mut send, &answer).await.is_err() {
                 return;
             }

@@ -34,8 +34,12 @@ pub struct Request {
 /// status a local dial failure has, with its metric label and message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Answer {
-    /// `--server-id` of the answering replica (lets a replica skip itself).
+    /// `--server-id` of the answering replica, for logs and messages.
     pub server_id: String,
+    /// Random per process: lets a replica recognise (and skip) itself even
+    /// when it reaches its own address or two replicas share a `--server-id`.
+    #[serde(default)]
+    pub instance: u64,
     pub status: u16,
     pub label: String,
     pub message: String,
