@@ -139,48 +139,7 @@ impl<F: Fn(ServerTarget) -> Connector> Supervisor<F> {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut running: BTreeMap<String, Running> = BTreeMap::new();
         loop {
-            let mut resolved = Vec::with_capacity(self.names.len());
-            for name in &self.names {
-                let result = if self.resolve {
-                    resolve(name, Duration::from_secs(5)).await
-                } else {
-                    Err("not resolved (HTTP proxy)".to_string())
-                };
-                if let Err(e) = &result {
-                    if self.resolve {
-                        tracing::warn!(server = %format!("{}:{}", name.host, name.port), error = %e,
-                            "cannot resolve server; keeping its current connections");
-                    }
-                }
-                resolved.push((name.clone(), result));
-            }
-            let targets: BTreeMap<String, ServerTarget> = if self.resolve {
-                running
-                    .iter()
-                    .map(|(k, r)| (k.clone(), r.target.clone()))
-                    .collect()
-            } else {
-                // Unresolved names stand for themselves.
-                self.names
-                    .iter()
-                    .map(|n| ServerTarget {
-                        name: n.clone(),
-                        addr: None,
-                    })
-                    .map(|t| (t.key(), t))
-                    .collect()
-            };
-            let p = if self.resolve {
-                plan(&targets, &resolved)
-            } else {
-                Plan {
-                    start: targets
-                        .into_values()
-                        .filter(|t| !running.contains_key(&t.key()))
-                        .collect(),
-                    stop: Vec::new(),
-                }
-            };
+            let p = self.next_plan(&running).await;
             for key in p.stop {
                 if let Some(r) = running.remove(&key) {
                     tracing::info!(server = %key, "server address vanished; closing its connection");
@@ -220,6 +179,40 @@ impl<F: Fn(ServerTarget) -> Connector> Supervisor<F> {
         for task in waits {
             let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
         }
+    }
+
+    /// What to start and stop now: behind a proxy every name once, else
+    /// [`plan`] over a fresh resolution of every name.
+    async fn next_plan(&self, running: &BTreeMap<String, Running>) -> Plan {
+        if !self.resolve {
+            let start = self
+                .names
+                .iter()
+                .map(|n| ServerTarget {
+                    name: n.clone(),
+                    addr: None,
+                })
+                .filter(|t| !running.contains_key(&t.key()))
+                .collect();
+            return Plan {
+                start,
+                stop: Vec::new(),
+            };
+        }
+        let mut resolved = Vec::with_capacity(self.names.len());
+        for name in &self.names {
+            let result = resolve(name, Duration::from_secs(5)).await;
+            if let Err(e) = &result {
+                tracing::warn!(server = %format!("{}:{}", name.host, name.port), error = %e,
+                    "cannot resolve server; keeping its current connections");
+            }
+            resolved.push((name.clone(), result));
+        }
+        let current: BTreeMap<String, ServerTarget> = running
+            .iter()
+            .map(|(k, r)| (k.clone(), r.target.clone()))
+            .collect();
+        plan(&current, &resolved)
     }
 
     /// Stops one connector in the background and drops its metric series.
