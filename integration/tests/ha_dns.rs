@@ -1,7 +1,9 @@
 //! Agents find replicas through DNS (issue #14): one name, one A record per
 //! replica, served by a real dnsmasq inside the edge namespace and
-//! re-resolved every `--server-resolve-interval`. A fourth replica added to
-//! the name gets every agent within one interval; a removed one is dropped.
+//! re-resolved every `--server-resolve-interval`. Two agents behind NAT get
+//! a connection to every replica, and CONNECT and gRPC through each replica
+//! reach both nodes; a fourth replica added to the name gets every agent
+//! within one interval; a removed one is dropped.
 //!
 //! Needs root, `ip netns`, iptables and dnsmasq (Debian `dnsmasq-base`);
 //! elsewhere it prints a loud `SKIPPED` line and passes, except that with
@@ -14,6 +16,8 @@ use std::time::{Duration, Instant};
 use integration::daemon::{on_path, Daemon};
 use integration::netns::{self, NatTopology, NsEtc};
 use integration::process::free_port;
+use integration::replicas::{connect_echo, grpc_echo};
+use integration::services::echo_server_on;
 use integration::{AgentOptions, AgentProc, Pki, ServerOptions, ServerProc};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -90,7 +94,11 @@ async fn replicas_come_and_go_with_the_dns_name() {
                 ServerOptions {
                     agent_host: Some(ip.to_string()),
                     agent_port: Some(port),
-                    args: vec![format!("--server-id=r{i}")],
+                    // Its own socket (the fixture's name has the port, shared here).
+                    args: vec![
+                        format!("--server-id=r{i}"),
+                        format!("--uds={}", tmp.path().join(format!("r{i}.sock")).display()),
+                    ],
                     ..Default::default()
                 },
             )
@@ -128,16 +136,31 @@ async fn replicas_come_and_go_with_the_dns_name() {
     )
     .unwrap();
 
+    // Each node's echo service in the edge namespace, on the node's own IP.
+    let node_ips = [topo.edge_ip, topo.add_edge_ip(3).expect("second edge IP")];
+    let edge = topo.edge_runtime().expect("edge namespace runtime");
+    let mut echoes = Vec::new();
+    for ip in node_ips {
+        let bind = format!("{ip}:0");
+        echoes.push(
+            edge.spawn(async move { echo_server_on(&bind).await })
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
     let agents: Vec<AgentProc> = ["edge-1", "edge-2"]
         .iter()
-        .map(|node| {
+        .zip(node_ips.iter().zip(&echoes))
+        .map(|(node, (ip, echo))| {
             AgentProc::start(
                 &pki,
                 servers[0].agent_addr,
                 node,
-                &[std::net::IpAddr::V4(topo.edge_ip)],
+                &[std::net::IpAddr::V4(*ip)],
                 AgentOptions {
                     netns: Some(topo.edge_ns.clone()),
+                    allow: vec![echo.to_string()],
                     servers: vec![format!("{NAME}:{port}")],
                     args: vec![format!("--server-resolve-interval={}s", INTERVAL.as_secs())],
                     ..Default::default()
@@ -151,6 +174,23 @@ async fn replicas_come_and_go_with_the_dns_name() {
         wait_for(s, &both, Duration::from_secs(30));
     }
     assert!(nodes(&servers[3]).is_empty(), "r3 is not in DNS yet");
+    // Every replica reaches both NAT'd nodes, over CONNECT and gRPC.
+    for i in 0..3 {
+        let uds = tmp.path().join(format!("r{i}.sock"));
+        let uds = uds.as_path();
+        for echo in &echoes {
+            let (status, back) = connect_echo(uds, &echo.to_string(), b"through r")
+                .await
+                .unwrap();
+            assert_eq!(
+                (status, back.as_slice()),
+                (200, &b"through r"[..]),
+                "r{i} -> {echo}"
+            );
+            let err = grpc_echo(uds, &echo.to_string(), b"grpc").await.unwrap();
+            assert_eq!(err, "", "gRPC r{i} -> {echo}");
+        }
+    }
 
     // `ip netns exec` execs dnsmasq: same process.
     let dnsmasq_pid = || Pid::from_raw(_dns.pid() as i32);
@@ -171,4 +211,5 @@ async fn replicas_come_and_go_with_the_dns_name() {
         assert_eq!(nodes(s), both, "{}", s.agent_addr);
     }
     drop(agents);
+    drop(edge);
 }
