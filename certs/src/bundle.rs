@@ -31,6 +31,11 @@ pub const PROXY_CLIENT_CERT_FILE: &str = "proxy-client.crt";
 /// Private key for [`PROXY_CLIENT_CERT_FILE`].
 pub const PROXY_CLIENT_KEY_FILE: &str = "proxy-client.key";
 
+/// Client certificate replicas show each other on the peer path (`certs peer`).
+pub const PEER_CERT_FILE: &str = "peer.crt";
+/// Private key of [`PEER_CERT_FILE`].
+pub const PEER_KEY_FILE: &str = "peer.key";
+
 /// File name of a node's agent certificate: `agent-<node>.crt`.
 pub fn agent_cert_file(node_name: &str) -> String {
     format!("agent-{node_name}.crt")
@@ -88,6 +93,20 @@ pub fn init_cluster(
         ],
         force,
     )
+}
+
+/// Issues `peer.crt` and `peer.key` in `dir`, signed by the (agent) CA found
+/// there: the certificate every replica shows its peers (`--peer-cert`).
+/// Same overwrite rule as [`init_cluster`]; returns the written paths.
+pub fn issue_peer_files(
+    dir: &Path,
+    validity: std::time::Duration,
+    force: bool,
+) -> Result<Vec<PathBuf>, CertError> {
+    refuse_overwrite(dir, &[PEER_CERT_FILE, PEER_KEY_FILE], force)?;
+    let ca = CertificateAuthority::from_files(&dir.join(CA_CERT_FILE), &dir.join(CA_KEY_FILE))?;
+    let peer = ca.issue_peer(validity)?;
+    write_files(dir, &[(PEER_CERT_FILE, PEER_KEY_FILE, &peer)], force)
 }
 
 /// Issues `agent-<node>.crt` and `agent-<node>.key` in `dir`, signed by the CA found there.

@@ -58,6 +58,18 @@ pub fn is_agent_certificate(cert: &CertificateDer<'_>) -> Result<bool, CertError
     Ok(in_nodes_group || node_cn)
 }
 
+/// True when `cert` may use a replica's peer path: a peer certificate
+/// (`certs init` writes `peer.crt`: subject `O=edgetunnel:replicas`) that is
+/// not also an agent certificate. Only the CA check is left to TLS.
+pub fn is_peer_certificate(cert: &CertificateDer<'_>) -> Result<bool, CertError> {
+    let x509 = parse(cert)?;
+    let in_replicas = x509.subject().iter_organization().any(|o| {
+        o.as_str()
+            .is_ok_and(|o| o == crate::issue::PEERS_ORGANIZATION)
+    });
+    Ok(in_replicas && !is_agent_certificate(cert)?)
+}
+
 /// Returns the certificate's `notAfter` as Unix seconds, for expiry metrics and warnings.
 pub fn not_after_unix(cert: &CertificateDer<'_>) -> Result<i64, CertError> {
     Ok(parse(cert)?.validity().not_after.timestamp())
@@ -168,6 +180,25 @@ mod tests {
         let issued = ca.issue_agent(&identity, DEFAULT_CERT_VALIDITY).unwrap();
         let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
         assert_eq!(agent_identity(&der).unwrap(), identity);
+    }
+
+    #[test]
+    fn only_peer_certificates_are_peers() {
+        let ca = CertificateAuthority::generate(DEFAULT_CA_VALIDITY).unwrap();
+        let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let peer = ca.issue_peer(DEFAULT_CERT_VALIDITY).unwrap();
+        assert!(is_peer_certificate(&der(&peer.cert_pem)).unwrap());
+        let server = ca
+            .issue_server("tunnel", &[], DEFAULT_CERT_VALIDITY)
+            .unwrap();
+        assert!(!is_peer_certificate(&der(&server.cert_pem)).unwrap());
+        let identity = NodeIdentity::new("edge-1", vec![]).unwrap();
+        let agent = ca.issue_agent(&identity, DEFAULT_CERT_VALIDITY).unwrap();
+        assert!(!is_peer_certificate(&der(&agent.cert_pem)).unwrap());
+        let client = ca
+            .issue_client("kube-apiserver", DEFAULT_CERT_VALIDITY)
+            .unwrap();
+        assert!(!is_peer_certificate(&der(&client.cert_pem)).unwrap());
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub const CA_COMMON_NAME: &str = "edgetunnel-ca";
 pub const DEFAULT_PROXY_CLIENT_CN: &str = "kube-apiserver-proxy-client";
 /// Organization of agent certificates: the kubelet client-certificate group.
 pub const NODES_ORGANIZATION: &str = "system:nodes";
+/// Organization of a replica's peer certificate: what the peer path accepts.
+pub const PEERS_ORGANIZATION: &str = "edgetunnel:replicas";
+/// Common name of a replica's peer certificate.
+pub const PEER_COMMON_NAME: &str = "edgetunnel-replica";
 
 /// How far `notBefore` is backdated so a node with a slightly slow clock accepts a fresh cert
 /// (at most a tenth of the validity, so short-lived certificates keep most of their life).
@@ -263,7 +267,7 @@ impl CertificateAuthority {
             "server certificate",
             common_name_dn(server_name),
             sans,
-            ExtendedKeyUsagePurpose::ServerAuth,
+            vec![ExtendedKeyUsagePurpose::ServerAuth],
             validity,
         )
     }
@@ -282,7 +286,21 @@ impl CertificateAuthority {
             AGENT_CERT,
             dn,
             sans,
-            ExtendedKeyUsagePurpose::ClientAuth,
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+            validity,
+        )
+    }
+
+    /// Issues the client certificate replicas show each other on the peer
+    /// path (EKU clientAuth, `CN=edgetunnel-replica, O=edgetunnel:replicas`).
+    pub fn issue_peer(&self, validity: Duration) -> Result<IssuedCert, CertError> {
+        let mut dn = common_name_dn(PEER_COMMON_NAME);
+        dn.push(DnType::OrganizationName, PEERS_ORGANIZATION);
+        self.issue_leaf(
+            "peer certificate",
+            dn,
+            Vec::new(),
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
             validity,
         )
     }
@@ -307,7 +325,7 @@ impl CertificateAuthority {
             "client certificate",
             common_name_dn(common_name),
             Vec::new(),
-            ExtendedKeyUsagePurpose::ClientAuth,
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
             validity,
         )
     }
@@ -318,7 +336,7 @@ impl CertificateAuthority {
         what: &'static str,
         subject: DistinguishedName,
         sans: Vec<SanType>,
-        eku: ExtendedKeyUsagePurpose,
+        ekus: Vec<ExtendedKeyUsagePurpose>,
         validity: Duration,
     ) -> Result<IssuedCert, CertError> {
         let key = new_key(what)?;
@@ -326,7 +344,7 @@ impl CertificateAuthority {
             what,
             subject,
             sans,
-            eku,
+            ekus,
             validity,
             not_before_floor: None,
         };
@@ -353,7 +371,7 @@ impl CertificateAuthority {
             what: AGENT_CERT,
             subject,
             sans,
-            eku: ExtendedKeyUsagePurpose::ClientAuth,
+            ekus: vec![ExtendedKeyUsagePurpose::ClientAuth],
             validity,
             not_before_floor,
         };
@@ -375,7 +393,7 @@ impl CertificateAuthority {
         params.subject_alt_names = leaf.sans;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![leaf.eku];
+        params.extended_key_usages = leaf.ekus;
         params.use_authority_key_identifier_extension = true;
         params.not_before = not_before;
         params.not_after = not_after;
@@ -395,7 +413,7 @@ struct LeafSpec {
     what: &'static str,
     subject: DistinguishedName,
     sans: Vec<SanType>,
-    eku: ExtendedKeyUsagePurpose,
+    ekus: Vec<ExtendedKeyUsagePurpose>,
     validity: Duration,
     not_before_floor: Option<OffsetDateTime>,
 }
@@ -674,6 +692,22 @@ mod tests {
                 "{name:?}"
             );
         }
+    }
+
+    #[test]
+    fn peer_cert_is_a_client_cert_of_the_replicas_group() {
+        let ca = CertificateAuthority::generate(DEFAULT_CA_VALIDITY).unwrap();
+        let issued = ca.issue_peer(DEFAULT_CERT_VALIDITY).unwrap();
+        let der = der(&issued.cert_pem);
+        let cert = parse(&der);
+        assert_eq!(eku(&cert), (false, true));
+        let orgs: Vec<String> = cert
+            .subject()
+            .iter_organization()
+            .map(|o| o.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(orgs, vec![PEERS_ORGANIZATION.to_string()]);
+        assert!(!crate::is_agent_certificate(&der).unwrap());
     }
 
     #[test]

@@ -20,11 +20,12 @@ pub mod reloadable;
 pub mod tls;
 pub mod token;
 
-pub use bundle::{init_cluster, issue_agent_files, issue_agent_files_valid_for};
+pub use bundle::{init_cluster, issue_agent_files, issue_agent_files_valid_for, issue_peer_files};
 pub use csr::{agent_key_request, AgentKeyRequest};
 pub use error::CertError;
 pub use identity::{
-    agent_identity, common_name, is_agent_certificate, not_after_unix, not_before_unix,
+    agent_identity, common_name, is_agent_certificate, is_peer_certificate, not_after_unix,
+    not_before_unix,
 };
 pub use issue::{CertificateAuthority, IssuedCert};
 pub use load::{load_cert_and_key, load_cert_chain, load_private_key, load_root_store};

@@ -23,6 +23,11 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
         Self { child, name, log }
     }
+
+    /// The process id (for signals such as a reload on SIGHUP).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Daemon {

@@ -20,6 +20,7 @@ pub mod peers;
 pub mod pki;
 pub mod process;
 pub mod raw_h2;
+pub mod replicas;
 pub mod scenarios;
 pub mod services;
 

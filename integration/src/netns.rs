@@ -353,6 +353,16 @@ impl NatTopology {
         ])?;
         Ok(addr)
     }
+
+    /// Adds `10.231.X.<host>` to the root side of the cloud veth (another
+    /// cloud server's address, reachable from the edge through the NAT); the
+    /// address. It goes away with the veth.
+    pub fn add_cloud_ip(&self, host: u8) -> anyhow::Result<Ipv4Addr> {
+        let [a, b, c, _] = self.cloud_ip.octets();
+        let addr = Ipv4Addr::new(a, b, c, host);
+        ip(&["addr", "add", &format!("{addr}/24"), "dev", &self.cloud_if])?;
+        Ok(addr)
+    }
 }
 
 /// Files under `/etc/netns/<ns>/`, which `ip netns exec <ns>` bind-mounts
@@ -365,10 +375,15 @@ pub struct NsEtc {
 impl NsEtc {
     /// Writes `/etc/netns/<ns>/hosts`.
     pub fn hosts(ns: &str, contents: &str) -> anyhow::Result<Self> {
+        Self::file(ns, "hosts", contents)
+    }
+
+    /// Writes `/etc/netns/<ns>/<name>` (e.g. `resolv.conf`: the namespace's own resolver).
+    pub fn file(ns: &str, name: &str, contents: &str) -> anyhow::Result<Self> {
         let dir = std::path::Path::new("/etc/netns").join(ns);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let etc = Self { dir };
-        std::fs::write(etc.dir.join("hosts"), contents)?;
+        std::fs::write(etc.dir.join(name), contents)?;
         Ok(etc)
     }
 }

@@ -130,6 +130,11 @@ impl Proc {
         }
     }
 
+    /// How the process ended, once it has (`None` while it runs).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
     /// True while the process runs.
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
@@ -324,6 +329,8 @@ pub struct AgentOptions {
     pub node_name_override: Option<String>,
     /// Run inside this network namespace.
     pub netns: Option<String>,
+    /// `--server` values instead of the one derived from the server address.
+    pub servers: Vec<String>,
     /// Extra flags.
     pub args: Vec<String>,
 }
@@ -364,8 +371,13 @@ impl AgentProc {
         } else {
             server.to_string()
         };
-        let mut args = vec![
-            format!("--server={server_host}"),
+        let servers = if opts.servers.is_empty() {
+            vec![server_host]
+        } else {
+            opts.servers.clone()
+        };
+        let mut args: Vec<String> = servers.iter().map(|s| format!("--server={s}")).collect();
+        args.extend([
             format!(
                 "--node-name={}",
                 opts.node_name_override
@@ -376,7 +388,7 @@ impl AgentProc {
             format!("--tls-key={}", key.display()),
             format!("--server-ca={}", pki.path("ca.crt").display()),
             format!("--admin-addr={admin_addr}"),
-        ];
+        ]);
         for a in &opts.allow {
             args.push(format!("--allow={a}"));
         }

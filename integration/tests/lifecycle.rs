@@ -256,11 +256,11 @@ async fn agent_metrics_and_readiness_follow_the_connection() {
     let (status, _) = integration::process::http_get(a.admin_addr, "/readyz").unwrap();
     assert_eq!(status, 200);
     let m = a.metrics().unwrap();
-    assert_eq!(
-        metric_value(&m, "tunnel_agent_connected{transport=\"quic\"}"),
-        Some(1.0),
-        "{m}"
+    let connected = format!(
+        "tunnel_agent_connected{{server=\"{}\",transport=\"quic\"}}",
+        server.agent_addr
     );
+    assert_eq!(metric_value(&m, &connected), Some(1.0), "{m}");
     assert_eq!(
         metric_value(
             &m,
@@ -283,9 +283,5 @@ async fn agent_metrics_and_readiness_follow_the_connection() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let m = a.metrics().unwrap();
-    assert_eq!(
-        metric_value(&m, "tunnel_agent_connected{transport=\"quic\"}"),
-        Some(0.0),
-        "{m}"
-    );
+    assert_eq!(metric_value(&m, &connected), Some(0.0), "{m}");
 }

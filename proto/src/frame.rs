@@ -24,6 +24,7 @@ const T_HELLO_ACK: u8 = 2;
 const T_OPEN: u8 = 3;
 const T_DIAL_RESULT: u8 = 4;
 const T_SERVICE: u8 = 5;
+const T_LEAVING: u8 = 6;
 
 /// Why bytes could not be decoded into a frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -124,6 +125,7 @@ pub fn encode(msg: &Message, out: &mut BytesMut) -> Result<(), EncodeError> {
             payload.put_u8(service.to_wire());
             T_SERVICE
         }
+        Message::Leaving => T_LEAVING,
         Message::Unknown { kind } => *kind,
     };
     if payload.len() > MAX_FRAME_LEN {
@@ -236,6 +238,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, DecodeError> {
             }),
         },
         T_SERVICE => Message::Service(AgentService::from_wire(r.u8("service")?)),
+        T_LEAVING => Message::Leaving,
         other => Message::Unknown { kind: other },
     };
     Ok(Some((msg, HEADER_LEN + len)))
@@ -447,6 +450,7 @@ mod tests {
             Message::Service(AgentService::Apiserver),
             Message::Service(AgentService::RenewCertificate),
             Message::Service(AgentService::Unknown(77)),
+            Message::Leaving,
         ]
     }
 

@@ -23,6 +23,11 @@ pub enum Message {
     /// Agent → server, first frame of a stream the agent opens: which
     /// cloud-side service it wants (answered with a [`DialResult`]).
     Service(AgentService),
+    /// Server → agent on the control stream: this replica is draining
+    /// (SIGTERM). Open no new edge→cloud streams on this connection; the
+    /// server closes it once its streams are done, then redial with backoff.
+    /// Agents before it skip it as unknown.
+    Leaving,
     /// A frame type this version does not know; kept so newer peers can add
     /// messages without breaking older ones. Callers log and skip it.
     Unknown {

@@ -1,6 +1,6 @@
 //! Starting the agent from a validated configuration.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -19,12 +19,13 @@ use crate::edge::EdgeDialer;
 use crate::link::AgentLink;
 use crate::metrics::AgentMetrics;
 use crate::proxy::HttpProxy;
+use crate::servers::{ServerTarget, Supervisor};
 use crate::tls_files::AgentTlsFiles;
 use crate::tunnel_dialer::TunnelDialer;
 
 /// A running agent; [`RunningAgent::shutdown`] closes the connection gracefully.
 pub struct RunningAgent {
-    /// Opens edge→cloud service streams on the current server connection.
+    /// Opens edge→cloud service streams on any usable server connection.
     pub link: AgentLink,
     stop: watch::Sender<bool>,
     connector: tokio::task::JoinHandle<()>,
@@ -50,7 +51,7 @@ impl RunningAgent {
 /// connecting and renewing.
 pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunningAgent> {
     let metrics = AgentMetrics::new().context("registering metrics")?;
-    let connected = Arc::new(AtomicBool::new(false));
+    let connected = Arc::new(AtomicUsize::new(0));
     let admin_listener = transport::admin::bind(cfg.admin_addr)
         .await
         .with_context(|| format!("binding --admin-addr {}", cfg.admin_addr))?;
@@ -58,13 +59,17 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunningAgent> {
     let admin_connected = connected.clone();
     let hub_status = HubStatus::default();
     let admin_hub = hub_status.clone();
-    // 200 while connected (the tunnel works, whatever the hub's state); the body
-    // says what is wrong with the node proxy.
+    // 200 while connected to at least one server (the tunnel works, whatever
+    // the hub's state); the body says what is wrong with the node proxy.
     let handler: transport::admin::AdminHandler = Arc::new(move |path, _query| match path {
         "/healthz" => AdminResponse::text(StatusCode::OK, "ok\n"),
-        "/readyz" if admin_connected.load(Ordering::Acquire) => AdminResponse::text(
+        "/readyz" if admin_connected.load(Ordering::Acquire) > 0 => AdminResponse::text(
             StatusCode::OK,
-            format!("connected to the server; {}\n", admin_hub.summary()),
+            format!(
+                "connected to {} server(s); {}\n",
+                admin_connected.load(Ordering::Acquire),
+                admin_hub.summary()
+            ),
         ),
         "/readyz" => AdminResponse::text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -135,7 +140,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunningAgent> {
     if let Some(p) = &proxy {
         tracing::info!(proxy = %format!("{}:{}", p.host, p.port), "WebSocket connections go through an HTTP proxy");
     }
-    let (link_publisher, link) = crate::link::channel();
+    let (link_publishers, link) = crate::link::channel();
     let renewal = tokio::spawn(crate::renew::run(tls.clone(), link.clone()));
     // The node proxy serves from its cache whether or not the server is
     // reachable, so it starts before the first connection attempt.
@@ -158,16 +163,26 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunningAgent> {
             }
         }
     };
-    let connector = Connector {
-        server_host: cfg.server_host.clone(),
-        server_port: cfg.server_port,
-        node_name,
-        node_ips,
+    let dialer = Arc::new(EdgeDialer {
+        allow,
+        dial_timeout: cfg.dial_timeout,
+        metrics: metrics.clone(),
+    });
+    let session = format!("{:016x}", rand::random::<u64>());
+    let resolve = proxy.is_none();
+    let connector_metrics = metrics.clone();
+    let make_connector = move |target: ServerTarget| Connector {
+        server_key: target.key(),
+        server_host: target.name.host,
+        server_port: target.name.port,
+        server_addr: target.addr,
+        node_name: node_name.clone(),
+        node_ips: node_ips.clone(),
         transport: cfg.transport,
-        tls,
-        proxy,
+        tls: tls.clone(),
+        proxy: proxy.clone(),
         quic_probe_interval: cfg.quic_probe_interval,
-        session: format!("{:016x}", rand::random::<u64>()),
+        session: session.clone(),
         tuning: QuicTuning {
             keep_alive: cfg.keepalive,
             idle_timeout: cfg.idle_timeout,
@@ -175,18 +190,22 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunningAgent> {
             ..QuicTuning::default()
         },
         connect_timeout: cfg.connect_timeout,
-        dialer: Arc::new(EdgeDialer {
-            allow,
-            dial_timeout: cfg.dial_timeout,
-            metrics: metrics.clone(),
-        }),
-        metrics: metrics.clone(),
+        dialer: dialer.clone(),
+        metrics: connector_metrics.clone(),
         connected: connected.clone(),
-        link: link_publisher,
+        up: AtomicBool::new(false),
+        link: link_publishers.publisher(),
+    };
+    let supervisor = Supervisor {
+        names: cfg.servers.clone(),
+        resolve,
+        interval: cfg.server_resolve_interval,
+        connector: make_connector,
+        metrics: metrics.clone(),
     };
 
     let (stop, stop_rx) = watch::channel(false);
-    let connector = tokio::spawn(connector.run(stop_rx));
+    let connector = tokio::spawn(supervisor.run(stop_rx));
     Ok(RunningAgent {
         link,
         stop,

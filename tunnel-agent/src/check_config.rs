@@ -107,11 +107,16 @@ pub fn check(
             out.push_str(&line);
         }
     }
+    let servers: Vec<String> = cfg
+        .servers
+        .iter()
+        .map(|s| format!("{}:{}", s.host, s.port))
+        .collect();
     let _ = writeln!(
         out,
-        "server {}:{} over {:?}, connect timeout {:?}, keep-alive {:?}, idle timeout {:?}",
-        cfg.server_host,
-        cfg.server_port,
+        "server {} (every address one connection, resolved every {:?}) over {:?}, connect timeout {:?}, keep-alive {:?}, idle timeout {:?}",
+        servers.join(", "),
+        cfg.server_resolve_interval,
         cfg.transport,
         cfg.connect_timeout,
         cfg.keepalive,

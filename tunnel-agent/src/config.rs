@@ -22,9 +22,13 @@ pub struct Cli {
     /// YAML file whose keys are these flags' long names; command-line flags win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Where to dial out (HOST:PORT; HOST is also the TLS server name).
-    #[arg(long, value_name = "HOST:PORT")]
-    pub server: Option<String>,
+    /// Where to dial out (HOST:PORT; HOST is also the TLS server name). Repeatable;
+    /// every address HOST resolves to is one server, each kept connected.
+    #[arg(long = "server", value_name = "HOST:PORT")]
+    pub server: Vec<String>,
+    /// How often the --server names are resolved again (new addresses dialed, vanished ones dropped).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub server_resolve_interval: Duration,
     /// Node name; must match the certificate (default: the hostname).
     #[arg(long)]
     pub node_name: Option<String>,
@@ -133,8 +137,12 @@ pub enum TransportChoice {
 /// Everything the agent needs, validated.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
+    /// The first `--server` (enrollment, proxy choice, check-config).
     pub server_host: String,
     pub server_port: u16,
+    /// Every `--server`.
+    pub servers: Vec<crate::servers::ServerName>,
+    pub server_resolve_interval: Duration,
     pub node_name: Option<String>,
     pub node_ips: Vec<IpAddr>,
     pub transport: TransportChoice,
@@ -163,6 +171,8 @@ pub enum ConfigError {
     BadServer(String),
     #[error("--bootstrap-token: {0}")]
     BadToken(certs::TokenError),
+    #[error("--server-resolve-interval must be at least 1s")]
+    ResolveTooShort,
     #[error("--quic-probe-interval must be at least 1s")]
     ProbeTooShort,
     #[error("--keepalive ({keepalive:?}) must be shorter than --idle-timeout ({idle:?})")]
@@ -175,9 +185,22 @@ impl TryFrom<Cli> for AgentConfig {
     type Error = ConfigError;
 
     fn try_from(c: Cli) -> Result<Self, Self::Error> {
-        let server = c.server.clone().ok_or(ConfigError::Missing("server"))?;
-        let (host, port) =
-            split_host_port(&server).ok_or(ConfigError::BadServer(server.clone()))?;
+        if c.server.is_empty() {
+            return Err(ConfigError::Missing("server"));
+        }
+        let servers = c
+            .server
+            .iter()
+            .map(|s| {
+                split_host_port(s)
+                    .map(|(host, port)| crate::servers::ServerName { host, port })
+                    .ok_or(ConfigError::BadServer(s.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (host, port) = (servers[0].host.clone(), servers[0].port);
+        if c.server_resolve_interval < Duration::from_secs(1) {
+            return Err(ConfigError::ResolveTooShort);
+        }
         if c.quic_probe_interval < Duration::from_secs(1) {
             return Err(ConfigError::ProbeTooShort);
         }
@@ -192,6 +215,8 @@ impl TryFrom<Cli> for AgentConfig {
             hub,
             server_host: host,
             server_port: port,
+            servers,
+            server_resolve_interval: c.server_resolve_interval,
             node_name: c.node_name,
             node_ips: c.node_ips,
             transport: c.transport,
@@ -295,6 +320,7 @@ mod tests {
         assert_eq!(c.server_port, 8132);
         assert_eq!(c.admin_addr, "127.0.0.1:8134".parse().unwrap());
         assert_eq!(c.transport, TransportChoice::Auto);
+        assert_eq!(c.server_resolve_interval, Duration::from_secs(30));
         assert!(c.allow.is_empty());
     }
 
@@ -371,6 +397,23 @@ mod tests {
             let e = parse(&a).unwrap_err();
             assert!(e.contains(flag), "{flag} {value}: {e}");
         }
+    }
+
+    #[test]
+    fn server_repeats() {
+        let mut a = BASE.to_vec();
+        a.extend(["--server", "[::1]:9000", "--server-resolve-interval", "5s"]);
+        let c = parse(&a).unwrap();
+        let hosts: Vec<(&str, u16)> = c
+            .servers
+            .iter()
+            .map(|s| (s.host.as_str(), s.port))
+            .collect();
+        assert_eq!(hosts, [("tunnel.example", 8132), ("::1", 9000)]);
+        assert_eq!(c.server_host, "tunnel.example");
+        assert_eq!(c.server_resolve_interval, Duration::from_secs(5));
+        a.extend(["--server", "bad"]);
+        assert!(parse(&a).unwrap_err().contains("\"bad\""));
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! waits per its [`Backoff`] and tries again.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,10 +30,16 @@ use crate::metrics::AgentMetrics;
 use crate::proxy::{HttpProxy, ProxyError};
 use crate::tls_files::AgentTlsFiles;
 
-/// What a connection attempt needs.
+/// What a connection attempt needs: one per server address
+/// ([`crate::servers`] starts and stops them).
 pub struct Connector {
+    /// The `--server` HOST: TLS server name and WebSocket `Host`, whatever address is dialed.
     pub server_host: String,
     pub server_port: u16,
+    /// The address to dial; `None`: resolve `server_host` (behind a proxy, the proxy does).
+    pub server_addr: Option<SocketAddr>,
+    /// `server` label of this connection's metrics.
+    pub server_key: String,
     pub node_name: String,
     pub node_ips: Vec<std::net::IpAddr>,
     pub transport: TransportChoice,
@@ -45,8 +51,10 @@ pub struct Connector {
     pub quic_probe_interval: Duration,
     pub dialer: Arc<EdgeDialer>,
     pub metrics: AgentMetrics,
-    /// True while registered (drives `/readyz`).
-    pub connected: Arc<AtomicBool>,
+    /// Server connections registered now, over all connectors (drives `/readyz`).
+    pub connected: Arc<AtomicUsize>,
+    /// Whether this connector counts in `connected`.
+    pub up: AtomicBool,
     /// Random per process; lets the server tell a transport switch of this
     /// agent from a second agent claiming the same node.
     pub session: String,
@@ -232,7 +240,11 @@ impl Connector {
         let ws_tls = self.tls.client_config(b"http/1.1")?;
         let (tcp, remote) = match &self.proxy {
             Some(p) => {
-                let tcp = p.connect(&self.server_host, self.server_port, t).await?;
+                let (host, port) = match self.server_addr {
+                    Some(a) => (a.ip().to_string(), a.port()),
+                    None => (self.server_host.clone(), self.server_port),
+                };
+                let tcp = p.connect(&host, port, t).await?;
                 let remote = tcp.peer_addr().map_err(|e| ConnectError::Connect {
                     addr: format!("{}:{}", p.host, p.port),
                     reason: e.to_string(),
@@ -311,6 +323,9 @@ impl Connector {
     }
 
     async fn resolve(&self) -> Result<SocketAddr, ConnectError> {
+        if let Some(addr) = self.server_addr {
+            return Ok(addr);
+        }
         let err = |reason: String| ConnectError::Resolve {
             host: self.server_host.clone(),
             reason,
@@ -337,7 +352,22 @@ impl Connector {
             self.transport == TransportChoice::Auto && transport == TransportKind::Websocket;
 
         let accept = accept_streams(link.clone(), self.dialer.clone(), node.clone());
-        let control = async { while read_message(&mut control_recv).await.is_ok() {} };
+        // The server's control messages; `Leaving`: it drains (SIGTERM), so
+        // no new edge→cloud streams go here; its streams still arrive until
+        // it closes the connection, then the usual backoff redials it.
+        let control = async {
+            loop {
+                match read_message(&mut control_recv).await {
+                    Ok(Message::Leaving) => {
+                        tracing::info!(node = %self.node_name, server = %self.server_key,
+                            "server is leaving; using the other servers for new streams");
+                        self.link.withdraw();
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        };
         let probe = async {
             if !probing {
                 return std::future::pending().await;
@@ -386,9 +416,15 @@ impl Connector {
     fn set_connected(&self, transport: TransportKind, up: bool) {
         self.metrics
             .connected
-            .with_label_values(&[transport.as_str()])
+            .with_label_values(&[transport.as_str(), self.server_key.as_str()])
             .set(i64::from(up));
-        self.connected.store(up, Ordering::Release);
+        if self.up.swap(up, Ordering::AcqRel) != up {
+            if up {
+                self.connected.fetch_add(1, Ordering::AcqRel);
+            } else {
+                self.connected.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
     }
 }
 

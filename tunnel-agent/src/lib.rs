@@ -1,6 +1,7 @@
 //! The edge end of the tunnel.
 //!
-//! The [`connector`] keeps one registered connection to the server; for each
+//! [`servers`] runs one [`connector`] per server address, each keeping one
+//! registered connection to its server; for each
 //! stream the server opens, [`edge`] checks the [`allowlist`] and dials the
 //! destination. [`agent`] wires it together from a [`config::AgentConfig`].
 
@@ -18,5 +19,6 @@ pub mod metrics;
 pub mod node_setup;
 pub mod proxy;
 pub mod renew;
+pub mod servers;
 pub mod tls_files;
 pub mod tunnel_dialer;

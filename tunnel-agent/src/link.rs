@@ -1,11 +1,14 @@
-//! The agent's current server connection, for streams the agent opens itself.
+//! The agent's usable server connections, for streams the agent opens itself.
 //!
-//! The [`Connector`](crate::connector::Connector) publishes each registered
-//! connection here (and withdraws it when it ends); components that reach
-//! cloud services over the tunnel (the node proxy's `--apiserver tunnel`,
-//! certificate renewal) hold an [`AgentLink`] and open service streams on
-//! whatever connection is current, QUIC or WebSocket.
+//! Each [`Connector`](crate::connector::Connector) (one per server address)
+//! publishes its registered connection here and withdraws it when it ends
+//! or its server says it is leaving; components that reach cloud services
+//! over the tunnel (the node proxy's `--apiserver tunnel`, certificate
+//! renewal) hold an [`AgentLink`] and open service streams on any usable
+//! connection, QUIC or WebSocket, rotating between them.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use proto::{AgentService, DialErrorKind, DialResult, Message};
@@ -50,30 +53,85 @@ pub enum LinkError {
     },
 }
 
-/// Publishes the current connection; held by the connector.
-#[derive(Debug)]
-pub struct LinkPublisher(watch::Sender<Option<TunnelConnection>>);
+/// The usable connections, one slot per server address (publisher id).
+type Links = Vec<(u64, TunnelConnection)>;
 
-/// A cheap, cloneable handle for opening edge→cloud service streams.
+/// Hands out a [`LinkPublisher`] per server connection; held by the agent.
 #[derive(Debug, Clone)]
-pub struct AgentLink(watch::Receiver<Option<TunnelConnection>>);
+pub struct LinkSet {
+    links: Arc<watch::Sender<Links>>,
+    next_id: Arc<AtomicU64>,
+}
 
-/// A new publisher and the handle that follows it.
-pub fn channel() -> (LinkPublisher, AgentLink) {
-    let (tx, rx) = watch::channel(None);
-    (LinkPublisher(tx), AgentLink(rx))
+/// Publishes one server address's current connection; held by its connector.
+/// Dropping it withdraws the connection.
+#[derive(Debug)]
+pub struct LinkPublisher {
+    id: u64,
+    links: Arc<watch::Sender<Links>>,
+}
+
+/// A cheap, cloneable handle for opening edge→cloud service streams on any
+/// usable server connection.
+#[derive(Debug, Clone)]
+pub struct AgentLink {
+    links: watch::Receiver<Links>,
+    /// Rotates the connection new streams start on.
+    next: Arc<AtomicUsize>,
+}
+
+/// A new set of publishers and the handle that follows all of them.
+pub fn channel() -> (LinkSet, AgentLink) {
+    let (tx, rx) = watch::channel(Vec::new());
+    (
+        LinkSet {
+            links: Arc::new(tx),
+            next_id: Arc::new(AtomicU64::new(0)),
+        },
+        AgentLink {
+            links: rx,
+            next: Arc::new(AtomicUsize::new(0)),
+        },
+    )
+}
+
+impl LinkSet {
+    /// A publisher for one more server connection.
+    pub fn publisher(&self) -> LinkPublisher {
+        LinkPublisher {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            links: self.links.clone(),
+        }
+    }
 }
 
 impl LinkPublisher {
-    /// New streams go to `link` from now on.
+    /// New streams may use `link` (in place of this publisher's previous one).
     pub fn publish(&self, link: &TunnelConnection) {
-        self.0.send_replace(Some(link.clone()));
+        self.links.send_modify(|links| {
+            links.retain(|(id, _)| *id != self.id);
+            links.push((self.id, link.clone()));
+        });
     }
 
-    /// No connection: opening streams fails fast until the next one.
+    /// This server connection takes no new streams (gone, or its server is leaving).
     pub fn withdraw(&self) {
-        self.0.send_replace(None);
+        self.links
+            .send_if_modified(|links| remove_entry(links, self.id));
     }
+}
+
+impl Drop for LinkPublisher {
+    fn drop(&mut self) {
+        self.withdraw();
+    }
+}
+
+/// Removes publisher `id`'s entry; whether there was one.
+fn remove_entry(links: &mut Links, id: u64) -> bool {
+    let before = links.len();
+    links.retain(|(i, _)| *i != id);
+    links.len() != before
 }
 
 /// An accepted service stream: the service's bytes follow on both halves.
@@ -91,9 +149,19 @@ impl ServiceStream {
 }
 
 impl AgentLink {
-    /// Whether a registered connection exists right now.
+    /// Whether a usable server connection exists right now.
     pub fn is_connected(&self) -> bool {
-        self.0.borrow().is_some()
+        !self.links.borrow().is_empty()
+    }
+
+    /// One usable connection, a different one each call when there are several.
+    fn pick(&self) -> Option<TunnelConnection> {
+        let links = self.links.borrow();
+        if links.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % links.len();
+        Some(links[i].1.clone())
     }
 
     /// Waits until a connection is published or withdrawn; never returns once
@@ -112,7 +180,7 @@ impl AgentLink {
         service: AgentService,
         limit: Duration,
     ) -> Result<ServiceStream, LinkError> {
-        let link = self.0.borrow().clone().ok_or(LinkError::NotConnected)?;
+        let link = self.pick().ok_or(LinkError::NotConnected)?;
         let name = service.as_str();
         let exchange = async {
             let (mut send, mut recv) = link.open_stream().await?;
@@ -157,7 +225,8 @@ mod tests {
 
     #[tokio::test]
     async fn fails_fast_without_a_connection() {
-        let (publisher, link) = channel();
+        let (set, link) = channel();
+        let publisher = set.publisher();
         assert!(!link.is_connected());
         let started = std::time::Instant::now();
         let err = link

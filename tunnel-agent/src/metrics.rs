@@ -27,9 +27,9 @@ impl AgentMetrics {
         let connected = IntGaugeVec::new(
             Opts::new(
                 "tunnel_agent_connected",
-                "1 while registered with the server, by transport.",
+                "1 while registered with a server, by transport and server address.",
             ),
-            &["transport"],
+            &["transport", "server"],
         )?;
         let reconnects = IntCounter::new(
             "tunnel_agent_reconnects_total",

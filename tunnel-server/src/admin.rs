@@ -31,10 +31,15 @@ pub fn handler(
     registry: Arc<AgentRegistry>,
     metrics: ServerMetrics,
     ready: Arc<AtomicBool>,
+    draining: Arc<AtomicBool>,
     sd_ports: Arc<Vec<u16>>,
 ) -> AdminHandler {
     Arc::new(move |path, query| match path {
         "/healthz" => AdminResponse::text(StatusCode::OK, "ok\n"),
+        "/readyz" if draining.load(Ordering::Acquire) => AdminResponse::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining (SIGTERM): open streams finish, new requests belong to the other replicas\n",
+        ),
         "/readyz" => readyz(&registry, &ready, query),
         "/metrics" => {
             let mut r = AdminResponse::text(StatusCode::OK, metrics.render(&registry));

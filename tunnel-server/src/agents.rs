@@ -30,6 +30,9 @@ pub struct AgentListener {
     pub revocations: Arc<crate::revocation::Revocations>,
     /// Edge→cloud services offered on registered connections.
     pub services: Arc<ServiceContext>,
+    /// True once this replica drains (SIGTERM): agents are told it is
+    /// leaving, new connections are closed before registering.
+    pub draining: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AgentListener {
@@ -82,6 +85,11 @@ impl AgentListener {
     /// (its handshake slot) is released once it is registered or refused.
     pub(crate) async fn serve_connection(&self, link: TunnelConnection, permit: HandshakePermit) {
         let remote = link.remote_address();
+        if *self.draining.borrow() {
+            tracing::info!(%remote, "agent connection closed: this replica is draining");
+            link.close(proto::codes::CONN_SHUTDOWN, "server draining");
+            return;
+        }
         let identity = match peer_identity(&link) {
             Ok(id) => id,
             Err(reason) => {
@@ -206,8 +214,19 @@ impl AgentListener {
                 }
             }
         };
+        let mut draining = self.draining.clone();
+        let tell_leaving = async {
+            if draining.wait_for(|d| *d).await.is_ok()
+                && write_message(&mut send, &Message::Leaving).await.is_ok()
+            {
+                tracing::info!(%node, "told the agent this replica is leaving");
+            }
+            std::future::pending::<()>().await
+        };
         let reason = tokio::select! {
             r = link.closed() => r,
+            // Never ends: after telling, it waits for the connection to close.
+            _ = tell_leaving => "draining".to_string(),
             _ = control => {
                 link.close(proto::codes::CONN_SHUTDOWN, "control stream closed");
                 "control stream closed".to_string()

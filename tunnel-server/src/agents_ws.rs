@@ -18,7 +18,7 @@ use transport::ws::{ws_config, WsByteStream, TUNNEL_PATH};
 use transport::TunnelConnection;
 
 use crate::agents::AgentListener;
-use crate::enroll::AgentPortTls;
+use crate::enroll::{AgentPortTls, PortUse};
 
 /// Time for a TCP client to finish TLS and the WebSocket upgrade.
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,6 +48,11 @@ impl AgentListener {
             tokio::spawn(async move {
                 match tokio::time::timeout(UPGRADE_TIMEOUT, upgrade(tcp, remote, &tls)).await {
                     Ok(Ok(Accepted::Tunnel(link))) => this.serve_connection(link, permit).await,
+                    Ok(Ok(Accepted::Peer(stream))) => {
+                        // Long-lived and not an agent: outside the handshake gate.
+                        drop(permit);
+                        crate::peers::serve::serve(*stream, remote, tls.peers.clone()).await
+                    }
                     Ok(Ok(Accepted::Enroll(stream))) => {
                         // Enrollment has its own rate limit.
                         drop(permit);
@@ -70,6 +75,8 @@ enum Accepted {
     Tunnel(TunnelConnection),
     /// An enrollment or renewal request, TLS established.
     Enroll(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// Another replica, TLS established (its certificate still to be checked).
+    Peer(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
 /// TLS (config chosen by ALPN), then for tunnels the WebSocket upgrade.
@@ -102,13 +109,15 @@ async fn upgrade(
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
         .await
         .map_err(|e| format!("TLS handshake failed: {e}"))?;
-    let (config, enroll) = tls.select(start.client_hello().alpn());
+    let (config, port_use) = tls.select(start.client_hello().alpn());
     let tls = start
         .into_stream(config)
         .await
         .map_err(|e| format!("TLS handshake failed: {e}"))?;
-    if enroll {
-        return Ok(Accepted::Enroll(Box::new(tls)));
+    match port_use {
+        PortUse::Enroll => return Ok(Accepted::Enroll(Box::new(tls))),
+        PortUse::Peer => return Ok(Accepted::Peer(Box::new(tls))),
+        PortUse::Tunnel => {}
     }
     let certificates = tls.get_ref().1.peer_certificates().map(<[_]>::to_vec);
     let check_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {

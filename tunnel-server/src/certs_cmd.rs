@@ -59,6 +59,19 @@ pub enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Create the peer certificate replicas show each other (peer.crt, peer.key;
+    /// the server's --peer-cert / --peer-key), signed by the CA in --dir.
+    Peer {
+        /// Directory holding ca.crt and ca.key; peer.crt and peer.key are written here.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Lifetime of the certificate.
+        #[arg(long, default_value = "365d", value_parser = parse_duration)]
+        ttl: Duration,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
     /// Bootstrap tokens for enrolling nodes without copying certificates to them.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -115,6 +128,7 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<()> {
             namespace,
             force,
         } => certs_secret::init(&dir, &server_name, &server_ips, &namespace, force)?,
+        CertsCommand::Peer { dir, ttl, force } => certs::issue_peer_files(&dir, ttl, force)?,
         CertsCommand::Agent {
             dir,
             node,

@@ -4,7 +4,7 @@
 //! `certs init` writes `secrets.yaml` with `tunnel-ca` (`ca.crt`, for agents and the
 //! server), `tunnel-ca-key` (`ca.key`, only for servers that sign enrolled certificates),
 //! `tunnel-server-tls` and `tunnel-proxy-client` (type `kubernetes.io/tls`, with `ca.crt`
-//! too). It still writes `ca.crt` and `ca.key` as PEM: `certs agent` and `certs token`
+//! too), and `tunnel-server-peer` (`peer.crt`, `peer.key`: what replicas show each other). It still writes `ca.crt` and `ca.key` as PEM: `certs agent` and `certs token`
 //! need the CA later. `certs agent` writes `agent-<node>.secret.yaml` (Secret
 //! `tunnel-agent-<node>`, type `kubernetes.io/tls`). Values go in `stringData` as literal
 //! blocks, so the PEM is readable in the manifest; files are mode 0600 (they hold keys).
@@ -65,6 +65,7 @@ pub fn cluster_secrets<'a>(
     ca: &CertificateAuthority,
     server: &IssuedCert,
     proxy: &IssuedCert,
+    peer: &IssuedCert,
     namespace: &'a str,
 ) -> Vec<SecretSpec<'a>> {
     let ca_crt = ca.cert_pem().to_owned();
@@ -93,6 +94,15 @@ pub fn cluster_secrets<'a>(
         },
         tls("tunnel-server-tls", server),
         tls("tunnel-proxy-client", proxy),
+        SecretSpec {
+            name: "tunnel-server-peer".into(),
+            namespace,
+            kind: "Opaque",
+            data: vec![
+                ("peer.crt", peer.cert_pem.clone()),
+                ("peer.key", peer.key_pem.clone()),
+            ],
+        },
     ]
 }
 
@@ -113,7 +123,8 @@ pub fn init(
     let ca = CertificateAuthority::generate(DEFAULT_CA_VALIDITY)?;
     let server = ca.issue_server(server_name, server_ips, DEFAULT_CERT_VALIDITY)?;
     let proxy = ca.issue_client(DEFAULT_PROXY_CLIENT_CN, DEFAULT_CERT_VALIDITY)?;
-    let manifest = render(&cluster_secrets(&ca, &server, &proxy, namespace));
+    let peer = ca.issue_peer(DEFAULT_CERT_VALIDITY)?;
+    let manifest = render(&cluster_secrets(&ca, &server, &proxy, &peer, namespace));
     write(
         dir,
         &paths[0],
@@ -206,7 +217,8 @@ mod tests {
                 "tunnel-ca",
                 "tunnel-ca-key",
                 "tunnel-server-tls",
-                "tunnel-proxy-client"
+                "tunnel-proxy-client",
+                "tunnel-server-peer"
             ]
         );
         let ca_pem = std::fs::read_to_string(dir.path().join("ca.crt")).unwrap();

@@ -29,6 +29,9 @@ pub enum CheckConfigError {
     /// `--token-dir` is not a directory.
     #[error("--token-dir {0}: not a directory")]
     TokenDir(String),
+    /// `--peer-cert` is not a peer certificate (`certs peer` writes one).
+    #[error("--peer-cert {0}: not a peer certificate (O=edgetunnel:replicas); create one with `tunnel-server certs peer`")]
+    NotPeerCertificate(String),
 }
 
 /// Checks `cfg` at time `now`; returns the report of what would run.
@@ -71,6 +74,28 @@ pub fn check(cfg: &ServerConfig, now: UnixTime) -> Result<String, CheckConfigErr
         cfg.agent_ca.display(),
         a = cfg.agent_addr
     );
+    let r = &cfg.replicas;
+    let _ = writeln!(
+        out,
+        "replica {:?}, drain timeout {:?}",
+        r.server_id, r.drain_timeout
+    );
+    if let Some((cert, key)) = &r.peer_cert {
+        let (chain, _) = certs::load_cert_and_key(cert, key)?;
+        check::check_signed_by(cert, &chain, &cfg.agent_ca, Usage::Client, now)?;
+        if !certs::is_peer_certificate(&chain[0])? {
+            return Err(CheckConfigError::NotPeerCertificate(
+                cert.display().to_string(),
+            ));
+        }
+        let _ = writeln!(
+            out,
+            "peers {} (every address one peer, resolved every {:?}), shown {}",
+            r.peers.join(", "),
+            r.peer_resolve_interval,
+            cert.display()
+        );
+    }
     if let Some(uds) = &cfg.uds {
         let _ = writeln!(
             out,
@@ -140,6 +165,39 @@ mod tests {
                 .map(|s| s.replace("DIR", &dir.display().to_string())),
         );
         ServerConfig::try_from(Cli::try_parse_from(args).unwrap().run).unwrap()
+    }
+
+    #[test]
+    fn peer_certificate_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        certs::init_cluster(d, "tunnel.example", &[], false).unwrap();
+        certs::issue_peer_files(d, std::time::Duration::from_secs(3600), false).unwrap();
+        let now = UnixTime::now();
+        let peer = ["--peer=tunnel-peers:8132", "--server-id=r1"];
+        let with = |cert: &str, key: &str| {
+            let mut a = peer.to_vec();
+            let (c, k) = (
+                format!("--peer-cert=DIR/{cert}"),
+                format!("--peer-key=DIR/{key}"),
+            );
+            a.extend([c.as_str(), k.as_str()]);
+            check(&cfg(d, &a), now)
+        };
+        let report = with("peer.crt", "peer.key").unwrap();
+        assert!(report.contains("replica \"r1\""), "{report}");
+        assert!(report.contains("peers tunnel-peers:8132"), "{report}");
+        // The proxy client certificate is another CA's; an agent's is no peer.
+        let err = with("proxy-client.crt", "proxy-client.key").unwrap_err();
+        assert!(err.to_string().contains("different CA"), "{err}");
+        certs::issue_agent_files(
+            d,
+            &certs::NodeIdentity::new("edge-1", vec![]).unwrap(),
+            false,
+        )
+        .unwrap();
+        let err = with("agent-edge-1.crt", "agent-edge-1.key").unwrap_err();
+        assert!(err.to_string().contains("not a peer certificate"), "{err}");
     }
 
     #[test]

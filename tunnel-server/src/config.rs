@@ -130,6 +130,91 @@ pub struct RunArgs {
     pub passthrough: PassthroughArgs,
     #[command(flatten)]
     pub hardening: HardeningArgs,
+    #[command(flatten)]
+    pub replicas: ReplicaArgs,
+}
+
+/// Flags of a server running as one of several replicas (docs/operations.md,
+/// "Several replicas").
+#[derive(Debug, Args, Clone)]
+pub struct ReplicaArgs {
+    /// This replica's name in /agents, logs and metrics (default: the hostname).
+    #[arg(long, value_name = "NAME")]
+    pub server_id: Option<String>,
+    /// Another replica's agent port (repeatable; every address HOST resolves
+    /// to is one peer, this replica's own skipped): requests for nodes not
+    /// connected here are carried through the peer that has them.
+    #[arg(long = "peer", value_name = "HOST:PORT")]
+    pub peers: Vec<String>,
+    /// Client certificate shown to peers (`certs peer` writes peer.crt); required with --peer.
+    #[arg(long, value_name = "FILE")]
+    pub peer_cert: Option<PathBuf>,
+    /// Key of --peer-cert.
+    #[arg(long, value_name = "FILE")]
+    pub peer_key: Option<PathBuf>,
+    /// How often --peer names are resolved again.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub peer_resolve_interval: Duration,
+    /// On SIGTERM: how long open streams may run before the process exits.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+/// The validated [`ReplicaArgs`].
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub server_id: String,
+    pub peers: Vec<String>,
+    /// `--peer-cert` and `--peer-key`; set whenever `peers` is not empty.
+    pub peer_cert: Option<(PathBuf, PathBuf)>,
+    pub peer_resolve_interval: Duration,
+    pub drain_timeout: Duration,
+}
+
+impl TryFrom<ReplicaArgs> for ReplicaConfig {
+    type Error = ConfigError;
+
+    fn try_from(a: ReplicaArgs) -> Result<Self, Self::Error> {
+        let server_id = match a.server_id {
+            Some(id) if id.trim().is_empty() || id.chars().any(char::is_control) => {
+                return Err(ConfigError::BadServerId(id))
+            }
+            Some(id) => id,
+            None => hostname().unwrap_or_else(|| "tunnel-server".to_string()),
+        };
+        for p in &a.peers {
+            if !p
+                .rsplit_once(':')
+                .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|n| n > 0))
+            {
+                return Err(ConfigError::BadPeer(p.clone()));
+            }
+        }
+        let peer_cert = match (a.peer_cert, a.peer_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) if a.peers.is_empty() => None,
+            (_, None) => return Err(ConfigError::Missing("peer-key")),
+            (None, Some(_)) => return Err(ConfigError::Missing("peer-cert")),
+        };
+        if a.peer_resolve_interval < Duration::from_secs(1) {
+            return Err(ConfigError::Zero("peer-resolve-interval (at least 1s)"));
+        }
+        Ok(Self {
+            server_id,
+            peers: a.peers,
+            peer_resolve_interval: a.peer_resolve_interval,
+            peer_cert,
+            drain_timeout: a.drain_timeout,
+        })
+    }
+}
+
+/// The kernel hostname: the default `--server-id`.
+pub fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 /// Flags of the front ends for clients that dial nodes directly (SNI
@@ -324,6 +409,7 @@ pub struct ServerConfig {
     pub apiserver: Option<DialTarget>,
     pub passthrough: PassthroughConfig,
     pub hardening: Hardening,
+    pub replicas: ReplicaConfig,
 }
 
 /// Highest `--max-streams-per-node`: agents grant 25,000 concurrent QUIC
@@ -351,6 +437,10 @@ pub enum ConfigError {
     TokenDirNeedsCaKey,
     #[error("two --forward flags listen on {0}")]
     DuplicateForwardListen(SocketAddr),
+    #[error("--server-id {0:?} must be a non-empty name without control characters")]
+    BadServerId(String),
+    #[error("--peer {0:?} must be HOST:PORT")]
+    BadPeer(String),
     #[error("--node-domain {0:?} is not a DNS name")]
     BadNodeDomain(String),
     #[error("--max-streams-forward ({forward}) + --max-streams-http-proxy ({http}) must be less than --max-streams ({max_streams}), so kube-apiserver keeps streams of its own")]
@@ -428,6 +518,7 @@ impl TryFrom<RunArgs> for ServerConfig {
             apiserver: a.apiserver,
             passthrough: a.passthrough.try_into()?,
             hardening,
+            replicas: a.replicas.try_into()?,
         })
     }
 }
@@ -450,6 +541,45 @@ mod tests {
         "--agent-ca",
         "ca.crt",
     ];
+
+    #[test]
+    fn replica_flags() {
+        let c = parse(BASE).unwrap();
+        assert_eq!(
+            Some(c.replicas.server_id.clone()),
+            hostname().or(Some("tunnel-server".into()))
+        );
+        assert!(c.replicas.peers.is_empty());
+        assert_eq!(c.replicas.drain_timeout, Duration::from_secs(60));
+        let mut a = BASE.to_vec();
+        a.extend([
+            "--server-id",
+            "r1",
+            "--peer",
+            "tunnel-peers:8132",
+            "--peer",
+            "[fd00::2]:8132",
+        ]);
+        assert_eq!(parse(&a).unwrap_err(), "--peer-key is required");
+        a.extend([
+            "--peer-cert",
+            "p.crt",
+            "--peer-key",
+            "p.key",
+            "--drain-timeout",
+            "5s",
+        ]);
+        let c = parse(&a).unwrap();
+        assert_eq!(c.replicas.server_id, "r1");
+        assert_eq!(c.replicas.peers, ["tunnel-peers:8132", "[fd00::2]:8132"]);
+        assert_eq!(c.replicas.drain_timeout, Duration::from_secs(5));
+        let mut a = BASE.to_vec();
+        a.extend(["--peer", "nope"]);
+        assert!(parse(&a).unwrap_err().contains("HOST:PORT"));
+        let mut a = BASE.to_vec();
+        a.extend(["--server-id", " "]);
+        assert!(parse(&a).unwrap_err().contains("--server-id"));
+    }
 
     #[test]
     fn defaults_follow_the_spec() {

@@ -33,6 +33,8 @@ pub enum Frontend {
     Sni,
     /// Redirected connections by original destination on `--transparent-addr`.
     Transparent,
+    /// A dial another replica asked for (its front end, our agent).
+    Peer,
 }
 
 impl Frontend {
@@ -45,6 +47,7 @@ impl Frontend {
             Frontend::Grpc => "grpc",
             Frontend::Sni => "sni",
             Frontend::Transparent => "transparent",
+            Frontend::Peer => "peer",
         }
     }
 }
@@ -110,6 +113,15 @@ pub enum DialFailure {
         target: String,
         reason: String,
     },
+    /// The dial went through peer replica `server_id`, which failed it (its
+    /// local failure's status, label and message) or broke off.
+    #[error("{message} (through replica {server_id})")]
+    Peer {
+        server_id: String,
+        status: u16,
+        label: &'static str,
+        message: String,
+    },
 }
 
 impl DialFailure {
@@ -127,6 +139,7 @@ impl DialFailure {
             DialFailure::AgentTimeout { .. }
             | DialFailure::Timeout { .. }
             | DialFailure::AgentGone { .. } => 504,
+            DialFailure::Peer { status, .. } => *status,
         }
     }
 
@@ -143,6 +156,7 @@ impl DialFailure {
             DialFailure::DialFailed { .. } | DialFailure::BadAnswer { .. } => "dial_failed",
             DialFailure::AgentTimeout { .. } | DialFailure::Timeout { .. } => "timeout",
             DialFailure::AgentGone { .. } => "agent_gone",
+            DialFailure::Peer { label, .. } => label,
         }
     }
 }
@@ -160,7 +174,8 @@ pub struct EdgeStream {
 
 /// Keeps the gauges and the limit slots of one open stream.
 pub struct ActiveStream {
-    _slot: NodeSlot,
+    /// `None` for a stream a peer replica carries (no agent connection here).
+    _slot: Option<NodeSlot>,
     gauge: prometheus::IntGauge,
     node_gauge: Option<prometheus::IntGauge>,
     _permit: OwnedSemaphorePermit,
@@ -253,6 +268,11 @@ pub struct Dialer {
     max_pending: usize,
     max_streams_per_node: usize,
     next_stream_id: std::sync::atomic::AtomicU64,
+    /// Other replicas, for nodes not connected here (`--peer`).
+    peers: Option<Arc<crate::peers::Peers>>,
+    /// Set on SIGTERM: new dials go through peers first (so this replica's
+    /// streams can run out), and peers are told no node is here.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Dialer {
@@ -278,7 +298,50 @@ impl Dialer {
             max_pending,
             max_streams_per_node: max_streams,
             next_stream_id: std::sync::atomic::AtomicU64::new(1),
+            peers: None,
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// This replica drains: see the `draining` field.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Streams open (or dialing) through this replica now.
+    pub fn open_streams(&self) -> usize {
+        self.max_streams
+            .saturating_sub(self.streams.available_permits())
+    }
+
+    /// Carries dials for nodes not connected here through `peers`.
+    pub fn with_peers(mut self, peers: Arc<crate::peers::Peers>) -> Self {
+        self.peers = Some(peers);
+        self
+    }
+
+    /// Whether an agent connected here answers for `target` (or is `node`);
+    /// an IP several nodes claim counts (the dial will say it is ambiguous).
+    pub fn has_local_route(&self, node: Option<&str>, target: &DialTarget) -> bool {
+        if self.draining.load(Ordering::Acquire) {
+            return false;
+        }
+        match node {
+            Some(n) => self.registry.get(n).is_some(),
+            None => !matches!(self.registry.lookup(target), Err(Lookup::NoAgent)),
+        }
+    }
+
+    /// A dial through this replica's own agents only (a peer's request:
+    /// it never goes on to another peer).
+    pub async fn dial_local(
+        &self,
+        node: Option<&str>,
+        target: &DialTarget,
+        frontend: Frontend,
+    ) -> Result<EdgeStream, DialFailure> {
+        let route = node.map_or(Route::ByTarget, Route::Node);
+        self.dial_measured(route, target, frontend, false).await
     }
 
     /// Limits the streams open (or dialing) on one agent connection.
@@ -302,7 +365,11 @@ impl Dialer {
         match frontend {
             Frontend::Forward => self.forward_share.as_ref(),
             Frontend::Http => self.http_share.as_ref(),
-            Frontend::Connect | Frontend::Grpc | Frontend::Sni | Frontend::Transparent => None,
+            Frontend::Connect
+            | Frontend::Grpc
+            | Frontend::Sni
+            | Frontend::Transparent
+            | Frontend::Peer => None,
         }
     }
 
@@ -399,8 +466,18 @@ impl Dialer {
         target: &DialTarget,
         frontend: Frontend,
     ) -> Result<EdgeStream, DialFailure> {
+        self.dial_measured(route, target, frontend, true).await
+    }
+
+    async fn dial_measured(
+        &self,
+        route: Route<'_>,
+        target: &DialTarget,
+        frontend: Frontend,
+        via_peers: bool,
+    ) -> Result<EdgeStream, DialFailure> {
         let started = Instant::now();
-        let result = self.dial_inner(route, target, frontend).await;
+        let result = self.dial_inner(route, target, frontend, via_peers).await;
         let label = match &result {
             Ok(_) => "ok",
             Err(e) => e.result_label(),
@@ -428,12 +505,24 @@ impl Dialer {
         route: Route<'_>,
         target: &DialTarget,
         frontend: Frontend,
+        via_peers: bool,
     ) -> Result<EdgeStream, DialFailure> {
         let agent = match route {
             Route::ByTarget => self.registry.lookup(target),
             Route::Node(node) => self.registry.get(node).ok_or(Lookup::NoAgent),
+        };
+        if let (Some(peers), true) = (&self.peers, via_peers) {
+            if matches!(agent, Err(Lookup::NoAgent)) {
+                return self.dial_peer(peers, route, target, frontend).await;
+            }
+            if self.draining.load(Ordering::Acquire) {
+                match self.dial_peer(peers, route, target, frontend).await {
+                    Err(DialFailure::NoAgent { .. }) => {} // only here: dial locally
+                    done => return done,
+                }
+            }
         }
-        .map_err(|e| match e {
+        let agent = agent.map_err(|e| match e {
             Lookup::Ambiguous { ip, nodes } => DialFailure::Ambiguous { ip, nodes },
             Lookup::NoAgent => DialFailure::NoAgent {
                 host: match route {
@@ -442,23 +531,7 @@ impl Dialer {
                 },
             },
         })?;
-        let share_permit = match self.share(frontend) {
-            None => None,
-            Some(share) => Some(share.slots.clone().try_acquire_owned().map_err(|_| {
-                DialFailure::FrontendLimit {
-                    flag: share.flag,
-                    frontend: share.name,
-                    limit: share.limit,
-                }
-            })?),
-        };
-        let stream_permit =
-            self.streams
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| DialFailure::StreamLimit {
-                    limit: self.max_streams,
-                })?;
+        let (share_permit, stream_permit) = self.permits(frontend)?;
         let slot = NodeSlot::take(&agent, self.max_streams_per_node).ok_or_else(|| {
             DialFailure::NodeStreamLimit {
                 node: agent.node.clone(),
@@ -531,7 +604,7 @@ impl Dialer {
                     stream_id,
                     node,
                     _active: ActiveStream {
-                        _slot: slot,
+                        _slot: Some(slot),
                         gauge,
                         node_gauge,
                         _permit: stream_permit,
@@ -569,6 +642,82 @@ impl Dialer {
                 target: target_s,
                 reason: e.to_string(),
             }),
+        }
+    }
+
+    /// The dial of a node not connected here, through the peer that has it;
+    /// it holds this replica's stream slots like a local one.
+    async fn dial_peer(
+        &self,
+        peers: &Arc<crate::peers::Peers>,
+        route: Route<'_>,
+        target: &DialTarget,
+        frontend: Frontend,
+    ) -> Result<EdgeStream, DialFailure> {
+        let (share_permit, stream_permit) = self.permits(frontend)?;
+        let node = match route {
+            Route::ByTarget => None,
+            Route::Node(n) => Some(n),
+        };
+        let stream = peers
+            .dial(node, target, frontend, self.dial_timeout)
+            .await?;
+        let stream_id = self.next_stream_id.fetch_add(1, Ordering::Relaxed);
+        let node = node.map_or_else(|| target.host_string(), str::to_owned);
+        tracing::debug!(%node, stream_id, %target, replica = %stream.server_id, "dialed through a peer replica");
+        let gauge = self
+            .metrics
+            .streams_active
+            .with_label_values(&[frontend.as_str()]);
+        gauge.inc();
+        Ok(EdgeStream {
+            send: stream.send,
+            recv: stream.recv,
+            stream_id,
+            node,
+            _active: ActiveStream {
+                _slot: None,
+                gauge,
+                node_gauge: None,
+                _permit: stream_permit,
+                _share: share_permit,
+            },
+        })
+    }
+
+    /// A slot of `frontend`'s own share (if it has one) and of `--max-streams`.
+    fn permits(
+        &self,
+        frontend: Frontend,
+    ) -> Result<(Option<OwnedSemaphorePermit>, OwnedSemaphorePermit), DialFailure> {
+        let share = self.share_permit(frontend)?;
+        let stream =
+            self.streams
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| DialFailure::StreamLimit {
+                    limit: self.max_streams,
+                })?;
+        Ok((share, stream))
+    }
+
+    /// A slot of `frontend`'s own share, if it has one.
+    fn share_permit(
+        &self,
+        frontend: Frontend,
+    ) -> Result<Option<OwnedSemaphorePermit>, DialFailure> {
+        match self.share(frontend) {
+            None => Ok(None),
+            Some(share) => share
+                .slots
+                .clone()
+                .try_acquire_owned()
+                .map(Some)
+                .map_err(|_| DialFailure::FrontendLimit {
+                    flag: share.flag,
+                    frontend: share.name,
+                    limit: share.limit,
+                }),
         }
     }
 

@@ -22,6 +22,7 @@ pub mod handshake_gate;
 pub mod hosts_file;
 pub mod log_limit;
 pub mod metrics;
+pub mod peers;
 pub mod registry;
 pub mod reload;
 pub mod revocation;

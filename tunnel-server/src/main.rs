@@ -26,9 +26,16 @@ fn main() -> anyhow::Result<()> {
     }
     transport::cli::init_tracing();
     transport::cli::raise_fd_limit();
+    // Every log line of this process carries the replica's name: each runtime
+    // thread (and the main one) stays inside the `server` span for good.
+    let span = tracing::info_span!("server", server_id = %cfg.replicas.server_id);
+    let thread_span = span.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_start(move || std::mem::forget(thread_span.clone().entered()))
         .build()?;
+    let _main_span = span.entered();
+    let drain_timeout = cfg.replicas.drain_timeout;
     rt.block_on(async move {
         let mut server = tunnel_server::server::start(cfg).await?;
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -43,8 +50,8 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        tracing::info!("shutting down: closing agent connections");
-        server.shutdown().await;
+        tracing::info!("shutting down: draining, then closing agent connections");
+        server.drain(drain_timeout).await;
         Ok(())
     })
 }

@@ -53,6 +53,15 @@ pub struct ServerMetrics {
     pub per_node_omitted: IntGauge,
     /// Agent connections refused at once because `--max-pending-handshakes` were in progress.
     pub handshakes_refused: IntCounterVec,
+    /// 1, labelled with this replica's `--server-id` and version.
+    pub info: IntGaugeVec,
+    /// Agents connected to this replica, labelled with its `--server-id`
+    /// (sum over replicas' series to see the fleet per replica).
+    pub replica_agents: IntGaugeVec,
+    /// Front-end dials carried through a peer replica, by peer and result.
+    pub peer_dials: IntCounterVec,
+    /// Peers that could not be asked or failed mid-dial, by peer and reason.
+    pub peer_failures: IntCounterVec,
     /// Whether the `node` label is used; off for fleets too large for one
     /// series per node (`--per-node-metrics=false`).
     per_node: bool,
@@ -324,6 +333,46 @@ impl ServerMetrics {
                     &["transport"]
                 )
             ),
+            info: registered!(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tunnel_server_info",
+                        "1, labelled with this replica's --server-id and version."
+                    ),
+                    &["server_id", "version"]
+                )
+            ),
+            replica_agents: registered!(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tunnel_server_replica_agents",
+                        "Agents connected to this replica, by --server-id."
+                    ),
+                    &["server_id"]
+                )
+            ),
+            peer_dials: registered!(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tunnel_server_peer_dials_total",
+                        "Front-end dials carried through a peer replica, by peer address and result."
+                    ),
+                    &["peer", "result"]
+                )
+            ),
+            peer_failures: registered!(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tunnel_server_peer_failures_total",
+                        "Peer replicas that could not be asked or broke a dial, by peer address and reason."
+                    ),
+                    &["peer", "reason"]
+                )
+            ),
             per_node_omitted: registered!(
                 r,
                 IntGauge::new(
@@ -419,6 +468,9 @@ impl ServerMetrics {
                 .with_label_values(&[kind.as_str()])
                 .set(n as i64);
         }
+        self.replica_agents
+            .with_label_values(&[agents.server_id().as_str()])
+            .set(agents.len() as i64);
         let buffered = crate::frontend::grpc::budget::CALL_BUFFERS.used();
         self.grpc_buffered_bytes
             .set(i64::try_from(buffered).unwrap_or(i64::MAX));

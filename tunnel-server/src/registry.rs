@@ -99,6 +99,8 @@ pub struct AgentInfo {
     pub remote_addr: String,
     /// This node's IPs that other connected nodes claim too (not routable by IP).
     pub ip_conflicts: Vec<IpConflict>,
+    /// The replica (`--server-id`) this connection is registered with.
+    pub server_id: String,
 }
 
 #[cfg(test)]
@@ -114,12 +116,15 @@ impl AgentInfo {
             agent_version: String::new(),
             remote_addr: String::new(),
             ip_conflicts: Vec::new(),
+            server_id: String::new(),
         }
     }
 }
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// `--server-id`, shown in every row.
+    server_id: String,
     by_node: HashMap<String, Arc<AgentEntry>>,
     /// Every connected node claiming each IP, in registration order.
     by_ip: HashMap<IpAddr, Vec<String>>,
@@ -157,6 +162,7 @@ impl Inner {
             agent_version: e.agent_version.clone(),
             remote_addr: e.link.remote_address().to_string(),
             ip_conflicts: self.conflicts_of(&e.ips),
+            server_id: self.server_id.clone(),
         }
     }
 
@@ -202,6 +208,18 @@ impl AgentRegistry {
     /// An empty registry.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty registry of the replica `server_id` (shown in `/agents` rows).
+    pub fn with_server_id(server_id: &str) -> Self {
+        let r = Self::default();
+        r.write().server_id = server_id.to_owned();
+        r
+    }
+
+    /// This replica's `--server-id`.
+    pub fn server_id(&self) -> String {
+        self.read().server_id.clone()
     }
 
     /// Notifies of every change to the set of agents (a counter that goes

@@ -21,9 +21,18 @@ use crate::revocation::Revocations;
 use crate::services::ServiceContext;
 use tokio::sync::Notify;
 
+/// Shortest drain: how long a replica keeps serving new front-end requests
+/// after `/readyz` turned 503, even with no stream open.
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A running server: its tasks and the handle to stop it gracefully.
 pub struct RunningServer {
     pub registry: Arc<AgentRegistry>,
+    dialer: Arc<Dialer>,
+    /// Tells agent connections this replica is leaving.
+    drain: tokio::sync::watch::Sender<bool>,
+    /// `/readyz` answers 503 once set.
+    draining: Arc<AtomicBool>,
     endpoint: quinn::Endpoint,
     tasks: JoinSet<()>,
     forwards: Forwards,
@@ -42,6 +51,42 @@ impl RunningServer {
     /// Reloads the TLS files and the deny list now (SIGHUP) instead of at the next poll.
     pub fn reload_certificates(&self) {
         self.reload_trigger.notify_one();
+    }
+
+    /// SIGTERM: `/readyz` turns 503 at once, agents are told this replica is
+    /// leaving (no new edge→cloud streams here), new front-end requests go
+    /// through peers where one has the node (local agents otherwise), and
+    /// open streams get up to `timeout` to finish; then [`Self::shutdown`].
+    pub async fn drain(self, timeout: std::time::Duration) {
+        self.draining.store(true, Ordering::Release);
+        self.dialer.set_draining();
+        self.drain.send_replace(true);
+        let started = tokio::time::Instant::now();
+        let deadline = started + timeout;
+        // Clients (a Service's endpoints, a load balancer) that saw /readyz
+        // 200 just before still arrive for a moment: keep serving them.
+        let grace = started + DRAIN_GRACE.min(timeout);
+        tracing::info!(
+            open_streams = self.dialer.open_streams(),
+            ?timeout,
+            "draining: /readyz is 503, agents told; waiting for open streams"
+        );
+        loop {
+            let open = self.dialer.open_streams();
+            if open == 0 && tokio::time::Instant::now() >= grace {
+                tracing::info!("drained: no open streams");
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    open_streams = open,
+                    "--drain-timeout reached; closing the rest"
+                );
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        self.shutdown().await;
     }
 
     /// Closes agent connections (they reconnect to the next server at once)
@@ -66,7 +111,12 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
     let metrics = ServerMetrics::new()
         .context("registering metrics")?
         .with_per_node(cfg.per_node_metrics, cfg.per_node_metrics_max_nodes);
-    let registry = Arc::new(AgentRegistry::new());
+    let server_id = cfg.replicas.server_id.as_str();
+    metrics
+        .info
+        .with_label_values(&[server_id, env!("CARGO_PKG_VERSION")])
+        .set(1);
+    let registry = Arc::new(AgentRegistry::with_server_id(server_id));
     // The key also seeds the QUIC stateless-reset secret (stable across restarts).
     let (_, key) = certs::load_cert_and_key(&cfg.tls_cert, &cfg.tls_key)?;
     let tls_files = TlsFiles {
@@ -99,21 +149,51 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
     let endpoint =
         transport::quic::server_endpoint(cfg.agent_addr, agent_tls, &tuning, key.secret_der())
             .with_context(|| format!("starting the agent listener on {} (UDP)", cfg.agent_addr))?;
-    let dialer = Arc::new(
-        Dialer::new(
-            registry.clone(),
+    // Peers are checked against this replica's own certificate name (CN).
+    let own_name = certs::load_cert_chain(&cfg.tls_cert)?
+        .first()
+        .and_then(|c| certs::common_name(c).ok().flatten());
+    let me = crate::peers::decide::Replica {
+        server_id: cfg.replicas.server_id.clone(),
+        instance: crate::peers::decide::instance_number(),
+    };
+    let peers = cfg.replicas.peer_cert.as_ref().map(|(cert, key)| {
+        Arc::new(crate::peers::Peers::new(
+            me.clone(),
+            &cfg.replicas.peers,
+            cfg.agent_addr,
+            crate::peers::PeerTls {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: cfg.agent_ca.clone(),
+                server_name: own_name.clone(),
+            },
             metrics.clone(),
-            cfg.dial_timeout,
-            cfg.max_streams,
-            cfg.max_pending_dials,
-        )
-        .with_max_streams_per_node(cfg.max_streams_per_node)
-        .with_quotas(crate::dial::StreamQuotas {
-            forward: cfg.hardening.max_streams_forward,
-            http_proxy: cfg.hardening.max_streams_http_proxy,
-            idle: cfg.hardening.stream_idle_timeout,
-        }),
-    );
+        ))
+    });
+    let mut dialer = Dialer::new(
+        registry.clone(),
+        metrics.clone(),
+        cfg.dial_timeout,
+        cfg.max_streams,
+        cfg.max_pending_dials,
+    )
+    .with_max_streams_per_node(cfg.max_streams_per_node)
+    .with_quotas(crate::dial::StreamQuotas {
+        forward: cfg.hardening.max_streams_forward,
+        http_proxy: cfg.hardening.max_streams_http_proxy,
+        idle: cfg.hardening.stream_idle_timeout,
+    });
+    if let Some(peers) = &peers {
+        peers.refresh().await;
+        tasks.spawn(
+            peers
+                .clone()
+                .run_refresh(cfg.replicas.peer_resolve_interval),
+        );
+        dialer = dialer.with_peers(peers.clone());
+    }
+    let dialer = Arc::new(dialer);
     // Signs enrolled (agent port, TCP) and renewed (service streams) agent certificates.
     let issuer = Arc::new(Issuer {
         ca: match &cfg.agent_ca_key {
@@ -125,7 +205,9 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         revocations: revocations.clone(),
         metrics: metrics.clone(),
     });
+    let (drain, draining_rx) = tokio::sync::watch::channel(false);
     let agents = Arc::new(AgentListener {
+        draining: draining_rx,
         gate: crate::handshake_gate::HandshakeGate::new(cfg.hardening.max_pending_handshakes),
         registry: registry.clone(),
         metrics: metrics.clone(),
@@ -153,6 +235,15 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
             None,
             vec![proto::enroll::ALPN_ENROLL.to_vec()],
         )?),
+        peer: Arc::new(certs::reloadable_server_config(
+            server_tls.cert.clone(),
+            Some(server_tls.agent_ca.clone()),
+            vec![crate::peers::ALPN_PEER.to_vec()],
+        )?),
+        peers: Arc::new(crate::peers::serve::PeerService {
+            dialer: dialer.clone(),
+            me,
+        }),
         issuer: issuer.clone(),
         rate: Arc::new(crate::enroll::rate::EnrollRate::new(
             cfg.hardening.enroll_attempts_per_minute,
@@ -225,6 +316,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
     }
 
     let ready = Arc::new(AtomicBool::new(false));
+    let draining = Arc::new(AtomicBool::new(false));
     let admin = transport::admin::bind(cfg.admin_addr)
         .await
         .with_context(|| format!("binding --admin-addr {}", cfg.admin_addr))?;
@@ -235,12 +327,16 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
             registry.clone(),
             metrics,
             ready.clone(),
+            draining.clone(),
             Arc::new(cfg.sd_ports.clone()),
         ),
     ));
     ready.store(true, Ordering::Release);
     Ok(RunningServer {
         registry,
+        dialer,
+        drain,
+        draining,
         endpoint,
         tasks,
         forwards,

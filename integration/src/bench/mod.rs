@@ -46,6 +46,9 @@ pub enum PathName {
     TunnelSni,
     /// CONNECT on the Unix socket → WebSocket over TLS (yamux) → agent → service.
     TunnelWs,
+    /// CONNECT on a second replica's Unix socket → the peer path (TLS,
+    /// yamux) → the agent's replica → QUIC → agent → service.
+    TunnelPeer,
     /// sshd (cloud) ← `ssh -N -R` (edge) → service.
     Ssh,
     /// rathole server (cloud) ← rathole client (edge), Noise transport → service.
@@ -121,6 +124,7 @@ fn start_path(
         PathName::Tunnel
         | PathName::TunnelTls
         | PathName::TunnelWs
+        | PathName::TunnelPeer
         | PathName::TunnelGrpc
         | PathName::TunnelEdgeTls
         | PathName::TunnelSni => {
@@ -135,13 +139,14 @@ fn start_path(
                 server_args.push(format!("--kubelet-addr={sni_addr}"));
                 server_args.push(format!("--kubelet-port={}", edge.addr.port()));
             }
-            let t = procs::Tunnel::start(
+            let t = procs::Tunnel::start_with(
                 &cfg.bin_dir,
                 dir,
                 &[sink, echo, edge.addr],
                 &cfg.rust_log,
                 &server_args,
                 &agent_args,
+                path == PathName::TunnelPeer,
             )?;
             let (d, crypto) = if path == PathName::TunnelEdgeTls || path == PathName::TunnelSni {
                 let d = if path == PathName::TunnelSni {
@@ -174,6 +179,15 @@ fn start_path(
                         echo,
                     },
                     "WebSocket, TLS 1.3 AES-256-GCM, yamux",
+                )
+            } else if path == PathName::TunnelPeer {
+                (
+                    Dialer::Uds {
+                        path: t.uds.clone(),
+                        sink,
+                        echo,
+                    },
+                    "peer path TLS 1.3 + QUIC, both AES-256-GCM",
                 )
             } else if path == PathName::Tunnel {
                 (
@@ -281,6 +295,7 @@ fn label(path: PathName) -> &'static str {
         PathName::TunnelEdgeTls => "tunnel (UDS CONNECT) + TLS to edge",
         PathName::TunnelSni => "tunnel (SNI passthrough) + TLS to edge",
         PathName::TunnelWs => "tunnel over WebSocket (UDS CONNECT)",
+        PathName::TunnelPeer => "tunnel via a peer replica (UDS CONNECT)",
         PathName::Ssh => "ssh -R",
         PathName::Rathole => "rathole",
     }

@@ -138,10 +138,13 @@ fn wait_listening(addr: SocketAddr, procs: &mut [&mut Owned]) -> anyhow::Result<
     }
 }
 
-/// tunnel-server + one tunnel-agent (node `edge-1`, 127.0.0.1) on loopback.
+/// tunnel-server + one tunnel-agent (node `edge-1`, 127.0.0.1) on loopback
+/// (and for the peer path a second replica in front).
 pub struct Tunnel {
     pub server: Owned,
     pub agent: Owned,
+    /// The replica the client talks to on the peer path.
+    pub front: Option<Owned>,
     pub uds: PathBuf,
     pub proxy_addr: SocketAddr,
     pub pki: Pki,
@@ -158,6 +161,29 @@ impl Tunnel {
         server_args: &[String],
         agent_args: &[String],
     ) -> anyhow::Result<Self> {
+        Self::start_with(
+            bin_dir,
+            dir,
+            allow,
+            rust_log,
+            server_args,
+            agent_args,
+            false,
+        )
+    }
+
+    /// [`Tunnel::start`], or with `via_peer` a second replica whose front
+    /// ends (`uds`, `proxy_addr`) the client uses: the agent is connected to
+    /// the first only, so every dial takes the peer path.
+    pub fn start_with(
+        bin_dir: &Path,
+        dir: &Path,
+        allow: &[SocketAddr],
+        rust_log: &str,
+        server_args: &[String],
+        agent_args: &[String],
+        via_peer: bool,
+    ) -> anyhow::Result<Self> {
         let pki = Pki::new(dir)?;
         let (cert, key) = pki.agent("edge-1", &["127.0.0.1".parse()?])?;
         let agent_port = free_port();
@@ -165,18 +191,43 @@ impl Tunnel {
         let proxy_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let uds = dir.join("proxy.sock");
         let p = |n: &str| pki.path(n).display().to_string();
-
-        let mut cmd = Command::new(bin_dir.join("tunnel-server"));
-        cmd.arg(format!("--agent-addr=127.0.0.1:{agent_port}"))
-            .arg(format!("--admin-addr={admin}"))
-            .arg(format!("--tls-cert={}", p("server.crt")))
-            .arg(format!("--tls-key={}", p("server.key")))
-            .arg(format!("--agent-ca={}", p("ca.crt")))
-            .arg(format!("--uds={}", uds.display()))
-            .arg(format!("--proxy-addr={proxy_addr}"))
-            .arg(format!("--proxy-client-ca={}", p("proxy-client-ca.crt")))
-            .args(server_args)
-            .env("RUST_LOG", rust_log);
+        let server = |agent_port: u16, admin: SocketAddr, uds: &Path, proxy: SocketAddr| {
+            let mut cmd = Command::new(bin_dir.join("tunnel-server"));
+            cmd.arg(format!("--agent-addr=127.0.0.1:{agent_port}"))
+                .arg(format!("--admin-addr={admin}"))
+                .arg(format!("--tls-cert={}", p("server.crt")))
+                .arg(format!("--tls-key={}", p("server.key")))
+                .arg(format!("--agent-ca={}", p("ca.crt")))
+                .arg(format!("--uds={}", uds.display()))
+                .arg(format!("--proxy-addr={proxy}"))
+                .arg(format!("--proxy-client-ca={}", p("proxy-client-ca.crt")))
+                .args(server_args)
+                .env("RUST_LOG", rust_log);
+            cmd
+        };
+        let mut cmd = server(agent_port, admin, &uds, proxy_addr);
+        // The replica the client uses when the dial takes the peer path.
+        let mut front = None;
+        if via_peer {
+            certs::issue_peer_files(dir, Duration::from_secs(24 * 3600), false)?;
+            let (b_port, b_admin) = (free_port(), format!("127.0.0.1:{}", free_port()).parse()?);
+            let (b_uds, b_proxy) = (
+                dir.join("proxy-b.sock"),
+                format!("127.0.0.1:{}", free_port()).parse()?,
+            );
+            let peer = |port: u16| {
+                [
+                    format!("--peer=127.0.0.1:{port}"),
+                    format!("--peer-cert={}", p("peer.crt")),
+                    format!("--peer-key={}", p("peer.key")),
+                ]
+            };
+            cmd.args(peer(b_port));
+            let mut b = server(b_port, b_admin, &b_uds, b_proxy);
+            b.args(peer(agent_port));
+            let b = Owned::spawn("tunnel-server (front)", b, dir.join("server-b.log"))?;
+            front = Some((b, b_admin, b_uds, b_proxy));
+        }
         let mut server = Owned::spawn("tunnel-server", cmd, dir.join("server.log"))?;
 
         let mut cmd = Command::new(bin_dir.join("tunnel-agent"));
@@ -192,9 +243,17 @@ impl Tunnel {
         let mut agent = Owned::spawn("tunnel-agent", cmd, dir.join("agent.log"))?;
 
         let deadline = Instant::now() + START_LIMIT;
-        while !matches!(http_get(admin, "/readyz?agents=1"), Ok((200, _))) {
+        let front_ready = |front: &Option<(Owned, SocketAddr, PathBuf, SocketAddr)>| {
+            front
+                .as_ref()
+                .is_none_or(|(_, a, _, _)| matches!(http_get(*a, "/readyz"), Ok((200, _))))
+        };
+        while !matches!(http_get(admin, "/readyz?agents=1"), Ok((200, _))) || !front_ready(&front) {
             server.check_running()?;
             agent.check_running()?;
+            if let Some((b, ..)) = front.as_mut() {
+                b.check_running()?;
+            }
             if Instant::now() > deadline {
                 bail!(
                     "agent not registered within {START_LIMIT:?}\n--- server ---\n{}\n--- agent ---\n{}",
@@ -204,9 +263,14 @@ impl Tunnel {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
+        let (uds, proxy_addr, front) = match front {
+            Some((b, _, b_uds, b_proxy)) => (b_uds, b_proxy, Some(b)),
+            None => (uds, proxy_addr, None),
+        };
         Ok(Self {
             server,
             agent,
+            front,
             uds,
             proxy_addr,
             pki,
@@ -225,7 +289,9 @@ impl Tunnel {
     }
 
     pub fn pids(&self) -> Vec<u32> {
-        vec![self.server.pid(), self.agent.pid()]
+        let mut pids = vec![self.server.pid(), self.agent.pid()];
+        pids.extend(self.front.as_ref().map(Owned::pid));
+        pids
     }
 }
 

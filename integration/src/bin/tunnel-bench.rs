@@ -99,6 +99,7 @@ fn main() -> anyhow::Result<()> {
                 PathName::TunnelEdgeTls,
                 PathName::TunnelSni,
                 PathName::TunnelWs,
+                PathName::TunnelPeer,
                 PathName::Ssh,
                 PathName::Rathole,
             ]

@@ -20,6 +20,11 @@ pub struct AgentPortTls {
     pub tunnel: Arc<ServerConfig>,
     /// Enrollment: client certificate optional.
     pub enroll: Arc<ServerConfig>,
+    /// Peer replicas (ALPN [`crate::peers::ALPN_PEER`]): client certificate
+    /// required, checked to be a server certificate after the handshake.
+    pub peer: Arc<ServerConfig>,
+    /// Answers peer replicas.
+    pub peers: Arc<crate::peers::serve::PeerService>,
     /// Answers enrollment and renewal requests.
     pub issuer: Arc<Issuer>,
     /// Per-source-IP limit of enrollment attempts.
@@ -27,18 +32,29 @@ pub struct AgentPortTls {
 }
 
 impl AgentPortTls {
-    /// The config for a ClientHello offering `alpn`, and whether it is the enrollment one.
+    /// The config for a ClientHello offering `alpn`, and which kind of connection it is.
     pub fn select<'a>(
         &self,
-        mut alpn: Option<impl Iterator<Item = &'a [u8]>>,
-    ) -> (Arc<ServerConfig>, bool) {
-        let enroll = alpn
-            .as_mut()
-            .is_some_and(|protocols| protocols.any(|p| p == proto::enroll::ALPN_ENROLL));
-        if enroll {
-            (self.enroll.clone(), true)
+        alpn: Option<impl Iterator<Item = &'a [u8]>>,
+    ) -> (Arc<ServerConfig>, PortUse) {
+        let offered: Vec<&[u8]> = alpn.map(Iterator::collect).unwrap_or_default();
+        if offered.contains(&proto::enroll::ALPN_ENROLL) {
+            (self.enroll.clone(), PortUse::Enroll)
+        } else if offered.contains(&crate::peers::ALPN_PEER) {
+            (self.peer.clone(), PortUse::Peer)
         } else {
-            (self.tunnel.clone(), false)
+            (self.tunnel.clone(), PortUse::Tunnel)
         }
     }
+}
+
+/// What a TCP connection on the agent port is for, by its ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortUse {
+    /// An agent's WebSocket tunnel.
+    Tunnel,
+    /// Enrollment or renewal.
+    Enroll,
+    /// Another replica (the peer path).
+    Peer,
 }

@@ -98,6 +98,11 @@ pub fn dial_alert(e: &DialFailure) -> AlertDescription {
     match e {
         DialFailure::NoAgent { .. } => AlertDescription::UnrecognizedName,
         DialFailure::NotAllowed { .. } => AlertDescription::AccessDenied,
+        DialFailure::Peer { label, .. } => match *label {
+            "no_agent" => AlertDescription::UnrecognizedName,
+            "not_allowed" => AlertDescription::AccessDenied,
+            _ => AlertDescription::InternalError,
+        },
         _ => AlertDescription::InternalError,
     }
 }
