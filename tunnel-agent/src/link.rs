@@ -167,7 +167,7 @@ impl AgentLink {
     /// Waits until a connection is published or withdrawn; never returns once
     /// the connector is gone.
     pub async fn connection_changed(&mut self) {
-        if self.0.changed().await.is_err() {
+        if self.links.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
     }
