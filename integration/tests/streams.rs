@@ -176,3 +176,22 @@ async fn reset(transport: &str) {
         "{transport}: client reset arrived at the edge as {seen:?}"
     );
 }
+
+/// Every `--congestion-control` on both ends carries bulk edge→cloud bytes
+/// and concurrent echoes intact over QUIC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_congestion_controller_carries_the_streams() {
+    for cc in ["newreno", "bbr"] {
+        let data = pattern(10 * 1024 * 1024, 3);
+        let source = source_server(data.clone()).await.unwrap();
+        let echo = echo_server().await.unwrap();
+        let flag = format!("--congestion-control={cc}");
+        let allow = [source.to_string(), echo.to_string()];
+        let c = Cluster::start(
+            ClusterOptions::allowing(&allow, &["--transport=quic", &flag]).server_args(&[&flag]),
+        );
+        scenarios::logs_bulk(&c.uds(), source, &data).await;
+        let took = scenarios::port_forward(&c.uds(), echo, 50, 1024 * 1024).await;
+        eprintln!("{cc}: 50 x 1 MB echoed in {took:?}");
+    }
+}

@@ -186,6 +186,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunningAgent> {
         tuning: QuicTuning {
             keep_alive: cfg.keepalive,
             idle_timeout: cfg.idle_timeout,
+            congestion: cfg.congestion_control,
             max_incoming_streams: transport::quic::AGENT_STREAM_CREDIT,
             ..QuicTuning::default()
         },

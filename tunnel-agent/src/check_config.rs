@@ -114,13 +114,14 @@ pub fn check(
         .collect();
     let _ = writeln!(
         out,
-        "server {} (every address one connection, resolved every {:?}) over {:?}, connect timeout {:?}, keep-alive {:?}, idle timeout {:?}",
+        "server {} (every address one connection, resolved every {:?}) over {:?}, connect timeout {:?}, keep-alive {:?}, idle timeout {:?}, congestion control {}",
         servers.join(", "),
         cfg.server_resolve_interval,
         cfg.transport,
         cfg.connect_timeout,
         cfg.keepalive,
-        cfg.idle_timeout
+        cfg.idle_timeout,
+        cfg.congestion_control.as_str()
     );
     if cfg.allow.is_empty() {
         let _ = writeln!(

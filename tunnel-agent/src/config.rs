@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use node_proxy::settings::{self, HubConfig, HubConfigError, HubSetting, ProbeSettings};
 use transport::cli::{parse_bytes, parse_duration};
+use transport::quic::CongestionControl;
 
 use crate::allowlist::AllowRule;
 
@@ -73,6 +74,10 @@ pub struct Cli {
     /// timeouts are 30 s and more) and notices a restarted server.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub keepalive: Duration,
+    /// Congestion controller for what the agent sends over QUIC (edge→cloud:
+    /// logs, exec output, metrics): cubic, newreno or bbr.
+    #[arg(long, default_value = "cubic", value_name = "cubic|newreno|bbr")]
+    pub congestion_control: CongestionControl,
     /// Silence after which the server connection is declared dead (three
     /// keep-alives, each retransmitted by QUIC when lost).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -156,6 +161,7 @@ pub struct AgentConfig {
     pub connect_timeout: Duration,
     pub keepalive: Duration,
     pub idle_timeout: Duration,
+    pub congestion_control: CongestionControl,
     pub proxy: Option<String>,
     pub quic_probe_interval: Duration,
     /// The node proxy, or why it is off.
@@ -235,6 +241,7 @@ impl TryFrom<Cli> for AgentConfig {
             connect_timeout: c.connect_timeout,
             keepalive: c.keepalive,
             idle_timeout: c.idle_timeout,
+            congestion_control: c.congestion_control,
             proxy: c.proxy,
             quic_probe_interval: c.quic_probe_interval,
         })
@@ -322,6 +329,26 @@ mod tests {
         assert_eq!(c.transport, TransportChoice::Auto);
         assert_eq!(c.server_resolve_interval, Duration::from_secs(30));
         assert!(c.allow.is_empty());
+        assert_eq!(c.keepalive, Duration::from_secs(10));
+        assert_eq!(c.idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.congestion_control, CongestionControl::Cubic);
+    }
+
+    #[test]
+    fn congestion_control_is_chosen_by_name() {
+        let mut a = BASE.to_vec();
+        a.push("--congestion-control=bbr");
+        assert_eq!(
+            parse(&a).unwrap().congestion_control,
+            CongestionControl::Bbr
+        );
+        let mut a = BASE.to_vec();
+        a.push("--congestion-control=vegas");
+        let err = parse(&a).unwrap_err();
+        assert!(
+            err.contains("--congestion-control") && err.contains("bbr"),
+            "{err}"
+        );
     }
 
     #[test]

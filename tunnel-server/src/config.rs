@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use proto::DialTarget;
 use transport::cli::parse_duration;
+use transport::quic::CongestionControl;
 
 use crate::forward::spec::{parse_forward, ForwardSpec};
 
@@ -118,6 +119,10 @@ pub struct RunArgs {
     /// that ping less often.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub agent_keepalive: Duration,
+    /// Congestion controller for what the server sends to agents over QUIC
+    /// (cloud→edge: exec input, port-forward, kubectl cp): cubic, newreno or bbr.
+    #[arg(long, default_value = "cubic", value_name = "cubic|newreno|bbr")]
+    pub congestion_control: CongestionControl,
     /// Silence after which an agent connection is declared dead (the lower
     /// of this and the agent's `--idle-timeout` applies).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -406,6 +411,7 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     pub agent_keepalive: Duration,
     pub agent_idle_timeout: Duration,
+    pub congestion_control: CongestionControl,
     pub apiserver: Option<DialTarget>,
     pub passthrough: PassthroughConfig,
     pub hardening: Hardening,
@@ -515,6 +521,7 @@ impl TryFrom<RunArgs> for ServerConfig {
             header_timeout: a.header_timeout,
             agent_keepalive: a.agent_keepalive,
             agent_idle_timeout: a.agent_idle_timeout,
+            congestion_control: a.congestion_control,
             apiserver: a.apiserver,
             passthrough: a.passthrough.try_into()?,
             hardening,
@@ -591,6 +598,15 @@ mod tests {
         assert!(c.http_proxy_addr.is_none() && c.forwards.is_empty());
         assert_eq!(c.sd_ports, vec![10250]);
         assert!(c.per_node_metrics);
+        assert_eq!(c.agent_keepalive, Duration::from_secs(20));
+        assert_eq!(c.agent_idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.congestion_control, CongestionControl::Cubic);
+        let mut a = BASE.to_vec();
+        a.push("--congestion-control=newreno");
+        assert_eq!(
+            parse(&a).unwrap().congestion_control,
+            CongestionControl::NewReno
+        );
     }
 
     #[test]

@@ -141,6 +141,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
     let tuning = QuicTuning {
         keep_alive: cfg.agent_keepalive,
         idle_timeout: cfg.agent_idle_timeout,
+        congestion: cfg.congestion_control,
         // The server opens the dial streams; agents open their control
         // stream and their edge→cloud service streams.
         max_incoming_streams: crate::services::MAX_SERVICE_STREAMS as u32 + 16,

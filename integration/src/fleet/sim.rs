@@ -59,6 +59,7 @@ impl AgentSettings {
             tuning: QuicTuning {
                 keep_alive: cli.keepalive,
                 idle_timeout: cli.idle_timeout,
+                congestion: cli.congestion_control,
                 max_incoming_streams: stream_credit,
                 ..QuicTuning::default()
             },
