@@ -141,6 +141,16 @@ impl HubEnv {
         self.cluster.agent()
     }
 
+    /// Health probes (`GET /readyz`) the fake apiserver saw since its
+    /// requests were last cleared.
+    pub fn probes_seen(&self) -> usize {
+        let requests = self.api.requests();
+        requests
+            .iter()
+            .filter(|r| r.path_and_query == "/readyz")
+            .count()
+    }
+
     /// `tunnel_agent_cloud_reachable` now (None if unreadable).
     pub fn reachable(&self) -> Option<bool> {
         let m = self.agent().metrics().ok()?;

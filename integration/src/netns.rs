@@ -67,7 +67,7 @@ pub fn skip_unless_available(test: &str) -> bool {
 }
 
 /// Runs a command; its trimmed stdout, or an error naming the command and its stderr.
-fn run(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
+pub(crate) fn run(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(cmd)
         .args(args)
         .output()

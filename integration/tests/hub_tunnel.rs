@@ -59,7 +59,7 @@ async fn the_hub_reaches_the_apiserver_through_the_tunnel_and_survives_its_loss(
     // and sends no probes (it used to send one every --hub-probe-interval).
     env.api.clear_requests();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let probes = probe_count(&env);
+    let probes = env.probes_seen();
     assert_eq!(
         probes, 0,
         "an online, quiet hub probed {probes} times in 3 s"
@@ -96,15 +96,6 @@ async fn the_hub_reaches_the_apiserver_through_the_tunnel_and_survives_its_loss(
         .await
         .unwrap();
     assert_eq!(r.status, 200);
-}
-
-/// Probes the fake apiserver saw since its requests were last cleared.
-fn probe_count(env: &integration::hub::HubEnv) -> usize {
-    let probes = env.api.requests();
-    probes
-        .iter()
-        .filter(|r| r.path_and_query == "/readyz")
-        .count()
 }
 
 /// A GET through the hub: its status and how long it took.

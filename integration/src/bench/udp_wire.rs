@@ -2,10 +2,6 @@
 //! (root only): what an idle agent's QUIC connection really costs, IP and
 //! UDP headers included.
 
-use std::process::Command;
-
-use anyhow::{bail, Context};
-
 /// Counts the packets to and from one local UDP port until dropped.
 pub struct UdpWireCounter {
     chain: String,
@@ -32,19 +28,9 @@ impl UdpWire {
     }
 }
 
+/// `iptables ARGS...` (the wire counter needs root and iptables).
 fn iptables(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("iptables")
-        .args(args)
-        .output()
-        .context("running iptables (the wire counter needs root and iptables)")?;
-    if !out.status.success() {
-        bail!(
-            "iptables {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::netns::run("iptables", args)
 }
 
 impl UdpWireCounter {

@@ -170,12 +170,7 @@ async fn idle_wire(window: Duration) -> anyhow::Result<()> {
         env.api.clear_requests();
         tokio::time::sleep(window).await;
         let wire = counter.read()?.since(&before);
-        let probes = env
-            .api
-            .requests()
-            .iter()
-            .filter(|r| r.path_and_query == "/readyz")
-            .count();
+        let probes = env.probes_seen();
         let per_s = |v: u64| v as f64 / window.as_secs_f64();
         println!(
             "| {name} | {:.1} | {:.1} | {:.2} / {:.2} | {probes} |",
