@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod congestion;
 pub mod framed;
 pub mod hop_by_hop;
 pub mod http_server;

@@ -19,57 +19,7 @@ use quinn::{IdleTimeout, TransportConfig, VarInt};
 /// each, allocated up front), about 1.9 MB per connection at this value.
 pub const AGENT_STREAM_CREDIT: u32 = 25_000;
 
-/// `--congestion-control`: which of quinn's congestion controllers a
-/// connection's sender uses. Each end picks its own for what it sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum CongestionControl {
-    /// CUBIC (RFC 9438): quinn's default and Linux TCP's.
-    #[default]
-    Cubic,
-    /// NewReno (RFC 9002's reference controller).
-    NewReno,
-    /// BBR (v1, as quinn implements it, marked experimental there): paces to
-    /// the measured bottleneck bandwidth instead of backing off on every loss.
-    Bbr,
-}
-
-/// A `--congestion-control` value that names no controller.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown congestion controller {0:?}: expected cubic, newreno or bbr")]
-pub struct UnknownCongestionControl(pub String);
-
-impl std::str::FromStr for CongestionControl {
-    type Err = UnknownCongestionControl;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "cubic" => Ok(Self::Cubic),
-            "newreno" | "new-reno" => Ok(Self::NewReno),
-            "bbr" => Ok(Self::Bbr),
-            _ => Err(UnknownCongestionControl(s.to_string())),
-        }
-    }
-}
-
-impl CongestionControl {
-    /// The flag value, for logs and `check-config`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Cubic => "cubic",
-            Self::NewReno => "newreno",
-            Self::Bbr => "bbr",
-        }
-    }
-
-    fn factory(self) -> Arc<dyn quinn::congestion::ControllerFactory + Send + Sync> {
-        use quinn::congestion::{BbrConfig, CubicConfig, NewRenoConfig};
-        match self {
-            Self::Cubic => Arc::new(CubicConfig::default()),
-            Self::NewReno => Arc::new(NewRenoConfig::default()),
-            Self::Bbr => Arc::new(BbrConfig::default()),
-        }
-    }
-}
+pub use crate::congestion::{CongestionControl, UnknownCongestionControl};
 
 /// Knobs of one QUIC connection; defaults suit NAT'd edge nodes.
 #[derive(Debug, Clone, Copy)]
@@ -271,32 +221,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn congestion_controllers_parse_by_name() {
-        for (name, want) in [
-            ("cubic", CongestionControl::Cubic),
-            ("NewReno", CongestionControl::NewReno),
-            ("new-reno", CongestionControl::NewReno),
-            ("bbr", CongestionControl::Bbr),
-        ] {
-            assert_eq!(name.parse::<CongestionControl>(), Ok(want), "{name}");
-        }
-        for c in [
-            CongestionControl::Cubic,
-            CongestionControl::NewReno,
-            CongestionControl::Bbr,
-        ] {
-            assert_eq!(c.as_str().parse::<CongestionControl>(), Ok(c));
-        }
-        let err = "vegas".parse::<CongestionControl>().unwrap_err();
-        assert!(err.to_string().contains("cubic, newreno or bbr"), "{err}");
-    }
-
-    #[test]
     fn every_controller_builds_a_transport_config() {
         for congestion in [
             CongestionControl::Cubic,
             CongestionControl::NewReno,
             CongestionControl::Bbr,
+            CongestionControl::LossTolerant,
         ] {
             let tuning = QuicTuning {
                 congestion,

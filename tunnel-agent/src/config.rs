@@ -75,8 +75,12 @@ pub struct Cli {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub keepalive: Duration,
     /// Congestion controller for what the agent sends over QUIC (edge→cloud:
-    /// logs, exec output, metrics): cubic, newreno or bbr.
-    #[arg(long, default_value = "cubic", value_name = "cubic|newreno|bbr")]
+    /// logs, exec output, metrics): loss-tolerant, cubic, newreno or bbr.
+    #[arg(
+        long,
+        default_value = "loss-tolerant",
+        value_name = "loss-tolerant|cubic|newreno|bbr"
+    )]
     pub congestion_control: CongestionControl,
     /// Silence after which the server connection is declared dead (three
     /// keep-alives, each retransmitted by QUIC when lost).
@@ -331,7 +335,7 @@ mod tests {
         assert!(c.allow.is_empty());
         assert_eq!(c.keepalive, Duration::from_secs(10));
         assert_eq!(c.idle_timeout, Duration::from_secs(30));
-        assert_eq!(c.congestion_control, CongestionControl::Cubic);
+        assert_eq!(c.congestion_control, CongestionControl::LossTolerant);
     }
 
     #[test]

@@ -120,8 +120,12 @@ pub struct RunArgs {
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub agent_keepalive: Duration,
     /// Congestion controller for what the server sends to agents over QUIC
-    /// (cloud→edge: exec input, port-forward, kubectl cp): cubic, newreno or bbr.
-    #[arg(long, default_value = "cubic", value_name = "cubic|newreno|bbr")]
+    /// (cloud→edge: exec input, port-forward, kubectl cp): loss-tolerant, cubic, newreno or bbr.
+    #[arg(
+        long,
+        default_value = "loss-tolerant",
+        value_name = "loss-tolerant|cubic|newreno|bbr"
+    )]
     pub congestion_control: CongestionControl,
     /// Silence after which an agent connection is declared dead (the lower
     /// of this and the agent's `--idle-timeout` applies).
@@ -600,7 +604,7 @@ mod tests {
         assert!(c.per_node_metrics);
         assert_eq!(c.agent_keepalive, Duration::from_secs(20));
         assert_eq!(c.agent_idle_timeout, Duration::from_secs(30));
-        assert_eq!(c.congestion_control, CongestionControl::Cubic);
+        assert_eq!(c.congestion_control, CongestionControl::LossTolerant);
         let mut a = BASE.to_vec();
         a.push("--congestion-control=newreno");
         assert_eq!(
