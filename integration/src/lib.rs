@@ -23,6 +23,7 @@ pub mod raw_h2;
 pub mod replicas;
 pub mod scenarios;
 pub mod services;
+pub mod weaklink;
 
 pub use client::{connect_uds, ConnectReply};
 pub use cluster::{Cluster, ClusterOptions};

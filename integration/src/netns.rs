@@ -412,6 +412,25 @@ impl Drop for NatTopology {
 /// `Instant`s taken by a service with its own (per-line latency) without a
 /// second binary or a wire protocol for results.
 ///
+/// Moves the calling thread into the named namespace; threads it starts
+/// afterwards (a tokio runtime's workers, say) are inside too.
+pub fn enter_on_this_thread(ns: &str) -> anyhow::Result<()> {
+    let path = format!("/var/run/netns/{ns}");
+    let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+    let want_ino = file.metadata()?.ino();
+    setns_checked(&file, want_ino).with_context(|| format!("entering netns {ns}"))
+}
+
+fn setns_checked(file: &File, want_ino: u64) -> anyhow::Result<()> {
+    setns(file, CloneFlags::CLONE_NEWNET).context("setns")?;
+    // Check that this thread really is in the namespace now.
+    let ino = std::fs::metadata("/proc/thread-self/ns/net")?.ino();
+    if ino != want_ino {
+        bail!("thread is in netns inode {ino}, expected {want_ino}");
+    }
+    Ok(())
+}
+
 /// Drop this before the [`NatTopology`]: a thread still inside a namespace
 /// keeps it alive after `ip netns del`.
 pub struct NsRuntime {
@@ -432,12 +451,7 @@ impl NsRuntime {
             .name(format!("netns {ns}"))
             .spawn(move || {
                 let setup = || -> anyhow::Result<tokio::runtime::Runtime> {
-                    setns(&file, CloneFlags::CLONE_NEWNET).context("setns")?;
-                    // Check that this thread really is in the namespace now.
-                    let ino = std::fs::metadata("/proc/thread-self/ns/net")?.ino();
-                    if ino != want_ino {
-                        bail!("thread is in netns inode {ino}, expected {want_ino}");
-                    }
+                    setns_checked(&file, want_ino)?;
                     Ok(tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()?)

@@ -36,7 +36,11 @@ pub struct Throughput {
 
 /// Sends `bytes` over an already open connection to the sink and waits for
 /// the sink to confirm it counted them all.
-async fn send_counted(mut c: Conn, bytes: u64, data: Arc<Vec<u8>>) -> anyhow::Result<()> {
+pub(crate) async fn send_counted(
+    mut c: Conn,
+    bytes: u64,
+    data: Arc<Vec<u8>>,
+) -> anyhow::Result<()> {
     c.write_all(&bytes.to_be_bytes()).await?;
     let mut left = bytes;
     while left > 0 {
@@ -111,7 +115,7 @@ pub async fn throughput(
 /// One new connection: start → connected (CONNECT answered for the tunnel)
 /// → 1 byte written → the echoed byte read. This is what a `kubectl exec`
 /// or `logs` request pays before its first byte, on top of the apiserver.
-async fn one_echo(d: &Dialer) -> anyhow::Result<Duration> {
+pub(crate) async fn one_echo(d: &Dialer) -> anyhow::Result<Duration> {
     let t0 = Instant::now();
     let mut c = d.dial(Service::Echo).await?;
     c.write_all(b"x").await?;

@@ -22,7 +22,12 @@ const SINK_READ: usize = 256 * 1024;
 /// would count megabytes still in flight. The clock stops only when the
 /// receiving end has counted every byte.
 pub async fn sink_server() -> std::io::Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0").await?;
+    sink_server_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+}
+
+/// [`sink_server`] on `bind` (the link bench's edge listens on every address).
+pub async fn sink_server_on(bind: SocketAddr) -> std::io::Result<SocketAddr> {
+    let l = TcpListener::bind(bind).await?;
     let addr = l.local_addr()?;
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
@@ -69,7 +74,12 @@ impl Echo {
 
 /// Echoes every connection until the client's EOF.
 pub async fn echo_server() -> std::io::Result<Echo> {
-    let l = TcpListener::bind("127.0.0.1:0").await?;
+    echo_server_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+}
+
+/// [`echo_server`] on `bind`.
+pub async fn echo_server_on(bind: SocketAddr) -> std::io::Result<Echo> {
+    let l = TcpListener::bind(bind).await?;
     let addr = l.local_addr()?;
     let accepted = Arc::new(AtomicU64::new(0));
     let count = accepted.clone();
