@@ -18,7 +18,8 @@ mod json;
 mod masterservice;
 mod topology;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use autonomy_cache::{AutonomyCache, RequestInfo, RequestKind, Verb};
 use bytes::Bytes;
@@ -102,6 +103,7 @@ impl Filters {
                     cache: self.cache.clone(),
                     component: component.to_string(),
                     node_name: self.settings.node_name.clone(),
+                    own: Mutex::new(None),
                 };
                 (
                     topology,
@@ -157,6 +159,13 @@ impl ResponseFilter {
     }
 }
 
+/// How long this node's labels, once read, serve a response's further items
+/// and events (a list of many slices reads and parses the Node once).
+const OWN_NODE_FRESH: Duration = Duration::from_secs(1);
+
+/// This node's labels as last read, and when.
+type OwnLabels = Option<(Instant, Option<Map<String, Value>>)>;
+
 /// The topology filter's context, read from the autonomy cache: this node
 /// as kubelet (or the asking component) got it, Services as the asking
 /// component (kube-proxy, CoreDNS: both list them) got them.
@@ -164,6 +173,7 @@ struct CacheContext {
     cache: AutonomyCache,
     component: String,
     node_name: String,
+    own: Mutex<OwnLabels>,
 }
 
 impl CacheContext {
@@ -207,7 +217,15 @@ impl PoolContext for CacheContext {
         if self.node_name.is_empty() {
             return None;
         }
-        self.node_labels(&self.node_name)
+        let mut own = self.own.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((read, labels)) = own.as_ref() {
+            if read.elapsed() < OWN_NODE_FRESH {
+                return labels.clone();
+            }
+        }
+        let labels = self.node_labels(&self.node_name);
+        *own = Some((Instant::now(), labels.clone()));
+        labels
     }
 
     fn node_labels(&self, name: &str) -> Option<Map<String, Value>> {
