@@ -371,3 +371,41 @@ async fn pages_of_a_paginated_list_merge_instead_of_replacing() {
         .unwrap();
     assert_eq!(names(&answer(&cache, "kubelet", &all, b"").1), ["b"]);
 }
+
+#[tokio::test]
+async fn stored_objects_are_read_from_gets_and_lists_per_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = AutonomyCache::open(config(dir.path())).unwrap();
+    let node = json!({"kind": "Node", "apiVersion": "v1",
+        "metadata": {"name": "edge-1", "resourceVersion": "7",
+                     "labels": {"topology.kubernetes.io/zone": "z1"}}});
+    let get = req("GET", "/api/v1/nodes/edge-1");
+    let body = Bytes::from(node.to_string());
+    cache
+        .record_response("kubelet", &get, body.clone())
+        .await
+        .unwrap();
+    let list = req("GET", "/api/v1/namespaces/d/pods");
+    let pods = pod_list(4, &[pod("d", "a", 3, "web", "edge-1")]);
+    cache
+        .record_response("kube-proxy", &list, pods)
+        .await
+        .unwrap();
+    let found = cache.stored_object("kubelet", ("", "v1", "nodes"), "", "edge-1");
+    assert_eq!(found.unwrap(), Some(body));
+    let other = cache.stored_object("kube-proxy", ("", "v1", "nodes"), "", "edge-1");
+    assert_eq!(other.unwrap(), None, "per component");
+    let from_list = cache
+        .stored_object("kube-proxy", ("", "v1", "pods"), "d", "a")
+        .unwrap()
+        .unwrap();
+    let from_list: Value = serde_json::from_slice(&from_list).unwrap();
+    assert_eq!(from_list["metadata"]["resourceVersion"], "3");
+    let disabled = AutonomyCache::disabled("test".into());
+    assert_eq!(
+        disabled
+            .stored_object("kubelet", ("", "v1", "nodes"), "", "edge-1")
+            .unwrap(),
+        None
+    );
+}

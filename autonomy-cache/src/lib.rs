@@ -380,6 +380,42 @@ impl AutonomyCache {
         answer
     }
 
+    /// The newest stored copy of one object `component` was given (by a get,
+    /// list or watch), as upstream sent it; `namespace` is empty for
+    /// cluster-scoped objects and `group` for the core group. `Ok(None)` when
+    /// absent or when the cache is disabled. The node proxy's response filters
+    /// read their context (this node, a Service's labels) here.
+    pub fn stored_object(
+        &self,
+        component: &str,
+        gvr: (&str, &str, &str),
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Bytes>, CacheError> {
+        let Some(store) = &self.shared.store else {
+            return Ok(None);
+        };
+        let (group, version, resource) = gvr;
+        let collection = keys::Collection {
+            component: component.to_string(),
+            gvr: format!("{group}/{version}/{resource}"),
+        };
+        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            store.object(&collection, namespace, name)
+        }));
+        match found {
+            Ok(found) => Ok(found?.map(|f| f.json)),
+            Err(payload) => {
+                let message = recover::panic_message(payload.as_ref());
+                store.reset(
+                    ResetReason::Panic,
+                    format!("redb panicked reading: {message}"),
+                );
+                Err(CacheError::Storage(message))
+            }
+        }
+    }
+
     /// Tests: the writer thread panics at its next commit.
     #[cfg(test)]
     pub(crate) fn inject_writer_panic(&self) {

@@ -10,6 +10,7 @@
 //! is private to this crate.
 
 mod client_cert;
+mod filters;
 mod forward;
 mod health;
 pub mod metrics;
@@ -25,5 +26,9 @@ pub mod upstream;
 mod upstream_tls;
 mod watch_pump;
 
+#[cfg(test)]
+mod filter_tests;
+#[cfg(test)]
+mod test_hub;
 #[cfg(test)]
 mod upgrade_tests;

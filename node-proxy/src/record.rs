@@ -11,6 +11,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::watch;
 
+use crate::filters::ResponseFilter;
 use crate::health::Reachability;
 use crate::metrics::HubMetrics;
 use crate::respond::{send_data, BodySender};
@@ -57,6 +58,8 @@ pub struct RecordCtx {
     pub info: RequestInfo,
     pub failures: CacheFailures,
     pub reachability: watch::Receiver<Reachability>,
+    /// Rewrites what the client sees (the cache records upstream's bytes).
+    pub filter: Option<ResponseFilter>,
 }
 
 /// Why a pump stopped early.
@@ -68,13 +71,16 @@ pub(crate) enum Stop {
 
 /// Streams a get/list body to the client and records it if it fits in
 /// [`MAX_RECORDED_BODY`]. The last chunk is held back until the record is
-/// durable, so a client that read the whole answer knows it is cached. Ends
-/// the client's response with an error if the upstream fails or the cloud
-/// goes offline mid-body.
+/// durable, so a client that read the whole answer knows it is cached. A
+/// filtered response is held whole (the filter needs all of it) and sent
+/// once recorded; one too large to record is passed through unfiltered.
+/// Ends the client's response with an error if the upstream fails or the
+/// cloud goes offline mid-body.
 pub async fn pump_body(upstream: Incoming, mut tx: BodySender, mut ctx: RecordCtx) {
     let mut body = upstream;
     let mut kept = Some(BytesMut::new());
     let mut held: Option<Bytes> = None;
+    let mut whole = ctx.filter.is_some();
     let stop = loop {
         let frame = tokio::select! {
             f = body.frame() => f,
@@ -97,10 +103,22 @@ pub async fn pump_body(upstream: Incoming, mut tx: BodySender, mut ctx: RecordCt
                     .cache_errors
                     .with_label_values(&["too_large"])
                     .inc();
-                kept = None;
+                let so_far = kept.take().map(BytesMut::freeze);
+                if std::mem::take(&mut whole) {
+                    tracing::warn!(component = %ctx.component,
+                        "response too large to filter: passed through unfiltered");
+                    if let Some(so_far) = so_far {
+                        if !send_data(&mut tx, so_far).await {
+                            break Some(Stop::ClientGone);
+                        }
+                    }
+                }
             } else {
                 buf.extend_from_slice(&data);
             }
+        }
+        if whole {
+            continue;
         }
         if let Some(previous) = held.replace(data) {
             if !send_data(&mut tx, previous).await {
@@ -110,16 +128,24 @@ pub async fn pump_body(upstream: Incoming, mut tx: BodySender, mut ctx: RecordCt
     };
     match stop {
         None => {
-            if let Some(buf) = kept {
+            let recorded = kept.map(BytesMut::freeze);
+            if let Some(buf) = &recorded {
                 let r = ctx
                     .cache
-                    .record_response(&ctx.component, &ctx.info, buf.freeze())
+                    .record_response(&ctx.component, &ctx.info, buf.clone())
                     .await;
                 if let Err(e) = r {
                     ctx.failures.report("record_response", &ctx.component, &e);
                 }
             }
-            if let Some(last) = held {
+            let last = match (whole, recorded) {
+                (true, Some(buf)) => {
+                    let filtered = ctx.filter.as_ref().and_then(|f| f.body(&buf));
+                    Some(filtered.unwrap_or(buf))
+                }
+                _ => held,
+            };
+            if let Some(last) = last {
                 send_data(&mut tx, last).await;
             }
         }

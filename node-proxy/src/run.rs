@@ -7,6 +7,7 @@ use autonomy_cache::{AutonomyCache, CacheConfig, ResetReason};
 use hyper::header::HeaderValue;
 use rustls_pki_types::ServerName;
 
+use crate::filters::Filters;
 use crate::health::HealthPolicy;
 use crate::metrics::HubMetrics;
 use crate::prober::HubHealth;
@@ -87,12 +88,15 @@ pub async fn start(
             source,
         })?;
     tracing::info!(addr = %cfg.listen, upstream = ?cfg.upstream, cache_dir = %cfg.cache_dir.display(),
-        "node proxy listening");
+        masterservice = ?cfg.filters.masterservice, topology = cfg.filters.topology,
+        pool_label = %cfg.filters.pool_label, "node proxy listening");
     let stats = tokio::spawn(export_cache_stats(cache.clone(), metrics.clone()));
     status.set_running(health.clone(), cache.clone());
+    let filters = Filters::new(cfg.filters.clone(), cache.clone());
     let hub = Arc::new(Hub {
         client,
         health: health.clone(),
+        filters,
         cache,
         components: cfg.components.clone(),
         failures: CacheFailures::new(metrics.clone()),

@@ -8,11 +8,12 @@ use autonomy_cache::{AutonomyCache, ComponentRule, OfflineAnswer, RequestInfo, V
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::USER_AGENT;
+use hyper::header::{CONTENT_LENGTH, USER_AGENT};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::filters::Filters;
 use crate::forward::{credentials, requested_upgrade, strip_hop_by_hop, upstream_request};
 use crate::metrics::HubMetrics;
 use crate::prober::HubHealth;
@@ -35,6 +36,8 @@ pub struct Hub {
     pub components: ComponentRule,
     pub metrics: HubMetrics,
     pub failures: CacheFailures,
+    /// Response filters for cached components (online and offline alike).
+    pub filters: Filters,
 }
 
 /// Who asks and what, decided once per request.
@@ -106,6 +109,13 @@ impl Hub {
         match self.cache.offline_answer(component, info, body) {
             OfflineAnswer::Respond { status, body } => {
                 self.count(component, info, "cache");
+                let filter = (status == 200)
+                    .then(|| self.filters.for_request(component, info))
+                    .flatten();
+                let body = match filter.and_then(|f| f.body(&body)) {
+                    Some(filtered) => filtered,
+                    None => body,
+                };
                 respond::json(status, body)
             }
             OfflineAnswer::HoldWatch => {
@@ -183,6 +193,11 @@ impl Hub {
             let body = body.map_err(std::io::Error::other).boxed();
             return Response::from_parts(parts, body);
         };
+        let filter = self.filters.for_request(&component, &c.info);
+        if filter.is_some() {
+            // A filtered body may change length.
+            parts.headers.remove(CONTENT_LENGTH);
+        }
         let (tx, client_body) = channel_body();
         let ctx = RecordCtx {
             cache: self.cache.clone(),
@@ -190,6 +205,7 @@ impl Hub {
             info: c.info.clone(),
             failures: self.failures.clone(),
             reachability,
+            filter,
         };
         if c.info.watch {
             tokio::spawn(pump_watch(body, tx, ctx));

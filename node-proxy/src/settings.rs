@@ -34,6 +34,28 @@ pub struct HubConfig {
     pub cache_gc_after: Duration,
     /// Upstream health probing.
     pub probe: ProbeSettings,
+    /// `--hub-https-addr`: the HTTPS listener for pods (`None`: `off`). The
+    /// listener itself is not built yet; the masterservice filter points
+    /// kubelet's `default/kubernetes` at this address.
+    pub https_addr: Option<SocketAddr>,
+    /// Response filters.
+    pub filters: FilterSettings,
+}
+
+/// The response filters (`src/filters/`): which run, and what they need
+/// (`Default`: none run).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FilterSettings {
+    /// `--hub-filter-masterservice`: kubelet's `default/kubernetes` Service,
+    /// Endpoints and EndpointSlice point at this address (`--hub-https-addr`).
+    pub masterservice: Option<SocketAddr>,
+    /// `--hub-filter-topology`: pool topology for kube-proxy and CoreDNS.
+    pub topology: bool,
+    /// `--pool-label`: the node label naming a node's pool.
+    pub pool_label: String,
+    /// This node's name (its cached Node object holds its pool); empty until
+    /// the agent knows it, and then topology fails open.
+    pub node_name: String,
 }
 
 /// How the prober checks the upstream (the policy is in `health.rs`).
@@ -79,6 +101,12 @@ pub enum HubConfigError {
     BadComponents { value: String, reason: String },
     #[error("--hub-idle-probe-interval ({idle:?}) must be 0s (never) or at least --hub-probe-interval ({interval:?})")]
     IdleProbeTooShort { idle: Duration, interval: Duration },
+    #[error("--hub-https-addr {0:?} must be HOST:PORT (an IP address) or `off`")]
+    BadHttpsAddr(String),
+    #[error("--hub-filter-masterservice needs --hub-https-addr (it is `off`)")]
+    MasterServiceWithoutHttps,
+    #[error("--pool-label {0:?} must be a label key (non-empty, no spaces or `=`)")]
+    BadPoolLabel(String),
     #[error("--hub-probe-timeout ({timeout:?}) must be at least 100ms and --hub-probe-interval ({interval:?}) at least 100ms")]
     BadProbe {
         interval: Duration,
@@ -147,6 +175,30 @@ pub fn server_name(target: &ApiserverTarget, flag: Option<&str>) -> String {
         (None, ApiserverTarget::Direct { host, .. }) => host.clone(),
         (None, ApiserverTarget::Tunnel) => IN_CLUSTER_SERVER_NAME.to_string(),
     }
+}
+
+/// The filter settings from their flags; `node_name` is filled in by the agent.
+pub fn filter_settings(
+    https_addr: Option<SocketAddr>,
+    masterservice: bool,
+    topology: bool,
+    pool_label: &str,
+) -> Result<FilterSettings, HubConfigError> {
+    let bad_label = pool_label.is_empty() || pool_label.contains([' ', '=', ',']);
+    if bad_label {
+        return Err(HubConfigError::BadPoolLabel(pool_label.to_string()));
+    }
+    let masterservice = match (masterservice, https_addr) {
+        (false, _) => None,
+        (true, Some(addr)) => Some(addr),
+        (true, None) => return Err(HubConfigError::MasterServiceWithoutHttps),
+    };
+    Ok(FilterSettings {
+        masterservice,
+        topology,
+        pool_label: pool_label.to_string(),
+        node_name: String::new(),
+    })
 }
 
 /// Checks the probe timings.
@@ -220,6 +272,22 @@ mod tests {
             let e = parse_apiserver(bad).unwrap_err().to_string();
             assert!(e.contains("--apiserver"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn filter_flags() {
+        let https = Some("169.254.2.1:10268".parse().unwrap());
+        let on = filter_settings(https, true, true, "topology.kubernetes.io/zone").unwrap();
+        assert_eq!(on.masterservice, https);
+        assert!(on.topology);
+        let off = filter_settings(https, false, false, "pool").unwrap();
+        assert_eq!((off.masterservice, off.topology), (None, false));
+        assert_eq!(
+            filter_settings(None, true, true, "pool"),
+            Err(HubConfigError::MasterServiceWithoutHttps)
+        );
+        assert!(filter_settings(None, false, true, "").is_err());
+        assert!(filter_settings(None, false, true, "a=b").is_err());
     }
 
     #[test]

@@ -76,10 +76,14 @@ pub async fn pump_watch(upstream: Incoming, mut tx: BodySender, mut ctx: RecordC
             }
         }
         // Durable: the client may see them now, each line as upstream sent it
-        // (the decoder drops the newline; the apiserver ends lines with "\n").
+        // (the decoder drops the newline; the apiserver ends lines with "\n"),
+        // or as the response filter rewrote it.
         let mut out = BytesMut::with_capacity(batch.iter().map(|(e, _)| e.len() + 1).sum());
         for (event, _) in &batch {
-            out.extend_from_slice(event);
+            match ctx.filter.as_ref().and_then(|f| f.event(event)) {
+                Some(filtered) => out.extend_from_slice(&filtered),
+                None => out.extend_from_slice(event),
+            }
             out.extend_from_slice(b"\n");
         }
         drop(batch);

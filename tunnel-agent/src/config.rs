@@ -89,6 +89,27 @@ pub struct Cli {
     /// Node proxy listener for kubelet and friends (plain HTTP; `off` disables it).
     #[arg(long, default_value = "127.0.0.1:10261", value_name = "ADDR|off")]
     pub hub_addr: String,
+    /// HTTPS node-proxy listener for pods (`off`: none). The listener is not
+    /// served yet (issue 17 item 2); --hub-filter-masterservice points kubelet's
+    /// `default/kubernetes` Service at this address.
+    #[arg(long, default_value = "169.254.2.1:10268", value_name = "ADDR|off")]
+    pub hub_https_addr: String,
+    /// Show kubelet the `default/kubernetes` Service, Endpoints and EndpointSlice
+    /// at --hub-https-addr, so pods' in-cluster config leads to the node proxy.
+    /// Off by default until the HTTPS listener exists.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub hub_filter_masterservice: bool,
+    /// kube-proxy and CoreDNS see only this pool's endpoints of Services
+    /// labelled `edgetunnel.io/topology=pool`.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub hub_filter_topology: bool,
+    /// Node label naming a node's pool for service topology.
+    #[arg(
+        long,
+        default_value = "topology.kubernetes.io/zone",
+        value_name = "KEY"
+    )]
+    pub pool_label: String,
     /// Upstream of the node proxy: https://HOST[:PORT], or `tunnel`. Without it the hub does not run.
     #[arg(long, value_name = "URL|tunnel")]
     pub apiserver: Option<String>,
@@ -263,6 +284,14 @@ fn hub_setting(c: &Cli) -> Result<HubSetting, ConfigError> {
         idle_interval: Some(c.hub_idle_probe_interval).filter(|d| !d.is_zero()),
     };
     settings::check_probe(&probe)?;
+    let https_addr = settings::parse_listen(&c.hub_https_addr)
+        .map_err(|_| HubConfigError::BadHttpsAddr(c.hub_https_addr.clone()))?;
+    let filters = settings::filter_settings(
+        https_addr,
+        c.hub_filter_masterservice,
+        c.hub_filter_topology,
+        &c.pool_label,
+    )?;
     let Some(apiserver) = c.apiserver.as_deref() else {
         return Ok(HubSetting::Off(
             "no --apiserver: the node proxy has no upstream",
@@ -286,6 +315,8 @@ fn hub_setting(c: &Cli) -> Result<HubSetting, ConfigError> {
         cache_max_bytes: c.cache_max_bytes,
         cache_gc_after: c.cache_gc_after,
         probe,
+        https_addr,
+        filters,
     })))
 }
 
@@ -394,6 +425,14 @@ mod tests {
         assert_eq!(h.cache_gc_after, Duration::from_secs(168 * 3600));
         assert_eq!(h.server_name, "10.0.0.1");
         assert_eq!(h.apiserver_ca, None);
+        let https: std::net::SocketAddr = "169.254.2.1:10268".parse().unwrap();
+        assert_eq!(h.https_addr, Some(https));
+        assert_eq!(
+            h.filters.masterservice, None,
+            "off until the HTTPS listener exists"
+        );
+        assert!(h.filters.topology);
+        assert_eq!(h.filters.pool_label, "topology.kubernetes.io/zone");
         a.extend(["--hub-addr", "off"]);
         assert!(matches!(parse(&a).unwrap().hub, HubSetting::Off(_)));
     }
@@ -417,7 +456,26 @@ mod tests {
         assert_eq!(h.cache_max_bytes, 512 << 20);
         assert_eq!(h.client_cert, PathBuf::from("h.crt"));
         assert_eq!(h.server_name, settings::IN_CLUSTER_SERVER_NAME);
+        let mut filters = a.clone();
+        filters.extend([
+            "--hub-filter-masterservice",
+            "true",
+            "--hub-filter-topology=false",
+            "--pool-label",
+            "apps.openyurt.io/nodepool",
+        ]);
+        let HubSetting::On(h) = parse(&filters).unwrap().hub else {
+            panic!("hub should run");
+        };
+        assert_eq!(h.filters.masterservice, h.https_addr);
+        assert!(!h.filters.topology);
+        assert_eq!(h.filters.pool_label, "apps.openyurt.io/nodepool");
+        filters.extend(["--hub-https-addr", "off"]);
+        let e = parse(&filters).unwrap_err();
+        assert!(e.contains("--hub-filter-masterservice"), "{e}");
         for (flag, value) in [
+            ("--hub-https-addr", "localhost:1"),
+            ("--pool-label", "a b"),
             ("--apiserver", "http://x"),
             ("--hub-addr", "nope"),
             ("--cache-max-bytes", "lots"),
