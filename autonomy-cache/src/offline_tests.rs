@@ -383,6 +383,7 @@ async fn offline_writes_are_decoded_by_content_type() {
     );
     let mut put = pod.clone();
     put["status"]["phase"] = json!("Succeeded");
+    put["status"].as_object_mut().unwrap().remove("qosClass");
     put["spec"]["nodeName"] = json!("elsewhere");
     let (code, body) = write(
         &cache,
@@ -393,6 +394,10 @@ async fn offline_writes_are_decoded_by_content_type() {
     assert_eq!(code, 200);
     assert_eq!(body["status"]["phase"], "Succeeded");
     assert_eq!(body["spec"]["nodeName"], "minikube", "spec stays as cached");
+    assert_eq!(
+        body["status"]["qosClass"], "BestEffort",
+        "QoS class backfilled"
+    );
 
     let bad = with("PATCH", Some(SMP));
     let (code, status) = write(

@@ -218,9 +218,10 @@ fn json_patch_failed(err: &JsonPatchError) -> OfflineAnswer {
 }
 
 /// A write through `/status`, as the apiserver's pod and node status strategies take
-/// it: `status` comes from the request, and of the metadata only `labels` and
-/// `annotations`; spec and every other metadata field (uid, resourceVersion,
-/// ownerReferences, finalizers, timestamps) stay as cached. A changed `metadata.uid`
+/// it: `status` comes from the request (a pod's `qosClass` is kept when the request
+/// drops it), and of the metadata only `labels` and `annotations`; spec and every
+/// other metadata field (uid, resourceVersion, ownerReferences, finalizers,
+/// timestamps) stay as cached. A changed `metadata.uid`
 /// is refused with 422 (immutable), a PUT with another `resourceVersion` with 409.
 fn status_only(
     cached: &Value,
@@ -259,6 +260,20 @@ fn status_only(
         Some(status) => out.insert("status".into(), status.clone()),
         None => out.remove("status"),
     };
+    // The pod's QoS class is immutable: the apiserver backfills it when a write drops it.
+    let qos = cached.get("status").and_then(|s| s.get("qosClass"));
+    if let (true, Some(qos)) = (resource == "pods", qos) {
+        let status = out
+            .entry("status")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Value::Object(status) = status {
+            if matches!(status.get("qosClass"), None | Some(Value::Null))
+                || status.get("qosClass").and_then(Value::as_str) == Some("")
+            {
+                status.insert("qosClass".into(), qos.clone());
+            }
+        }
+    }
     if let Some(Value::Object(out_meta)) = out.get_mut("metadata") {
         for field in ["labels", "annotations"] {
             match meta(&updated, field) {
