@@ -402,6 +402,12 @@ impl Cx<'_> {
         path: &str,
         depth: usize,
     ) -> Result<Vec<Value>, SmpError> {
+        if depth > MAX_DEPTH {
+            return Err(SmpError::TooDeep {
+                path: shown(path),
+                max: MAX_DEPTH,
+            });
+        }
         let mut items = Vec::with_capacity(patch.len());
         for item in patch {
             match item {

@@ -309,6 +309,20 @@ fn limits_hold() {
     }
     let err = apply(&json!({}), &deep, &Schema::OBJECT).unwrap_err();
     assert!(matches!(err, SmpError::TooDeep { .. }), "{err}");
+    let mut lists = json!([1]);
+    for _ in 0..(MAX_DEPTH + 2) {
+        lists = json!([lists]);
+    }
+    let err = apply(
+        &json!({}),
+        &json!({"spec": {"args": lists}}),
+        &Schema::OBJECT,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, SmpError::TooDeep { .. }),
+        "lists in lists: {err}"
+    );
     let many: Vec<Value> = (0..=MAX_LIST_ITEMS)
         .map(|i| json!({"type": i.to_string()}))
         .collect();
