@@ -4,7 +4,7 @@
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::error::CacheError;
-use super::keys::{self, Collection};
+use super::keys::{self, Collection, DIRECT_OWNER};
 use super::object::{self, ListMeta, ParsedList, StoredObject, WatchEvent};
 use super::store::{
     decode_value, encode_value, BYTES_USED, COMPONENTS, COUNTERS, DOCS, ENTRIES, LISTS, OBJECTS,
@@ -31,6 +31,13 @@ pub(crate) enum WriteOp {
         owner: String,
         list: ParsedList,
     },
+    /// An offline-acknowledged write (lease, node or pod status): replaces the object
+    /// in the direct set and in every list set holding it, so offline get and list
+    /// both answer it. Its resourceVersion is the cached one (no apiserver to bump it).
+    Acknowledged {
+        collection: Collection,
+        object: StoredObject,
+    },
     /// A watch event for a list set.
     Event {
         collection: Collection,
@@ -45,6 +52,7 @@ impl WriteOp {
         match self {
             WriteOp::Doc { component, .. } => component,
             WriteOp::Upsert { collection, .. }
+            | WriteOp::Acknowledged { collection, .. }
             | WriteOp::ReplaceList { collection, .. }
             | WriteOp::Event { collection, .. } => &collection.component,
         }
@@ -219,6 +227,7 @@ impl<'t> Tables<'t> {
                 owner,
                 object,
             } => self.upsert(collection, owner, object),
+            WriteOp::Acknowledged { collection, object } => self.acknowledged(collection, object),
             WriteOp::ReplaceList {
                 collection,
                 owner,
@@ -249,6 +258,29 @@ impl<'t> Tables<'t> {
         }
         let value = encode_value(obj.resource_version.as_deref(), &obj.json);
         self.put(Which::Objects, &key, &value)
+    }
+
+    fn acknowledged(&mut self, c: &Collection, obj: &StoredObject) -> Result<(), CacheError> {
+        let value = encode_value(obj.resource_version.as_deref(), &obj.json);
+        let mut targets = vec![keys::object_key(c, DIRECT_OWNER, &obj.namespace, &obj.name)];
+        for (list_key, _) in self.range_sizes(Which::Lists, &[&c.component, &c.gvr])? {
+            let owner = String::from_utf8_lossy(keys::last_part(&list_key)).into_owned();
+            let key = keys::object_key(c, &owner, &obj.namespace, &obj.name);
+            if self.objects.get(key.as_slice()).map_err(storage)?.is_some() {
+                targets.push(key);
+            }
+        }
+        let (mut old, mut new) = (0, 0);
+        for key in &targets {
+            old += self.stored_len(Which::Objects, key)?.unwrap_or(0);
+            new += (key.len() + value.len()) as u64;
+        }
+        // All copies or none: the whole change fits, so no single put can overflow.
+        self.check_growth(old, new)?;
+        for key in &targets {
+            self.put(Which::Objects, key, &value)?;
+        }
+        Ok(())
     }
 
     fn replace_list(

@@ -15,16 +15,19 @@ mod apply;
 mod component;
 mod error;
 mod field_selector;
+pub mod json_patch;
 mod keys;
 mod label_selector;
 mod object;
 mod offline;
+mod offline_write;
 mod path;
 mod permissions;
 mod recover;
 mod request;
 mod status;
 mod store;
+pub mod strategic_merge;
 mod watch_decoder;
 mod writer;
 
@@ -338,19 +341,63 @@ impl AutonomyCache {
     }
 
     /// What to answer while offline (or while online when upstream failed a get/list).
+    /// An acknowledged write (lease, node or pod status) is stored best effort, after
+    /// this returns: use [`AutonomyCache::offline_answer_durable`] for writes.
     pub fn offline_answer(
         &self,
         component: &str,
         req: &RequestInfo,
         request_body: &[u8],
     ) -> OfflineAnswer {
+        let (answer, write) = self.decide_offline(component, req, request_body);
+        if let (Some(op), Some(queue)) = (write, self.shared.queue.as_ref()) {
+            // Best effort: the acknowledged object is kept current when there is room.
+            let _ = queue.try_send(Job { op, done: None });
+        }
+        answer
+    }
+
+    /// Like [`AutonomyCache::offline_answer`], but an acknowledged write is answered
+    /// only once its result is durable: the next write to the same object (kubelet
+    /// sends them one after the other) applies to it, and a restarted kubelet reads it
+    /// back. A result that cannot be stored (quota, disk) is a 503.
+    pub async fn offline_answer_durable(
+        &self,
+        component: &str,
+        req: &RequestInfo,
+        request_body: &[u8],
+    ) -> OfflineAnswer {
+        let (answer, write) = self.decide_offline(component, req, request_body);
+        let Some(op) = write else {
+            return answer;
+        };
+        match self.submit(op).await {
+            Ok(()) => answer,
+            Err(err) => {
+                let message =
+                    format!("offline mode: the acknowledged write cannot be stored: {err}");
+                OfflineAnswer::Respond {
+                    status: 503,
+                    body: status_json(503, "ServiceUnavailable", &message),
+                }
+            }
+        }
+    }
+
+    fn decide_offline(
+        &self,
+        component: &str,
+        req: &RequestInfo,
+        request_body: &[u8],
+    ) -> (OfflineAnswer, Option<WriteOp>) {
         let Some(store) = &self.shared.store else {
             let why = self.shared.disabled.as_deref().unwrap_or_default();
             let message = format!("offline and the autonomy cache is disabled: {why}");
-            return OfflineAnswer::Respond {
+            let answer = OfflineAnswer::Respond {
                 status: 503,
                 body: status_json(503, "ServiceUnavailable", &message),
             };
+            return (answer, None);
         };
         store
             .asked
@@ -360,7 +407,7 @@ impl AutonomyCache {
         let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             offline::answer(store, component, req, request_body)
         }));
-        let (answer, write) = match answered {
+        match answered {
             Ok(answered) => answered,
             Err(payload) => {
                 let message = recover::panic_message(payload.as_ref());
@@ -370,14 +417,9 @@ impl AutonomyCache {
                 );
                 let message = "the autonomy cache was damaged and has been reset";
                 let body = status_json(503, "ServiceUnavailable", message);
-                return OfflineAnswer::Respond { status: 503, body };
+                (OfflineAnswer::Respond { status: 503, body }, None)
             }
-        };
-        if let (Some(op), Some(queue)) = (write, self.shared.queue.as_ref()) {
-            // Best effort: the acknowledged object is kept current when there is room.
-            let _ = queue.try_send(Job { op, done: None });
         }
-        answer
     }
 
     /// The newest stored copy of one object `component` was given (by a get,

@@ -1,6 +1,7 @@
 //! What to answer while the cloud is unreachable: the reference's offline table,
-//! decided from the stored data. Returns the answer plus, for acknowledged lease and
-//! node-status writes, the write that keeps the cached object current.
+//! decided from the stored data. Returns the answer plus, for acknowledged lease,
+//! node-status and pod-status writes (`offline_write`), the write that keeps the
+//! cached object current.
 
 use std::collections::HashMap;
 
@@ -10,24 +11,25 @@ use serde_json::{Map, Value};
 use super::apply::WriteOp;
 use super::error::CacheError;
 use super::field_selector::{leaf_string, FieldSelector};
-use super::keys::{self, ResourceKey, DIRECT_OWNER};
+use super::keys::{self, ResourceKey};
 use super::label_selector::LabelSelector;
 use super::object::{self, ListMeta};
+use super::offline_write;
 use super::request::{RequestInfo, RequestKind, Verb};
 use super::status::status_json;
 use super::store::{SetObject, Store};
 use super::OfflineAnswer;
 
-fn respond(status: u16, body: Bytes) -> OfflineAnswer {
+pub(super) fn respond(status: u16, body: Bytes) -> OfflineAnswer {
     OfflineAnswer::Respond { status, body }
 }
 
-fn status(code: u16, reason: &str, message: &str) -> OfflineAnswer {
+pub(super) fn status(code: u16, reason: &str, message: &str) -> OfflineAnswer {
     respond(code, status_json(code, reason, message))
 }
 
 /// The 503 for anything the cache cannot answer, naming offline mode.
-fn unavailable(req: &RequestInfo, why: &str) -> OfflineAnswer {
+pub(super) fn unavailable(req: &RequestInfo, why: &str) -> OfflineAnswer {
     let message = format!(
         "offline mode: the cloud apiserver is unreachable and {} {} {why}",
         req.verb.as_str(),
@@ -36,7 +38,7 @@ fn unavailable(req: &RequestInfo, why: &str) -> OfflineAnswer {
     status(503, "ServiceUnavailable", &message)
 }
 
-fn storage_failed(err: &CacheError) -> OfflineAnswer {
+pub(super) fn storage_failed(err: &CacheError) -> OfflineAnswer {
     let message = format!("offline mode: the node cache cannot be read: {err}");
     status(503, "ServiceUnavailable", &message)
 }
@@ -66,7 +68,9 @@ pub(crate) fn answer(
         Verb::Get if plain_or_status => (get(store, &key, resource), None),
         Verb::List => (list(store, &key, req, group, resource), None),
         Verb::Create if resource == "events" => (events_echo(body), None),
-        Verb::Update | Verb::Patch if acknowledged_write(req) => ack_write(store, &key, req, body),
+        Verb::Update | Verb::Patch if offline_write::acknowledged(req) => {
+            offline_write::answer(store, &key, req, body)
+        }
         _ => (unavailable(req, "is not served from the node cache"), None),
     }
 }
@@ -240,115 +244,5 @@ fn events_echo(body: &[u8]) -> OfflineAnswer {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(_)) => respond(201, Bytes::copy_from_slice(body)),
         _ => status(400, "BadRequest", "event body is not a JSON object"),
-    }
-}
-
-/// The node's Lease and the node's status: kubelet must keep running offline.
-fn acknowledged_write(req: &RequestInfo) -> bool {
-    let RequestKind::Resource {
-        group,
-        namespace,
-        resource,
-        name,
-        subresource,
-        ..
-    } = &req.kind
-    else {
-        return false;
-    };
-    let lease = group == "coordination.k8s.io"
-        && resource == "leases"
-        && namespace.as_deref() == Some("kube-node-lease")
-        && subresource.is_none();
-    let node_status =
-        group.is_empty() && resource == "nodes" && subresource.as_deref() == Some("status");
-    (lease || node_status) && name.is_some()
-}
-
-fn ack_write(
-    store: &Store,
-    key: &ResourceKey,
-    req: &RequestInfo,
-    body: &[u8],
-) -> (OfflineAnswer, Option<WriteOp>) {
-    let name = key.name.as_deref().unwrap_or_default();
-    let cached = match store.object(&key.collection, &key.namespace, name) {
-        Ok(Some(found)) => found,
-        Ok(None) => {
-            return (
-                unavailable(req, "has no cached object to acknowledge"),
-                None,
-            )
-        }
-        Err(err) => return (storage_failed(&err), None),
-    };
-    let updated = if req.verb == Verb::Update {
-        Bytes::copy_from_slice(body)
-    } else {
-        match merge_patched(&cached.json, body) {
-            Some(patched) => patched,
-            None => return (respond(200, cached.json), None),
-        }
-    };
-    match object::parse_object(updated.clone()) {
-        Ok(obj) if obj.name == name => {
-            let op = WriteOp::Upsert {
-                collection: key.collection.clone(),
-                owner: DIRECT_OWNER.to_string(),
-                object: obj,
-            };
-            (respond(200, updated), Some(op))
-        }
-        Ok(_) => (
-            status(
-                400,
-                "BadRequest",
-                "metadata.name does not match the request path",
-            ),
-            None,
-        ),
-        Err(err) => (status(400, "BadRequest", &err.to_string()), None),
-    }
-}
-
-/// The cached object with a JSON merge patch applied; `None` when the patch is not a
-/// plain merge patch (JSON patch arrays, strategic-merge `$` directives).
-fn merge_patched(cached: &[u8], patch: &[u8]) -> Option<Bytes> {
-    let patch: Value = serde_json::from_slice(patch).ok()?;
-    if !patch.is_object() || has_directive(&patch) {
-        return None;
-    }
-    let mut target: Value = serde_json::from_slice(cached).ok()?;
-    merge(&mut target, &patch);
-    serde_json::to_vec(&target).ok().map(Bytes::from)
-}
-
-fn has_directive(value: &Value) -> bool {
-    match value {
-        Value::Object(map) => map
-            .iter()
-            .any(|(k, v)| k.starts_with('$') || has_directive(v)),
-        Value::Array(items) => items.iter().any(has_directive),
-        _ => false,
-    }
-}
-
-/// RFC 7386 JSON merge patch.
-fn merge(target: &mut Value, patch: &Value) {
-    let Value::Object(patch) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(Default::default());
-    }
-    if let Value::Object(map) = target {
-        for (key, value) in patch {
-            if value.is_null() {
-                map.remove(key);
-            } else {
-                merge(map.entry(key.clone()).or_insert(Value::Null), value);
-            }
-        }
     }
 }

@@ -2,7 +2,7 @@
 
 use super::tests::{answer, config, pod_list, req};
 use super::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[tokio::test]
 async fn offline_table() {
@@ -156,13 +156,14 @@ async fn lease_and_node_status_are_acknowledged_from_cache() {
         )
         .await
         .unwrap();
-    let patch = req("PATCH", "/api/v1/nodes/n1/status");
-    let (status, body) = answer(
+    let patch = req("PATCH", "/api/v1/nodes/n1/status")
+        .with_content_type(Some("application/merge-patch+json"));
+    let (status, body) = write(
         &cache,
-        "kubelet",
         &patch,
         br#"{"status":{"phase":"Pending","x":null}}"#,
-    );
+    )
+    .await;
     assert_eq!(
         (status, body["status"]["phase"].as_str()),
         (200, Some("Pending"))
@@ -171,12 +172,21 @@ async fn lease_and_node_status_are_acknowledged_from_cache() {
         body["status"]["conditions"][0]["type"], "Ready",
         "merge patch keeps the rest"
     );
-    let smp = br#"{"status":{"$setElementOrder/conditions":[{"type":"Ready"}]}}"#;
-    let (status, body) = answer(&cache, "kubelet", &patch, smp);
+    let smp_patch = req("PATCH", "/api/v1/nodes/n1/status").with_content_type(Some(
+        "application/strategic-merge-patch+json; charset=utf-8",
+    ));
+    let smp = br#"{"status":{"$setElementOrder/conditions":[{"type":"Ready"}],
+                   "conditions":[{"type":"Ready","status":"False"}]}}"#;
+    let (status, body) = write(&cache, &smp_patch, smp).await;
     assert_eq!(status, 200);
-    assert!(
-        body["status"].get("$setElementOrder/conditions").is_none(),
-        "directives not applied"
+    assert_eq!(
+        body["status"]["conditions"],
+        json!([{"type": "Ready", "status": "False"}]),
+        "merged by type, directive applied: {body}"
+    );
+    assert_eq!(
+        body["status"]["phase"], "Pending",
+        "the merge patch was kept"
     );
     let other_lease = req(
         "PUT",
@@ -200,4 +210,210 @@ async fn namespace_objects_are_found_by_name() {
         .unwrap();
     let (status, body) = answer(&cache, "kubelet", &get, b"");
     assert_eq!((status, body["kind"].as_str()), (200, Some("Namespace")));
+}
+
+fn recorded_pod() -> Value {
+    let path = format!(
+        "{}/testdata/recorded/pod-minikube.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+const POD_STATUS: &str = "/api/v1/namespaces/default/pods/queue-l4dv8/status";
+const SMP: &str = "application/strategic-merge-patch+json";
+
+/// An offline write as the node proxy answers it: once its result is durable.
+async fn write(cache: &AutonomyCache, r: &RequestInfo, body: &[u8]) -> (u16, Value) {
+    match cache.offline_answer_durable("kubelet", r, body).await {
+        OfflineAnswer::Respond { status, body } => (status, serde_json::from_slice(&body).unwrap()),
+        OfflineAnswer::HoldWatch => panic!("unexpected HoldWatch for {}", r.path),
+    }
+}
+
+#[tokio::test]
+async fn pod_status_patch_offline_is_read_back_and_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = AutonomyCache::open(config(dir.path())).unwrap();
+    let list = req("GET", "/api/v1/pods?fieldSelector=spec.nodeName%3Dminikube");
+    let pod = recorded_pod();
+    cache
+        .record_response(
+            "kubelet",
+            &list,
+            pod_list(550090, std::slice::from_ref(&pod)),
+        )
+        .await
+        .unwrap();
+    // What kubelet's status manager sends when the container died: Ready and
+    // ContainersReady by type, the whole containerStatuses list; it also tries to
+    // move the pod (ignored: only status, labels and annotations pass /status).
+    let patch = json!({
+        "metadata": {"uid": "d8aa9a47-ad0f-4bbe-bc12-ab31605d3211", "labels": {"offline": "yes"}},
+        "spec": {"nodeName": "elsewhere"},
+        "status": {
+            "$setElementOrder/conditions": [{"type": "Initialized"}, {"type": "Ready"},
+                                            {"type": "ContainersReady"}, {"type": "PodScheduled"}],
+            "conditions": [
+                {"type": "Ready", "status": "False", "reason": "ContainersNotReady",
+                 "lastTransitionTime": "2022-12-23T10:01:02Z"},
+                {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady",
+                 "lastTransitionTime": "2022-12-23T10:01:02Z"}
+            ],
+            "containerStatuses": [{"name": "queue", "ready": false, "restartCount": 1,
+                "image": "gcr.io/kuar-demo/kuard-amd64:1", "imageID": "",
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}}, "lastState": {}}]
+        }
+    });
+    let patch_req = req("PATCH", POD_STATUS).with_content_type(Some(SMP));
+    let (code, body) = write(&cache, &patch_req, patch.to_string().as_bytes()).await;
+    assert_eq!(code, 200, "{body}");
+    let mut expected = pod.clone();
+    for c in &mut expected["status"]["conditions"].as_array_mut().unwrap()[1..3] {
+        c["status"] = json!("False");
+        c["reason"] = json!("ContainersNotReady");
+        c["lastTransitionTime"] = json!("2022-12-23T10:01:02Z");
+    }
+    expected["status"]["containerStatuses"] = patch["status"]["containerStatuses"].clone();
+    expected["metadata"]["labels"]["offline"] = json!("yes");
+    assert_eq!(
+        body, expected,
+        "the pod as kube-apiserver answers the patch"
+    );
+
+    let get = req("GET", "/api/v1/namespaces/default/pods/queue-l4dv8");
+    let (code, got) = answer(&cache, "kubelet", &get, b"");
+    assert_eq!((code, &got), (200, &expected), "offline get");
+    let (code, listed) = answer(&cache, "kubelet", &list, b"");
+    assert_eq!(code, 200);
+    assert_eq!(
+        listed["items"][0], expected,
+        "offline list by kubelet's selector"
+    );
+
+    drop(cache);
+    let cache = AutonomyCache::open(config(dir.path())).unwrap();
+    let (code, got) = answer(&cache, "kubelet", &get, b"");
+    assert_eq!((code, &got), (200, &expected), "after a restart");
+    let (_, listed) = answer(&cache, "kubelet", &list, b"");
+    assert_eq!(listed["items"][0], expected, "list after a restart");
+
+    // A second patch (recovery) applies to the stored result.
+    let recover = json!({"status": {"conditions": [
+        {"type": "Ready", "status": "True", "reason": null}]}});
+    let (code, body) = write(&cache, &patch_req, recover.to_string().as_bytes()).await;
+    assert_eq!(code, 200);
+    let mut ready = pod["status"]["conditions"][1].clone();
+    ready["lastTransitionTime"] = json!("2022-12-23T10:01:02Z");
+    assert_eq!(
+        body["status"]["conditions"][1], ready,
+        "reason deleted by null"
+    );
+}
+
+#[tokio::test]
+async fn offline_writes_are_decoded_by_content_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = AutonomyCache::open(config(dir.path())).unwrap();
+    let get = req("GET", "/api/v1/namespaces/default/pods/queue-l4dv8");
+    let pod = recorded_pod();
+    cache
+        .record_response("kubelet", &get, Bytes::from(pod.to_string()))
+        .await
+        .unwrap();
+    let body = br#"{"status":{"phase":"Failed"}}"#;
+    let with = |method: &str, media: Option<&str>| req(method, POD_STATUS).with_content_type(media);
+    let cases = [
+        (with("PATCH", None), 415, "UnsupportedMediaType"),
+        (
+            with("PATCH", Some("application/yaml")),
+            415,
+            "UnsupportedMediaType",
+        ),
+        (
+            with("PATCH", Some("application/apply-patch+yaml")),
+            503,
+            "ServiceUnavailable",
+        ),
+        (
+            with("PUT", Some("application/vnd.kubernetes.protobuf")),
+            415,
+            "UnsupportedMediaType",
+        ),
+    ];
+    for (r, code, reason) in cases {
+        let (got, status) = write(&cache, &r, body).await;
+        assert_eq!(
+            (got, status["reason"].as_str()),
+            (code, Some(reason)),
+            "{r:?}: {status}"
+        );
+    }
+    let json_patch = br#"[{"op":"test","path":"/status/phase","value":"Running"},
+                          {"op":"replace","path":"/status/phase","value":"Failed"}]"#;
+    let (code, patched) = write(
+        &cache,
+        &with("PATCH", Some("application/json-patch+json")),
+        json_patch,
+    )
+    .await;
+    assert_eq!(
+        (code, patched["status"]["phase"].as_str()),
+        (200, Some("Failed"))
+    );
+    let merge = with("PATCH", Some("application/merge-patch+json"));
+    let (code, _) = write(&cache, &merge, br#"{"status":{"phase":"Unknown"}}"#).await;
+    assert_eq!(code, 200);
+
+    let mut other_uid = pod.clone();
+    other_uid["metadata"]["uid"] = json!("someone-else");
+    let (code, status) = write(&cache, &with("PUT", None), other_uid.to_string().as_bytes()).await;
+    assert_eq!(
+        (code, status["reason"].as_str()),
+        (422, Some("Invalid")),
+        "{status}"
+    );
+    let mut stale = pod.clone();
+    stale["metadata"]["resourceVersion"] = json!("1");
+    let (code, status) = write(&cache, &with("PUT", None), stale.to_string().as_bytes()).await;
+    assert_eq!(
+        (code, status["reason"].as_str()),
+        (409, Some("Conflict")),
+        "{status}"
+    );
+    let mut put = pod.clone();
+    put["status"]["phase"] = json!("Succeeded");
+    put["status"].as_object_mut().unwrap().remove("qosClass");
+    put["spec"]["nodeName"] = json!("elsewhere");
+    let (code, body) = write(
+        &cache,
+        &with("PUT", Some("application/json")),
+        put.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(body["status"]["phase"], "Succeeded");
+    assert_eq!(body["spec"]["nodeName"], "minikube", "spec stays as cached");
+    assert_eq!(
+        body["status"]["qosClass"], "BestEffort",
+        "QoS class backfilled"
+    );
+
+    let bad = with("PATCH", Some(SMP));
+    let (code, status) = write(
+        &cache,
+        &bad,
+        br#"{"status":{"conditions":[{"status":"x"}]}}"#,
+    )
+    .await;
+    assert_eq!((code, status["reason"].as_str()), (400, Some("BadRequest")));
+    assert!(
+        status["message"].as_str().unwrap().contains("merge key"),
+        "{status}"
+    );
+    // Pods themselves (not /status) stay read-only offline.
+    let spec =
+        req("PATCH", "/api/v1/namespaces/default/pods/queue-l4dv8").with_content_type(Some(SMP));
+    let move_it = br#"{"spec":{"nodeName":"x"}}"#;
+    assert_eq!(write(&cache, &spec, move_it).await.0, 503);
 }

@@ -78,6 +78,10 @@ pub struct RequestInfo {
     pub watch: bool,
     /// `continue=`: a later page of a paginated list.
     pub continue_token: Option<String>,
+    /// The body's media type from `Content-Type`, lowercased, parameters cut
+    /// (`application/strategic-merge-patch+json`); `None` when absent. Not in the
+    /// request target: the proxy sets it with [`RequestInfo::with_content_type`].
+    pub content_type: Option<String>,
 }
 
 /// Resources never cached: authorization and certificate requests are answered per call.
@@ -127,6 +131,7 @@ impl RequestInfo {
             timeout_seconds: None,
             watch: false,
             continue_token: None,
+            content_type: None,
         };
         info.read_query(query)?;
         info.verb = match method.to_ascii_uppercase().as_str() {
@@ -139,6 +144,15 @@ impl RequestInfo {
         };
         info.read_resource(&segments);
         Ok(info)
+    }
+
+    /// Records the request's `Content-Type` header value (offline writes are decoded by it).
+    pub fn with_content_type(mut self, header: Option<&str>) -> RequestInfo {
+        self.content_type = header
+            .and_then(|v| v.split(';').next())
+            .map(|v| v.trim().to_ascii_lowercase())
+            .filter(|v| !v.is_empty());
+        self
     }
 
     fn read_query(&mut self, query: &str) -> Result<(), RequestError> {

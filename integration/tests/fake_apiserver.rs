@@ -355,6 +355,28 @@ async fn writes_conflict_patch_and_delete_like_the_apiserver() {
         stored["metadata"].get("labels").is_none(),
         "a status patch only touches status"
     );
+    // Strategic merge patches follow the node proxy's rules: pod conditions merge by type.
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ns"},
+        "status": {"conditions": [{"type": "Initialized", "status": "True"}, {"type": "Ready", "status": "True"}]}});
+    api.upsert(&Res::pods(), pod);
+    let smp = json!({"status": {"$setElementOrder/conditions": [{"type": "Initialized"}, {"type": "Ready"}],
+        "conditions": [{"type": "Ready", "status": "False"}]}});
+    let patched = client
+        .request(
+            Method::PATCH,
+            "/api/v1/namespaces/ns/pods/p/status",
+            Some("application/strategic-merge-patch+json"),
+            Some(&smp),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(patched.status, 200);
+    let conditions =
+        patched.json().unwrap_or_else(|e| panic!("{e}"))["status"]["conditions"].clone();
+    assert_eq!(
+        conditions,
+        json!([{"type": "Initialized", "status": "True"}, {"type": "Ready", "status": "False"}])
+    );
     let json_patch = client
         .request(
             Method::PATCH,

@@ -2,12 +2,15 @@
 //! (selectors honoured) when the link is cut, its watch is held and closed when
 //! the link returns, the next list shows what changed upstream meanwhile; the
 //! switch happens within 3 s with requests in flight; a restart while offline
-//! serves the cache and goes online when the link returns.
+//! serves the cache and goes online when the link returns; kubelet's strategic
+//! merge pod status patch is applied offline and read back, across a restart too.
 
 use std::time::{Duration, Instant};
 
+use hyper::Method;
 use integration::hub::{enc, item_names, pod, HubEnv, KUBELET};
 use integration::k8s::{Fault, Res};
+use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -319,4 +322,81 @@ async fn restart_while_offline_serves_the_cache_then_goes_online() {
             .unwrap(),
     );
     assert!(names.contains(&"p-after".to_string()), "{names:?}");
+}
+
+/// A real pod as kube-apiserver returned it (see autonomy-cache/testdata/recorded/).
+const RECORDED_POD: &str = include_str!("../../autonomy-cache/testdata/recorded/pod-minikube.json");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_status_patch_offline_is_read_back_across_a_restart() {
+    let mut env = HubEnv::start(Default::default()).await.unwrap();
+    env.wait_reachable(true, LIMIT).await.unwrap();
+    let recorded: Value = serde_json::from_str(RECORDED_POD).unwrap();
+    env.api.upsert(&Res::pods(), recorded);
+    let kubelet = env.kubelet();
+    let list = format!(
+        "/api/v1/pods?fieldSelector={}",
+        enc("spec.nodeName=minikube")
+    );
+    let online = kubelet.get(&list).await.unwrap().json().unwrap();
+    let before = online["items"][0].clone();
+    assert_eq!(before["metadata"]["name"], "queue-l4dv8", "{online}");
+
+    env.relay.cut();
+    env.wait_reachable(false, LIMIT).await.unwrap();
+    // kubelet's status manager after the container crashed (CreateTwoWayMergePatch).
+    let patch = json!({
+        "metadata": {"uid": before["metadata"]["uid"]},
+        "status": {
+            "$setElementOrder/conditions": [{"type": "Initialized"}, {"type": "Ready"},
+                                            {"type": "ContainersReady"}, {"type": "PodScheduled"}],
+            "conditions": [{"type": "Ready", "status": "False", "reason": "ContainersNotReady",
+                            "lastTransitionTime": "2022-12-23T10:01:02Z"}],
+            "containerStatuses": [{"name": "queue", "ready": false, "restartCount": 1,
+                                   "image": "gcr.io/kuar-demo/kuard-amd64:1", "imageID": "",
+                                   "lastState": {}, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]
+        }
+    });
+    let path = "/api/v1/namespaces/default/pods/queue-l4dv8/status";
+    let smp = Some("application/strategic-merge-patch+json");
+    let r = kubelet
+        .request(Method::PATCH, path, smp, Some(&patch))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let patched = r.json().unwrap();
+    let mut expected = before.clone();
+    let ready = &mut expected["status"]["conditions"][1];
+    ready["status"] = json!("False");
+    ready["reason"] = json!("ContainersNotReady");
+    ready["lastTransitionTime"] = json!("2022-12-23T10:01:02Z");
+    expected["status"]["containerStatuses"] = patch["status"]["containerStatuses"].clone();
+    if expected.get("kind").is_none() {
+        // The list item came without kind/apiVersion; the cache stores them.
+        expected["kind"] = json!("Pod");
+        expected["apiVersion"] = json!("v1");
+    }
+    assert_eq!(patched, expected);
+
+    let one = "/api/v1/namespaces/default/pods/queue-l4dv8";
+    let got = kubelet.get(one).await.unwrap();
+    assert_eq!((got.status, got.json().unwrap()), (200, expected.clone()));
+    let listed = kubelet.get(&list).await.unwrap().json().unwrap();
+    assert_eq!(listed["items"][0], expected, "kubelet's list");
+
+    env.kill_agent();
+    env.start_agent().await.unwrap();
+    let restarted = kubelet.clone().with_timeout(LIMIT);
+    let got = restarted.get(one).await.unwrap();
+    assert_eq!(
+        (got.status, got.json().unwrap()),
+        (200, expected.clone()),
+        "after a restart"
+    );
+    let listed = restarted.get(&list).await.unwrap().json().unwrap();
+    assert_eq!(
+        listed["items"][0], expected,
+        "kubelet's list after a restart"
+    );
+    assert_eq!(env.reachable(), Some(false));
 }

@@ -8,7 +8,7 @@ use autonomy_cache::{AutonomyCache, ComponentRule, OfflineAnswer, RequestInfo, V
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_LENGTH, USER_AGENT};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, USER_AGENT};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
@@ -22,7 +22,7 @@ use crate::respond::{self, channel_body, HubBody};
 use crate::upstream::UpstreamClient;
 use crate::watch_pump::pump_watch;
 
-/// Request bodies read for offline answers (lease and node-status writes) are capped here.
+/// Request bodies read for offline answers (lease, node- and pod-status writes) are capped here.
 const MAX_OFFLINE_REQUEST_BODY: usize = 4 << 20;
 
 /// Request heads must arrive within this time.
@@ -80,7 +80,11 @@ impl Hub {
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| "/".to_string());
         let info = match RequestInfo::parse(req.method().as_str(), &path_and_query) {
-            Ok(i) => i,
+            Ok(i) => i.with_content_type(
+                req.headers()
+                    .get(CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok()),
+            ),
             Err(e) => return respond::status(400, "BadRequest", &e.to_string()),
         };
         let agent = req.headers().get(USER_AGENT).and_then(|v| v.to_str().ok());
@@ -102,11 +106,25 @@ impl Hub {
             Ok(b) => b,
             Err(e) => return respond::status(413, "RequestEntityTooLarge", &e),
         };
-        self.cache_answer(component, &c.info, &body)
+        let answer = self
+            .cache
+            .offline_answer_durable(component, &c.info, &body)
+            .await;
+        self.respond_cached(component, &c.info, answer)
     }
 
     fn cache_answer(&self, component: &str, info: &RequestInfo, body: &[u8]) -> Response<HubBody> {
-        match self.cache.offline_answer(component, info, body) {
+        let answer = self.cache.offline_answer(component, info, body);
+        self.respond_cached(component, info, answer)
+    }
+
+    fn respond_cached(
+        &self,
+        component: &str,
+        info: &RequestInfo,
+        answer: OfflineAnswer,
+    ) -> Response<HubBody> {
+        match answer {
             OfflineAnswer::Respond { status, body } => {
                 self.count(component, info, "cache");
                 let filter = (status == 200)

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use autonomy_cache::strategic_merge::{self, Schema};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
@@ -13,7 +14,7 @@ use super::body::ApiBody;
 use super::discovery;
 use super::fault::{FaultAction, MALFORMED_BODY};
 use super::filter::{list_item, ObjectFilter};
-use super::meta::{merge_patch, strategic_merge_patch};
+use super::meta::merge_patch;
 use super::paging::{self, ContinueToken};
 use super::resource::Res;
 use super::route::{parse_path, parse_query, Query, ResourcePath, Route};
@@ -167,16 +168,24 @@ async fn resource(
             Ok(json_response(StatusCode::OK, &obj))
         }
         (Method::PATCH, Some(name)) => {
-            let apply = match content_type.split(';').next().unwrap_or("").trim() {
-                "application/merge-patch+json" => merge_patch,
-                "application/strategic-merge-patch+json" => strategic_merge_patch,
+            // Strategic merge patches with the node proxy's rules (core/v1 merge keys).
+            let strategic = match content_type.split(';').next().unwrap_or("").trim() {
+                "application/merge-patch+json" => false,
+                "application/strategic-merge-patch+json" => true,
                 _ => return Err(ApiError::UnsupportedMediaType),
             };
             let patch = read_json(req).await?;
+            let schema = Schema::for_resource(&res.group, &res.resource);
             let obj = shared.mutate(|s| {
                 let stored = s.get(&res, ns, name).ok_or_else(|| not_found(&res, name))?;
-                let mut next = (*stored).clone();
-                apply(&mut next, &patch);
+                let next = if strategic {
+                    strategic_merge::apply(&stored, &patch, &schema)
+                        .map_err(|e| ApiError::BadRequest(e.to_string()))?
+                } else {
+                    let mut next = (*stored).clone();
+                    merge_patch(&mut next, &patch);
+                    next
+                };
                 s.update(&res, ns, name, next, status_only)
             })?;
             Ok(json_response(StatusCode::OK, &obj))

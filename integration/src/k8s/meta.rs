@@ -43,17 +43,6 @@ pub fn set_top(obj: &mut Value, field: &str, value: &str) {
 
 /// RFC 7386 JSON merge patch: objects merge key by key, `null` deletes, anything else replaces.
 pub fn merge_patch(target: &mut Value, patch: &Value) {
-    apply_patch(target, patch, false);
-}
-
-/// Strategic merge patch, approximated as a merge patch (lists are replaced, not merged by
-/// key) that drops the `$`-directives (`$setElementOrder/...`, `$patch`, `$retainKeys`)
-/// kubelet sends instead of storing them as fields.
-pub fn strategic_merge_patch(target: &mut Value, patch: &Value) {
-    apply_patch(target, patch, true);
-}
-
-fn apply_patch(target: &mut Value, patch: &Value, skip_directives: bool) {
     let Value::Object(patch_map) = patch else {
         *target = patch.clone();
         return;
@@ -63,14 +52,11 @@ fn apply_patch(target: &mut Value, patch: &Value, skip_directives: bool) {
     }
     if let Value::Object(target_map) = target {
         for (key, value) in patch_map {
-            if skip_directives && key.starts_with('$') {
-                continue;
-            }
             if value.is_null() {
                 target_map.remove(key);
             } else {
                 let slot = target_map.entry(key.clone()).or_insert(Value::Null);
-                apply_patch(slot, value, skip_directives);
+                merge_patch(slot, value);
             }
         }
     }
@@ -137,15 +123,7 @@ mod tests {
     }
 
     #[test]
-    fn strategic_patches_drop_directives() {
-        let mut node = json!({"status": {"conditions": [{"type": "Ready"}]}});
-        let patch = json!({"status": {"$setElementOrder/conditions": [{"type": "Ready"}],
-            "conditions": [{"type": "Ready", "status": "True"}]}});
-        strategic_merge_patch(&mut node, &patch);
-        assert_eq!(
-            node,
-            json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}})
-        );
+    fn merge_patches_keep_dollar_keys_as_fields() {
         let mut plain = json!({});
         merge_patch(&mut plain, &json!({"$x": 1}));
         assert_eq!(plain, json!({"$x": 1}));
