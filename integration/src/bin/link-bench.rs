@@ -10,15 +10,14 @@
 //! tc with tbf. Prints a Markdown table on stdout; progress goes to stderr.
 //! See docs/benchmarks.md ("Weak links") for the method.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use integration::bench;
 use integration::netns::{self, NsRuntime};
+use integration::weaklink::delay_line::DelayLineProcess;
 use integration::weaklink::link::{EmulatedLink, LinkShape, QUEUE};
 use integration::weaklink::tunnel::Transport;
 use integration::weaklink::{self, Config, EdgeServices, LinkPath};
@@ -86,41 +85,6 @@ enum Cmd {
     },
 }
 
-/// The delay line process, killed on drop.
-struct DelayLine(Child);
-
-impl DelayLine {
-    fn start(link: &EmulatedLink, lifetime: Duration) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe()?;
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &link.wire_ns])
-            .arg(exe)
-            .args([
-                "delay-line",
-                &format!("--delay-ms={}", link.shape.one_way_ms),
-                &format!("--lifetime-secs={}", lifetime.as_secs()),
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting the delay line")?;
-        let out = child.stdout.take().context("delay line stdout")?;
-        let mut line = String::new();
-        BufReader::new(out).read_line(&mut line)?;
-        if line.trim() != "ready" {
-            let _ = child.kill();
-            bail!("the delay line did not start (see its error above)");
-        }
-        Ok(Self(child))
-    }
-}
-
-impl Drop for DelayLine {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     if let Some(Cmd::DelayLine {
@@ -184,7 +148,8 @@ fn main() -> anyhow::Result<()> {
 
     let t0 = Instant::now();
     let link = EmulatedLink::create(shape)?;
-    let _delay = DelayLine::start(&link, Duration::from_secs(3600))?;
+    let _delay =
+        DelayLineProcess::start(&link, &std::env::current_exe()?, Duration::from_secs(3600))?;
     let edge_rt = NsRuntime::enter(&link.edge_ns)?;
     let tcp_cc = shape.tcp_congestion;
     // The bench itself is the cloud: this thread and the runtime's workers.

@@ -11,10 +11,14 @@
 //! by `link-bench delay-line`.
 
 use std::collections::VecDeque;
-use std::io::ErrorKind;
+use std::io::{BufRead, BufReader, ErrorKind};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
+
+use super::link::EmulatedLink;
 
 /// Items held for a fixed delay, released in arrival order.
 ///
@@ -110,6 +114,46 @@ pub fn run(queue: u16, delay: Duration, lifetime: Duration) -> anyhow::Result<()
         }
     }
     Ok(())
+}
+
+/// The delay line as a process of its own, killed on drop.
+pub struct DelayLineProcess(Child);
+
+impl DelayLineProcess {
+    /// Runs `link_bench delay-line` (the `link-bench` executable) in the
+    /// link's wire namespace and waits until it is bound to the queue.
+    pub fn start(
+        link: &EmulatedLink,
+        link_bench: &Path,
+        lifetime: Duration,
+    ) -> anyhow::Result<Self> {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &link.wire_ns])
+            .arg(link_bench)
+            .args([
+                "delay-line",
+                &format!("--delay-ms={}", link.shape.one_way_ms),
+                &format!("--lifetime-secs={}", lifetime.as_secs()),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the delay line")?;
+        let out = child.stdout.take().context("delay line stdout")?;
+        let mut line = String::new();
+        BufReader::new(out).read_line(&mut line)?;
+        if line.trim() != "ready" {
+            let _ = child.kill();
+            bail!("the delay line did not start (see its error above)");
+        }
+        Ok(Self(child))
+    }
+}
+
+impl Drop for DelayLineProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[cfg(test)]

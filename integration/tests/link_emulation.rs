@@ -1,0 +1,90 @@
+//! The weak-link bench's emulated link does what it claims: the delay line
+//! adds the round-trip time and the bottleneck caps the rate. Only lower
+//! bounds are checked (the emulation guarantees them on any machine); the
+//! upper bounds are generous sanity limits, not speed targets.
+//!
+//! Needs root, `ip netns`, iptables (statistic, NFQUEUE) and tc with tbf;
+//! elsewhere it prints a loud `SKIPPED` line and passes (CI runs as root).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use integration::netns::{self, NsRuntime};
+use integration::process::bin;
+use integration::weaklink::delay_line::DelayLineProcess;
+use integration::weaklink::link::{EmulatedLink, LinkShape, EDGE_IP};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const ONE_WAY: Duration = Duration::from_millis(30);
+const RATE_BIT: u64 = 4_000_000;
+const BYTES: usize = 1_000_000;
+
+#[test]
+fn the_link_adds_its_delay_and_caps_its_rate() {
+    if netns::skip_unless_available("the_link_adds_its_delay_and_caps_its_rate") {
+        return;
+    }
+    let link = EmulatedLink::create(LinkShape {
+        rate_bit: RATE_BIT,
+        one_way_ms: ONE_WAY.as_millis() as u64,
+        loss: 0.0,
+        queue_bytes: 64_000,
+        tcp_congestion: "reno",
+    })
+    .expect("emulated link");
+    let _delay = DelayLineProcess::start(&link, &bin("link-bench"), Duration::from_secs(120))
+        .expect("delay line");
+    let edge = NsRuntime::enter(&link.edge_ns).expect("edge runtime");
+    let cloud = NsRuntime::enter(&link.cloud_ns).expect("cloud runtime");
+    let any: SocketAddr = "0.0.0.0:0".parse().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let echo = edge
+            .spawn(async move { integration::bench::services::echo_server_on(any).await })
+            .await
+            .unwrap()
+            .expect("echo server");
+        let target = SocketAddr::new(EDGE_IP.into(), echo.addr.port());
+        let measured = cloud
+            .spawn(async move {
+                // Connect (one RTT), one byte there and back (one more).
+                let t0 = Instant::now();
+                let mut s = TcpStream::connect(target).await?;
+                s.set_nodelay(true)?;
+                s.write_all(b"x").await?;
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b).await?;
+                let two_rtts = t0.elapsed();
+                // Then 1 MB through the echo: the edge-bound direction is
+                // capped at RATE_BIT, and so is the way back.
+                let data = vec![7u8; BYTES];
+                let t1 = Instant::now();
+                let (mut r, mut w) = s.into_split();
+                let writer = tokio::spawn(async move { w.write_all(&data).await });
+                let mut back = vec![0u8; BYTES];
+                r.read_exact(&mut back).await?;
+                writer.await??;
+                std::io::Result::Ok((two_rtts, t1.elapsed()))
+            })
+            .await
+            .unwrap()
+            .expect("traffic across the link");
+        let (two_rtts, transfer) = measured;
+        let rtt = 2 * ONE_WAY;
+        assert!(
+            two_rtts >= 2 * rtt && two_rtts < 2 * rtt + Duration::from_millis(500),
+            "connect + echo took {two_rtts:?}; the link's RTT is {rtt:?}"
+        );
+        // 8 Mbit at 4 Mbit/s: at least 2 s (less the tbf burst).
+        let floor = Duration::from_secs_f64((BYTES * 8) as f64 / RATE_BIT as f64 * 0.9);
+        assert!(
+            transfer >= floor && transfer < Duration::from_secs(60),
+            "1 MB echoed in {transfer:?}; at {RATE_BIT} bit/s it needs at least {floor:?}"
+        );
+        let sent = link.qdisc_stats("we").expect("tbf stats");
+        assert!(sent.starts_with("Sent "), "{sent}");
+    });
+    drop(cloud);
+    drop(edge);
+}
