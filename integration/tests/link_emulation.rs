@@ -3,6 +3,11 @@
 //! bounds are checked (the emulation guarantees them on any machine); the
 //! upper bounds are generous sanity limits, not speed targets.
 //!
+//! On the same link, the tunnel's `--forward` carries a client's first
+//! bytes with the stream's open: a request on a new connection costs one
+//! round trip over the link, not two. With a 400 ms RTT the two cases are
+//! 200 ms apart, far more than any scheduling noise.
+//!
 //! Needs root, `ip netns`, iptables (statistic, NFQUEUE) and tc with tbf;
 //! elsewhere it prints a loud `SKIPPED` line and passes (CI runs as root).
 
@@ -13,6 +18,7 @@ use integration::netns::{self, NsRuntime};
 use integration::process::bin;
 use integration::weaklink::delay_line::DelayLineProcess;
 use integration::weaklink::link::{EmulatedLink, LinkShape, EDGE_IP};
+use integration::weaklink::tunnel::{Transport, TunnelOverLink};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -85,6 +91,89 @@ fn the_link_adds_its_delay_and_caps_its_rate() {
         let sent = link.qdisc_stats("we").expect("tbf stats");
         assert!(sent.starts_with("Sent "), "{sent}");
     });
+    drop(cloud);
+    drop(edge);
+}
+
+const SLOW_ONE_WAY: Duration = Duration::from_millis(200);
+
+#[test]
+fn a_forward_request_on_a_new_connection_costs_one_round_trip() {
+    if netns::skip_unless_available("a_forward_request_on_a_new_connection_costs_one_round_trip") {
+        return;
+    }
+    let link = EmulatedLink::create(LinkShape {
+        rate_bit: 8_000_000,
+        one_way_ms: SLOW_ONE_WAY.as_millis() as u64,
+        loss: 0.0,
+        queue_bytes: 400_000,
+        tcp_congestion: "reno",
+    })
+    .expect("emulated link");
+    let _delay = DelayLineProcess::start(&link, &bin("link-bench"), Duration::from_secs(120))
+        .expect("delay line");
+    let edge = NsRuntime::enter(&link.edge_ns).expect("edge runtime");
+    let cloud = NsRuntime::enter(&link.cloud_ns).expect("cloud runtime");
+    let any: SocketAddr = "0.0.0.0:0".parse().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let echo = rt
+        .block_on(
+            edge.spawn(async move { integration::bench::services::echo_server_on(any).await }),
+        )
+        .unwrap()
+        .expect("echo server");
+    let echo_on_edge = SocketAddr::new(EDGE_IP.into(), echo.addr.port());
+    let dir = tempfile::tempdir().unwrap();
+    let bin_dir = bin("tunnel-server").parent().unwrap().to_path_buf();
+    // The readiness check talks to the server's admin port in the cloud
+    // namespace, so the start runs on a thread that is there.
+    let tunnel = std::thread::scope(|s| {
+        s.spawn(|| {
+            netns::enter_on_this_thread(&link.cloud_ns)?;
+            TunnelOverLink::start(
+                &link,
+                &bin_dir,
+                dir.path(),
+                &[echo_on_edge],
+                echo_on_edge,
+                &Transport::Quic {
+                    congestion: "loss-tolerant".into(),
+                },
+                "info",
+            )
+        })
+        .join()
+        .expect("start thread")
+    })
+    .expect("tunnel across the link");
+    let forward = tunnel.forward_echo;
+    let mut samples = rt
+        .block_on(cloud.spawn(async move {
+            let mut out = Vec::new();
+            for _ in 0..5 {
+                let t0 = Instant::now();
+                let mut s = TcpStream::connect(forward).await?;
+                s.set_nodelay(true)?;
+                s.write_all(b"k").await?;
+                let mut b = [0u8; 1];
+                tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut b)).await??;
+                assert_eq!(&b, b"k");
+                out.push(t0.elapsed());
+            }
+            anyhow::Ok(out)
+        }))
+        .unwrap()
+        .expect("requests through --forward");
+    samples.sort();
+    let median = samples[samples.len() / 2];
+    let rtt = 2 * SLOW_ONE_WAY;
+    assert!(
+        median >= rtt && median < rtt + rtt / 2,
+        "a request on a new --forward connection took {median:?} (all: {samples:?}); \
+         one round trip over the link is {rtt:?}, two would be {:?}",
+        2 * rtt
+    );
+    drop(tunnel);
     drop(cloud);
     drop(edge);
 }

@@ -341,7 +341,9 @@ impl Dialer {
         frontend: Frontend,
     ) -> Result<EdgeStream, DialFailure> {
         let route = node.map_or(Route::ByTarget, Route::Node);
-        self.dial_measured(route, target, frontend, false).await
+        self.dial_measured(route, target, frontend, false, &[])
+            .await
+            .map(|(stream, _)| stream)
     }
 
     /// Limits the streams open (or dialing) on one agent connection.
@@ -460,13 +462,33 @@ impl Dialer {
         self.dial_via(node, &target, frontend).await
     }
 
+    /// [`Dialer::dial_via`] for a client that spoke first: `first` (the
+    /// bytes it already sent) goes out right behind the open frame instead
+    /// of after the dial result, so its answer comes one round trip over the
+    /// link sooner. The agent reads the open frame only, dials, and then
+    /// splices, so `first` reaches the target first, exactly once; a failed
+    /// dial discards it with the stream. Returns whether `first` went out:
+    /// not on the peer path, where the caller writes it before splicing.
+    pub async fn dial_via_with_first_bytes(
+        &self,
+        node: &str,
+        target: &DialTarget,
+        frontend: Frontend,
+        first: &[u8],
+    ) -> Result<(EdgeStream, bool), DialFailure> {
+        self.dial_measured(Route::Node(node), target, frontend, true, first)
+            .await
+    }
+
     async fn dial_routed(
         &self,
         route: Route<'_>,
         target: &DialTarget,
         frontend: Frontend,
     ) -> Result<EdgeStream, DialFailure> {
-        self.dial_measured(route, target, frontend, true).await
+        self.dial_measured(route, target, frontend, true, &[])
+            .await
+            .map(|(stream, _)| stream)
     }
 
     async fn dial_measured(
@@ -475,9 +497,12 @@ impl Dialer {
         target: &DialTarget,
         frontend: Frontend,
         via_peers: bool,
-    ) -> Result<EdgeStream, DialFailure> {
+        first: &[u8],
+    ) -> Result<(EdgeStream, bool), DialFailure> {
         let started = Instant::now();
-        let result = self.dial_inner(route, target, frontend, via_peers).await;
+        let result = self
+            .dial_inner(route, target, frontend, via_peers, first)
+            .await;
         let label = match &result {
             Ok(_) => "ok",
             Err(e) => e.result_label(),
@@ -491,7 +516,7 @@ impl Dialer {
             .with_label_values(&[label])
             .observe(started.elapsed().as_secs_f64());
         match &result {
-            Ok(s) => tracing::debug!(node = %s.node, stream_id = s.stream_id, %target,
+            Ok((s, _)) => tracing::debug!(node = %s.node, stream_id = s.stream_id, %target,
                 frontend = frontend.as_str(), elapsed_ms = started.elapsed().as_millis() as u64, "dial succeeded"),
             Err(e) => {
                 tracing::info!(%target, frontend = frontend.as_str(), error = %e, "dial failed")
@@ -506,19 +531,23 @@ impl Dialer {
         target: &DialTarget,
         frontend: Frontend,
         via_peers: bool,
-    ) -> Result<EdgeStream, DialFailure> {
+        first: &[u8],
+    ) -> Result<(EdgeStream, bool), DialFailure> {
         let agent = match route {
             Route::ByTarget => self.registry.lookup(target),
             Route::Node(node) => self.registry.get(node).ok_or(Lookup::NoAgent),
         };
         if let (Some(peers), true) = (&self.peers, via_peers) {
             if matches!(agent, Err(Lookup::NoAgent)) {
-                return self.dial_peer(peers, route, target, frontend).await;
+                return self
+                    .dial_peer(peers, route, target, frontend)
+                    .await
+                    .map(|s| (s, false));
             }
             if self.draining.load(Ordering::Acquire) {
                 match self.dial_peer(peers, route, target, frontend).await {
                     Err(DialFailure::NoAgent { .. }) => {} // only here: dial locally
-                    done => return done,
+                    done => return done.map(|s| (s, false)),
                 }
             }
         }
@@ -581,12 +610,21 @@ impl Dialer {
             stream_id,
             target: target.clone(),
         });
+        let mut first_lost = None;
         let answer = tokio::time::timeout_at(deadline, async {
             write_message(send, &open).await?;
+            if !first.is_empty() {
+                // A failed write means the stream is gone; the answer (or
+                // its absence) below says why.
+                first_lost = send.write_all(first).await.err();
+            }
             read_message(recv).await
         })
         .await
         .map_err(|_| timed_out())?;
+        if let (Some(e), Ok(Message::DialResult(DialResult::Connected))) = (&first_lost, &answer) {
+            return Err(gone(e));
+        }
         let target_s = target.to_string();
         match answer {
             Ok(Message::DialResult(DialResult::Connected)) => {
@@ -598,7 +636,7 @@ impl Dialer {
                     .with_label_values(&[frontend.as_str()]);
                 gauge.inc();
                 let node_gauge = self.metrics.node_stream_opened(&node);
-                Ok(EdgeStream {
+                let stream = EdgeStream {
                     send,
                     recv,
                     stream_id,
@@ -610,7 +648,8 @@ impl Dialer {
                         _permit: stream_permit,
                         _share: share_permit,
                     },
-                })
+                };
+                Ok((stream, !first.is_empty()))
             }
             Ok(Message::DialResult(DialResult::Failed { kind, message })) => Err(match kind {
                 DialErrorKind::NotAllowed => DialFailure::NotAllowed {

@@ -16,10 +16,11 @@
 //! as a home router's would, not in the sender's own qdisc (where TCP
 //! would feel back-pressure instead of loss).
 //!
-//! Names carry the process id, so two runs never collide; everything is
-//! removed on drop.
+//! Names carry the process id and a counter, so two links never collide;
+//! everything is removed on drop.
 
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::Context;
 
@@ -72,7 +73,8 @@ impl EmulatedLink {
     /// Until a delay line is bound to [`QUEUE`] in the wire namespace,
     /// nothing crosses (NFQUEUE without a listener drops).
     pub fn create(shape: LinkShape) -> anyhow::Result<Self> {
-        let id = std::process::id();
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let id = format!("{}n{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let link = Self {
             cloud_ns: format!("lb{id}c"),
             wire_ns: format!("lb{id}w"),

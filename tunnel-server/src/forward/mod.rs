@@ -11,6 +11,7 @@ pub mod spec;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -161,11 +162,42 @@ async fn serve(listener: TcpListener, spec: Arc<ForwardSpec>, dialer: Arc<Dialer
     }
 }
 
-/// Dials through the node's agent and splices; on failure the client
-/// connection is closed and the reason logged.
+/// How long a new connection's first bytes may take to arrive before the
+/// dial goes out without them. A client that speaks first (HTTP, TLS, the
+/// apiserver's protocols) sends them in the same flight as the handshake's
+/// last ACK, so they are there within microseconds of the accept; a server-
+/// speaks-first protocol (SSH, SMTP) pays at most this once per connection,
+/// against the round trip over the link the others save.
+const FIRST_BYTES_WAIT: Duration = Duration::from_millis(2);
+
+/// Most first bytes carried with the open (one read).
+const FIRST_BYTES_MAX: usize = 16 * 1024;
+
+/// The bytes the client has already sent, waiting at most [`FIRST_BYTES_WAIT`].
+async fn first_bytes(sock: &TcpStream) -> Vec<u8> {
+    if tokio::time::timeout(FIRST_BYTES_WAIT, sock.readable())
+        .await
+        .is_err()
+    {
+        return Vec::new();
+    }
+    let mut buf = vec![0u8; FIRST_BYTES_MAX];
+    match sock.try_read(&mut buf) {
+        Ok(n) => buf.truncate(n),
+        // Nothing after all (a spurious wake-up) or an error the splice
+        // will meet again: dial without first bytes.
+        Err(_) => buf.clear(),
+    }
+    buf
+}
+
+/// Dials through the node's agent (with the client's first bytes, when it
+/// spoke first) and splices; on failure the client connection is closed and
+/// the reason logged.
 async fn carry(mut sock: TcpStream, peer: SocketAddr, spec: Arc<ForwardSpec>, dialer: Arc<Dialer>) {
-    let stream = match dialer
-        .dial_via(&spec.node, &spec.target, Frontend::Forward)
+    let first = first_bytes(&sock).await;
+    let (stream, first_sent) = match dialer
+        .dial_via_with_first_bytes(&spec.node, &spec.target, Frontend::Forward, &first)
         .await
     {
         Ok(s) => s,
@@ -176,12 +208,16 @@ async fn carry(mut sock: TcpStream, peer: SocketAddr, spec: Arc<ForwardSpec>, di
         }
     };
     let EdgeStream {
-        send,
+        mut send,
         recv,
         stream_id,
         node,
         _active,
     } = stream;
+    if !first_sent && !first.is_empty() && send.write_all(&first).await.is_err() {
+        tracing::debug!(forward = %spec, %peer, %node, stream_id, "stream lost before the first bytes");
+        return;
+    }
     let span = tracing::info_span!("stream", node = %node, stream_id, forward = %spec, %peer);
     async {
         let outcome = dialer
