@@ -26,23 +26,44 @@ const ONE_WAY: Duration = Duration::from_millis(30);
 const RATE_BIT: u64 = 4_000_000;
 const BYTES: usize = 1_000_000;
 
+/// A lossless emulated link with its delay line and a runtime in each end.
+/// Fields drop in order: the runtimes leave the namespaces before the link
+/// deletes them.
+struct Ends {
+    cloud: NsRuntime,
+    edge: NsRuntime,
+    _delay: DelayLineProcess,
+    link: EmulatedLink,
+}
+
+impl Ends {
+    fn on(rate_bit: u64, one_way: Duration, queue_bytes: u64) -> Self {
+        let link = EmulatedLink::create(LinkShape {
+            rate_bit,
+            one_way_ms: one_way.as_millis() as u64,
+            loss: 0.0,
+            queue_bytes,
+            tcp_congestion: "reno",
+        })
+        .expect("emulated link");
+        let delay = DelayLineProcess::start(&link, &bin("link-bench"), Duration::from_secs(120))
+            .expect("delay line");
+        Self {
+            edge: NsRuntime::enter(&link.edge_ns).expect("edge runtime"),
+            cloud: NsRuntime::enter(&link.cloud_ns).expect("cloud runtime"),
+            _delay: delay,
+            link,
+        }
+    }
+}
+
 #[test]
 fn the_link_adds_its_delay_and_caps_its_rate() {
     if netns::skip_unless_available("the_link_adds_its_delay_and_caps_its_rate") {
         return;
     }
-    let link = EmulatedLink::create(LinkShape {
-        rate_bit: RATE_BIT,
-        one_way_ms: ONE_WAY.as_millis() as u64,
-        loss: 0.0,
-        queue_bytes: 64_000,
-        tcp_congestion: "reno",
-    })
-    .expect("emulated link");
-    let _delay = DelayLineProcess::start(&link, &bin("link-bench"), Duration::from_secs(120))
-        .expect("delay line");
-    let edge = NsRuntime::enter(&link.edge_ns).expect("edge runtime");
-    let cloud = NsRuntime::enter(&link.cloud_ns).expect("cloud runtime");
+    let ends = Ends::on(RATE_BIT, ONE_WAY, 64_000);
+    let (cloud, edge, link) = (&ends.cloud, &ends.edge, &ends.link);
     let any: SocketAddr = "0.0.0.0:0".parse().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -91,8 +112,6 @@ fn the_link_adds_its_delay_and_caps_its_rate() {
         let sent = link.qdisc_stats("we").expect("tbf stats");
         assert!(sent.starts_with("Sent "), "{sent}");
     });
-    drop(cloud);
-    drop(edge);
 }
 
 const SLOW_ONE_WAY: Duration = Duration::from_millis(200);
@@ -102,18 +121,8 @@ fn a_forward_request_on_a_new_connection_costs_one_round_trip() {
     if netns::skip_unless_available("a_forward_request_on_a_new_connection_costs_one_round_trip") {
         return;
     }
-    let link = EmulatedLink::create(LinkShape {
-        rate_bit: 8_000_000,
-        one_way_ms: SLOW_ONE_WAY.as_millis() as u64,
-        loss: 0.0,
-        queue_bytes: 400_000,
-        tcp_congestion: "reno",
-    })
-    .expect("emulated link");
-    let _delay = DelayLineProcess::start(&link, &bin("link-bench"), Duration::from_secs(120))
-        .expect("delay line");
-    let edge = NsRuntime::enter(&link.edge_ns).expect("edge runtime");
-    let cloud = NsRuntime::enter(&link.cloud_ns).expect("cloud runtime");
+    let ends = Ends::on(8_000_000, SLOW_ONE_WAY, 400_000);
+    let (cloud, edge, link) = (&ends.cloud, &ends.edge, &ends.link);
     let any: SocketAddr = "0.0.0.0:0".parse().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let echo = rt
@@ -131,7 +140,7 @@ fn a_forward_request_on_a_new_connection_costs_one_round_trip() {
         s.spawn(|| {
             netns::enter_on_this_thread(&link.cloud_ns)?;
             TunnelOverLink::start(
-                &link,
+                link,
                 &bin_dir,
                 dir.path(),
                 &[echo_on_edge],
@@ -174,6 +183,4 @@ fn a_forward_request_on_a_new_connection_costs_one_round_trip() {
         2 * rtt
     );
     drop(tunnel);
-    drop(cloud);
-    drop(edge);
 }

@@ -74,7 +74,11 @@ impl EmulatedLink {
     /// nothing crosses (NFQUEUE without a listener drops).
     pub fn create(shape: LinkShape) -> anyhow::Result<Self> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let id = format!("{}n{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let id = format!(
+            "{}n{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         let link = Self {
             cloud_ns: format!("lb{id}c"),
             wire_ns: format!("lb{id}w"),
