@@ -181,6 +181,29 @@ impl EmulatedLink {
         Ok(())
     }
 
+    /// Waits until nothing has crossed the edge-bound bottleneck for
+    /// `quiet` (at most `limit`): a phase must not measure the tail of the
+    /// previous one, such as megabytes of an aborted bulk transfer still in
+    /// a sender's buffers.
+    pub async fn wait_idle(&self, quiet: std::time::Duration, limit: std::time::Duration) {
+        let sent = || {
+            self.qdisc_stats("we")
+                .ok()
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        };
+        let deadline = std::time::Instant::now() + limit;
+        let mut last = sent();
+        let mut since = std::time::Instant::now();
+        while std::time::Instant::now() < deadline && since.elapsed() < quiet {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let now = sent();
+            if now != last {
+                last = now;
+                since = std::time::Instant::now();
+            }
+        }
+    }
+
     /// Packets and bytes the tbf of `dev` ("wc" = towards the cloud, "we" =
     /// towards the edge) sent and dropped: proof the bottleneck was hit.
     pub fn qdisc_stats(&self, dev: &str) -> anyhow::Result<String> {

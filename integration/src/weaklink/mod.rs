@@ -152,31 +152,44 @@ pub async fn run_path(
         .map(TunnelOverLink::pids)
         .unwrap_or_default();
     let before = link.qdisc_stats("we").unwrap_or_default();
+    // Each phase starts on an idle link (see EmulatedLink::wait_idle).
+    let idle = || link.wait_idle(Duration::from_millis(500), Duration::from_secs(30));
+    let one_stream_mbit = mbit(throughput(&dialer, 1, cfg.bytes, &pids, cfg.limit).await);
+    idle().await;
+    let four_streams_mbit = mbit(throughput(&dialer, 4, cfg.bytes, &pids, cfg.limit).await);
+    idle().await;
+    let echo_idle = measure::echo_idle(&dialer, cfg.keystrokes / 4, KEY_INTERVAL).await;
+    let echo_under_bulk = measure::echo_under_bulk(
+        &dialer,
+        cfg.keystrokes,
+        KEY_INTERVAL,
+        Duration::from_secs(3),
+    )
+    .await;
+    idle().await;
+    let new_connection = measure::request_on_new_connection(request_addr, cfg.requests).await;
+    let via_connect = match tunnel {
+        Some(_) => Some(measure::request_via_connect(&dialer, cfg.requests).await),
+        None => None,
+    };
+    let beside_tcp = fairness::beside_tcp(
+        &edge.meter,
+        &plain_tcp,
+        &to_meter(&dialer),
+        Duration::from_secs(4),
+        Duration::from_secs(10),
+    )
+    .await;
+    idle().await;
     let row = LinkRow {
         label: path.label(tcp_cc),
-        one_stream_mbit: mbit(throughput(&dialer, 1, cfg.bytes, &pids, cfg.limit).await),
-        four_streams_mbit: mbit(throughput(&dialer, 4, cfg.bytes, &pids, cfg.limit).await),
-        echo_idle: measure::echo_idle(&dialer, cfg.keystrokes / 4, KEY_INTERVAL).await,
-        echo_under_bulk: measure::echo_under_bulk(
-            &dialer,
-            cfg.keystrokes,
-            KEY_INTERVAL,
-            Duration::from_secs(3),
-        )
-        .await,
-        new_connection: measure::request_on_new_connection(request_addr, cfg.requests).await,
-        via_connect: match tunnel {
-            Some(_) => Some(measure::request_via_connect(&dialer, cfg.requests).await),
-            None => None,
-        },
-        beside_tcp: fairness::beside_tcp(
-            &edge.meter,
-            &plain_tcp,
-            &to_meter(&dialer),
-            Duration::from_secs(4),
-            Duration::from_secs(10),
-        )
-        .await,
+        one_stream_mbit,
+        four_streams_mbit,
+        echo_idle,
+        echo_under_bulk,
+        new_connection,
+        via_connect,
+        beside_tcp,
         bottleneck: format!(
             "before: {before}; after: {}",
             link.qdisc_stats("we").unwrap_or_default()

@@ -175,18 +175,23 @@ const FIRST_BYTES_MAX: usize = 16 * 1024;
 
 /// The bytes the client has already sent, waiting at most [`FIRST_BYTES_WAIT`].
 async fn first_bytes(sock: &TcpStream) -> Vec<u8> {
-    if tokio::time::timeout(FIRST_BYTES_WAIT, sock.readable())
-        .await
-        .is_err()
-    {
-        return Vec::new();
-    }
     let mut buf = vec![0u8; FIRST_BYTES_MAX];
-    match sock.try_read(&mut buf) {
-        Ok(n) => buf.truncate(n),
-        // Nothing after all (a spurious wake-up) or an error the splice
-        // will meet again: dial without first bytes.
-        Err(_) => buf.clear(),
+    let read = async {
+        loop {
+            sock.readable().await?;
+            match sock.try_read(&mut buf) {
+                // A readiness event without data (a fresh socket can have
+                // one): wait on within the deadline.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                done => return done,
+            }
+        }
+    };
+    match tokio::time::timeout(FIRST_BYTES_WAIT, read).await {
+        Ok(Ok(n)) => buf.truncate(n),
+        // Nothing in time, or an error the splice will meet again: dial
+        // without first bytes.
+        _ => buf.clear(),
     }
     buf
 }
