@@ -223,6 +223,8 @@ async fn carry(mut sock: TcpStream, peer: SocketAddr, spec: Arc<ForwardSpec>, di
         tracing::debug!(forward = %spec, %peer, %node, stream_id, "stream lost before the first bytes");
         return;
     }
+    // The splice counts what it copies; the first bytes went before it.
+    dialer.byte_counter(&node)(transport::splice::Direction::ToTunnel, first.len());
     let span = tracing::info_span!("stream", node = %node, stream_id, forward = %spec, %peer);
     async {
         let outcome = dialer
