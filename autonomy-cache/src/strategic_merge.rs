@@ -229,12 +229,7 @@ impl Cx<'_> {
         depth: usize,
         fresh: bool,
     ) -> Result<Option<Map<String, Value>>, SmpError> {
-        if depth > MAX_DEPTH {
-            return Err(SmpError::TooDeep {
-                path: shown(path),
-                max: MAX_DEPTH,
-            });
-        }
+        check_depth(path, depth)?;
         if let Some(directive) = patch.get(PATCH) {
             match directive.as_str() {
                 Some("replace") => original = Map::new(),
@@ -336,12 +331,7 @@ impl Cx<'_> {
         path: &str,
         depth: usize,
     ) -> Result<Vec<Value>, SmpError> {
-        if depth > MAX_DEPTH {
-            return Err(SmpError::TooDeep {
-                path: shown(path),
-                max: MAX_DEPTH,
-            });
-        }
+        check_depth(path, depth)?;
         let strategy = self.schema.list(path);
         let key = match strategy {
             ListStrategy::MergeKey(key) => Some(key),
@@ -402,12 +392,7 @@ impl Cx<'_> {
         path: &str,
         depth: usize,
     ) -> Result<Vec<Value>, SmpError> {
-        if depth > MAX_DEPTH {
-            return Err(SmpError::TooDeep {
-                path: shown(path),
-                max: MAX_DEPTH,
-            });
-        }
+        check_depth(path, depth)?;
         let mut items = Vec::with_capacity(patch.len());
         for item in patch {
             match item {
@@ -592,6 +577,17 @@ fn normalize_order(
         out.extend(next);
     }
     out
+}
+
+/// The bound on nesting every recursive step checks first.
+fn check_depth(path: &str, depth: usize) -> Result<(), SmpError> {
+    if depth > MAX_DEPTH {
+        return Err(SmpError::TooDeep {
+            path: shown(path),
+            max: MAX_DEPTH,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
