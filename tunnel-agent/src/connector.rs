@@ -260,6 +260,7 @@ impl Connector {
         };
         let _ = tcp.set_nodelay(true);
         transport::socket::set_tcp_keepalive(&tcp);
+        transport::socket::limit_unsent(&tcp);
         let name = ServerName::try_from(self.server_host.clone())
             .map_err(|_| ConnectError::ServerName(self.server_host.clone()))?;
         let connector = tokio_rustls::TlsConnector::from(Arc::new(ws_tls));

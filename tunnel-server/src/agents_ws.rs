@@ -89,6 +89,7 @@ async fn upgrade(
 ) -> Result<Accepted, String> {
     let _ = tcp.set_nodelay(true);
     transport::socket::set_tcp_keepalive(&tcp);
+    transport::socket::limit_unsent(&tcp);
     // A TLS connection starts with a handshake record (0x16). Anything else
     // is most likely plain HTTP: say so instead of a TLS alert it cannot read.
     let mut first = [0u8; 1];
