@@ -55,12 +55,11 @@ impl<T: AbortOnDrop> AbortOnDrop for tokio_rustls::server::TlsStream<T> {
 /// queued in the kernel beyond what the congestion window lets out.
 ///
 /// All streams of a WebSocket tunnel share one TCP connection, so whatever
-/// sits unsent in its socket buffer is a queue in front of every keystroke.
-/// Linux grows that buffer to megabytes for a bulk transfer; on a 2 MB/s
-/// link that was 0.8 s of echo delay behind a `kubectl cp` on the weak-link
-/// bench. With this bound the rest waits in yamux, which shares the link
-/// between streams frame by frame. 16 KiB is 8 ms at 2 MB/s and 0.4 s at
-/// 40 KB/s; it costs CPU only on fast links (more, smaller wake-ups).
+/// sits unsent in its socket buffer is a queue in front of every keystroke;
+/// Linux grows that buffer to megabytes for a bulk transfer. It is one of
+/// the three send buffers kept small (see `transport::ws`, "The send
+/// queue"). 16 KiB is 8 ms at 2 MB/s and 0.4 s at 40 KB/s; it costs CPU
+/// only on fast links (more, smaller wake-ups).
 pub const TUNNEL_TCP_UNSENT_LIMIT: u32 = 16 * 1024;
 
 /// Applies [`TUNNEL_TCP_UNSENT_LIMIT`] (`TCP_NOTSENT_LOWAT`) to a tunnel's

@@ -120,6 +120,10 @@ async fn upgrade(
         PortUse::Peer => return Ok(Accepted::Peer(Box::new(tls))),
         PortUse::Tunnel => {}
     }
+    let mut tls = tls;
+    tls.get_mut()
+        .1
+        .set_buffer_limit(Some(transport::ws::TLS_SEND_BUFFER));
     let certificates = tls.get_ref().1.peer_certificates().map(<[_]>::to_vec);
     let check_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() == TUNNEL_PATH {
