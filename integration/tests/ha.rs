@@ -177,7 +177,7 @@ async fn ask_peer(addr: SocketAddr, tls: rustls::ClientConfig) -> anyhow::Result
         .connect(name, tcp)
         .await?;
     let conn = TunnelConnection::Ws {
-        mux: transport::mux::spawn(tls, MuxRole::Client),
+        mux: transport::mux::spawn(tls, MuxRole::Client, transport::mux::Frames::Peer),
         peer: PeerInfo {
             remote: addr,
             certificates: None,

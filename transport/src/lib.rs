@@ -21,6 +21,7 @@ pub mod socket;
 pub mod splice;
 pub mod stream;
 pub mod tunnel_io;
+pub mod tunnel_tcp;
 pub mod ws;
 
 pub use stream::{StreamError, TransportKind, TunnelConnection, TunnelRecv, TunnelSend};

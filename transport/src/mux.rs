@@ -35,6 +35,22 @@ pub const MAX_STREAMS: usize = 65_536;
 /// Receive window over all streams. yamux insists on >= 256 KiB per stream;
 /// windows only grow past 256 KiB for streams that are read fast.
 const MAX_CONNECTION_WINDOW: usize = MAX_STREAMS.saturating_mul(256 * 1024);
+/// Largest data frame yamux sends on an agent tunnel. yamux takes frames
+/// from its streams in turn, so this is what a keystroke may wait behind per
+/// busy stream (8 ms at 4 Mbit/s), above the send buffers of `crate::ws`.
+pub const EDGE_FRAME_SIZE: usize = 4 * 1024;
+
+/// Which data frame size a multiplexed connection uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frames {
+    /// [`EDGE_FRAME_SIZE`]: agent tunnels, where weak links carry
+    /// keystrokes beside bulk transfers.
+    Edge,
+    /// yamux's default (16 KiB): replica peer links on the cloud's own
+    /// network, throughput first (smaller frames cost about a quarter of
+    /// the loopback throughput there).
+    Peer,
+}
 /// Inbound streams waiting to be accepted before new ones are refused.
 const ACCEPT_BACKLOG: usize = 256;
 
@@ -59,7 +75,7 @@ pub struct MuxHandle {
 }
 
 /// Starts the driver task for `io` and returns its handle.
-pub fn spawn<T>(io: T, role: MuxRole) -> MuxHandle
+pub fn spawn<T>(io: T, role: MuxRole, frames: Frames) -> MuxHandle
 where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -68,6 +84,9 @@ where
     // window goes first.
     cfg.set_max_connection_receive_window(Some(MAX_CONNECTION_WINDOW))
         .set_max_num_streams(MAX_STREAMS);
+    if frames == Frames::Edge {
+        cfg.set_split_send_size(EDGE_FRAME_SIZE);
+    }
     let mode = match role {
         MuxRole::Client => yamux::Mode::Client,
         MuxRole::Server => yamux::Mode::Server,
@@ -385,8 +404,8 @@ mod tests {
     /// stream open between them.
     async fn pair() -> (MuxHandle, MuxHandle, MuxStream, MuxStream) {
         let (a, b) = tokio::io::duplex(64 * 1024);
-        let client = spawn(a, MuxRole::Client);
-        let server = spawn(b, MuxRole::Server);
+        let client = spawn(a, MuxRole::Client, Frames::Edge);
+        let server = spawn(b, MuxRole::Server, Frames::Edge);
         let opened = client.open().await.unwrap();
         opened.write_all(b"hi").await.unwrap();
         let accepted = server.accept().await.unwrap();

@@ -51,26 +51,6 @@ impl<T: AbortOnDrop> AbortOnDrop for tokio_rustls::server::TlsStream<T> {
     }
 }
 
-/// Most bytes a tunnel's TCP connection (the WebSocket transport) keeps
-/// queued in the kernel beyond what the congestion window lets out.
-///
-/// All streams of a WebSocket tunnel share one TCP connection, so whatever
-/// sits unsent in its socket buffer is a queue in front of every keystroke;
-/// Linux grows that buffer to megabytes for a bulk transfer. It is one of
-/// the three send buffers kept small (see `transport::ws`, "The send
-/// queue"). 16 KiB is 8 ms at 2 MB/s and 0.4 s at 40 KB/s; it costs CPU
-/// only on fast links (more, smaller wake-ups).
-pub const TUNNEL_TCP_UNSENT_LIMIT: u32 = 16 * 1024;
-
-/// Applies [`TUNNEL_TCP_UNSENT_LIMIT`] (`TCP_NOTSENT_LOWAT`) to a tunnel's
-/// TCP connection.
-pub fn limit_unsent(tcp: &tokio::net::TcpStream) {
-    let sock = socket2::SockRef::from(tcp);
-    if let Err(e) = sock.set_tcp_notsent_lowat(TUNNEL_TCP_UNSENT_LIMIT) {
-        tracing::debug!(error = %e, "could not limit unsent bytes (TCP_NOTSENT_LOWAT)");
-    }
-}
-
 /// TCP keep-alive for tunnel connections over TCP: holds NAT bindings open
 /// and detects a peer that vanished without a FIN within about 15 s.
 pub fn set_tcp_keepalive(tcp: &tokio::net::TcpStream) {

@@ -7,22 +7,22 @@
 //!
 //! ## The send queue
 //!
-//! All streams of a WebSocket tunnel share one TCP connection. yamux shares
-//! it fairly, one frame (at most 16 KiB) per stream in turn, but only up to
-//! the point where it hands a frame on: whatever waits below yamux is one
-//! FIFO queue in front of every stream's next frame, a keystroke's included.
-//! Three buffers sit there, and each is kept small:
-//! - tungstenite's write buffer, [`WRITE_BUFFER`] (its default is 128 KiB);
-//! - rustls's unsent records, [`TLS_SEND_BUFFER`] (default 64 KiB), set by
-//!   each end on its TLS connection;
-//! - the kernel's unsent bytes,
-//!   [`crate::socket::TUNNEL_TCP_UNSENT_LIMIT`] (`TCP_NOTSENT_LOWAT`).
+//! All streams of an agent's WebSocket tunnel share one TCP connection.
+//! yamux shares it fairly, one frame per stream in turn, but only up to the
+//! point where it hands a frame on: whatever waits below yamux is one FIFO
+//! queue in front of every stream's next frame, a keystroke's included. Each
+//! piece of that queue is kept small on agent tunnels (both ends):
+//! - yamux's frames, [`crate::mux::EDGE_FRAME_SIZE`] (default 16 KiB);
+//! - tungstenite's write buffer, [`WRITE_BUFFER`] (default 128 KiB);
+//! - rustls's unsent records, [`TLS_SEND_BUFFER`] (default 64 KiB);
+//! - the kernel's unsent bytes, [`crate::tunnel_tcp::UNSENT_LIMIT`]
+//!   (default: megabytes, the socket buffer).
 //!
 //! Past them a bulk stream waits in yamux, within its 256 KiB window. On the
-//! weak-link bench (4 Mbit/s through TCP at 1 % loss) the defaults were
-//! 0.4–0.8 s of keystroke echo behind a bulk transfer; bounding only the
-//! kernel's share changed nothing measurable, because the two user-space
-//! buffers held most of it.
+//! weak-link bench (16 Mbit/s, 40 ms, 1 % loss, where TCP moves about
+//! 4 Mbit/s) the defaults put keystroke echo behind a bulk transfer at
+//! p50/p99 387/832 ms, and bounding only the kernel's share changed
+//! nothing measurable; with all four it is about 100/190–380 ms.
 
 use std::io;
 use std::pin::Pin;
@@ -46,11 +46,11 @@ const MAX_SEND: usize = 64 * 1024;
 /// bytes (or on flush, which yamux does whenever it has nothing more to
 /// send). A yamux frame header (12 bytes) and its body arrive as two writes;
 /// below this size they still leave together.
-pub const WRITE_BUFFER: usize = 8 * 1024;
+pub const WRITE_BUFFER: usize = 4 * 1024;
 
 /// The plaintext bytes a tunnel's TLS connection may hold unsent
 /// (`rustls::ConnectionCommon::set_buffer_limit`); past it a write waits.
-pub const TLS_SEND_BUFFER: usize = 16 * 1024;
+pub const TLS_SEND_BUFFER: usize = 8 * 1024;
 
 /// tungstenite limits for both ends.
 pub fn ws_config() -> WebSocketConfig {

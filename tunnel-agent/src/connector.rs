@@ -260,11 +260,12 @@ impl Connector {
         };
         let _ = tcp.set_nodelay(true);
         transport::socket::set_tcp_keepalive(&tcp);
-        transport::socket::limit_unsent(&tcp);
         let name = ServerName::try_from(self.server_host.clone())
             .map_err(|_| ConnectError::ServerName(self.server_host.clone()))?;
         let connector = tokio_rustls::TlsConnector::from(Arc::new(ws_tls));
         let addr = remote.to_string();
+        let mut tcp = transport::tunnel_tcp::TunnelTcp::new(tcp);
+        tcp.keep_queue_short();
         let mut tls = step("TLS handshake", &addr, t, connector.connect(name, tcp)).await?;
         tls.get_mut()
             .1
@@ -282,7 +283,11 @@ impl Connector {
         let upgrade =
             tokio_tungstenite::client_async_with_config(url, tls, Some(transport::ws::ws_config()));
         let (ws, _) = step("WebSocket upgrade", &addr, t, upgrade).await?;
-        let mux = transport::mux::spawn(transport::ws::WsByteStream::new(ws), MuxRole::Client);
+        let mux = transport::mux::spawn(
+            transport::ws::WsByteStream::new(ws),
+            MuxRole::Client,
+            transport::mux::Frames::Edge,
+        );
         Ok(TunnelConnection::Ws {
             mux,
             peer: PeerInfo {

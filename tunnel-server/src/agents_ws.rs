@@ -13,7 +13,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http;
-use transport::mux::{MuxRole, PeerInfo};
+use transport::mux::{Frames, MuxRole, PeerInfo};
+use transport::tunnel_tcp::TunnelTcp;
 use transport::ws::{ws_config, WsByteStream, TUNNEL_PATH};
 use transport::TunnelConnection;
 
@@ -74,9 +75,9 @@ enum Accepted {
     /// A registered-to-be tunnel (WebSocket upgraded, multiplexed).
     Tunnel(TunnelConnection),
     /// An enrollment or renewal request, TLS established.
-    Enroll(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Enroll(Box<tokio_rustls::server::TlsStream<TunnelTcp>>),
     /// Another replica, TLS established (its certificate still to be checked).
-    Peer(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Peer(Box<tokio_rustls::server::TlsStream<TunnelTcp>>),
 }
 
 /// TLS (config chosen by ALPN), then for tunnels the WebSocket upgrade.
@@ -89,7 +90,6 @@ async fn upgrade(
 ) -> Result<Accepted, String> {
     let _ = tcp.set_nodelay(true);
     transport::socket::set_tcp_keepalive(&tcp);
-    transport::socket::limit_unsent(&tcp);
     // A TLS connection starts with a handshake record (0x16). Anything else
     // is most likely plain HTTP: say so instead of a TLS alert it cannot read.
     let mut first = [0u8; 1];
@@ -107,6 +107,7 @@ async fn upgrade(
         }
         Err(e) => return Err(e.to_string()),
     }
+    let tcp = TunnelTcp::new(tcp);
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
         .await
         .map_err(|e| format!("TLS handshake failed: {e}"))?;
@@ -121,9 +122,9 @@ async fn upgrade(
         PortUse::Tunnel => {}
     }
     let mut tls = tls;
-    tls.get_mut()
-        .1
-        .set_buffer_limit(Some(transport::ws::TLS_SEND_BUFFER));
+    let (tcp, session) = tls.get_mut();
+    tcp.keep_queue_short();
+    session.set_buffer_limit(Some(transport::ws::TLS_SEND_BUFFER));
     let certificates = tls.get_ref().1.peer_certificates().map(<[_]>::to_vec);
     let check_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() == TUNNEL_PATH {
@@ -139,7 +140,7 @@ async fn upgrade(
     let ws = tokio_tungstenite::accept_hdr_async_with_config(tls, check_path, Some(ws_config()))
         .await
         .map_err(|e| format!("WebSocket upgrade failed: {e}"))?;
-    let mux = transport::mux::spawn(WsByteStream::new(ws), MuxRole::Server);
+    let mux = transport::mux::spawn(WsByteStream::new(ws), MuxRole::Server, Frames::Edge);
     Ok(Accepted::Tunnel(TunnelConnection::Ws {
         mux,
         peer: PeerInfo {

@@ -12,8 +12,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
+use transport::tunnel_tcp::TunnelTcp;
 
 use super::issuer::{IssueError, Issuer};
 use super::rate::EnrollRate;
@@ -27,8 +27,8 @@ static REFUSAL_LOG: LogLimit = LogLimit::new(Duration::from_secs(1));
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves one enrollment connection; `rate` limits attempts per source IP.
-pub async fn serve(stream: TlsStream<TcpStream>, issuer: Arc<Issuer>, rate: Arc<EnrollRate>) {
-    let remote = stream.get_ref().0.peer_addr().ok();
+pub async fn serve(stream: TlsStream<TunnelTcp>, issuer: Arc<Issuer>, rate: Arc<EnrollRate>) {
+    let remote = stream.get_ref().0.get_ref().peer_addr().ok();
     let service = hyper::service::service_fn(move |req| {
         let (issuer, rate) = (issuer.clone(), rate.clone());
         async move {

@@ -377,7 +377,7 @@ impl Peers {
             .await
             .map_err(|_| PeerError::Timeout(CONNECT_TIMEOUT))??;
         Ok(TunnelConnection::Ws {
-            mux: transport::mux::spawn(tls, MuxRole::Client),
+            mux: transport::mux::spawn(tls, MuxRole::Client, transport::mux::Frames::Peer),
             peer: PeerInfo {
                 remote: peer.addr,
                 certificates: None,

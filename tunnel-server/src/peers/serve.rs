@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::DialTarget;
-use tokio::net::TcpStream;
 use transport::mux::{MuxRole, PeerInfo};
 use transport::tunnel_io::TunnelIo;
+use transport::tunnel_tcp::TunnelTcp;
 use transport::{TunnelConnection, TunnelRecv, TunnelSend};
 
 use super::decide;
@@ -29,7 +29,7 @@ pub struct PeerService {
 /// Only a peer certificate of the agent CA may ask; anything else,
 /// agent certificates included, is closed at once.
 pub async fn serve(
-    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    tls: tokio_rustls::server::TlsStream<TunnelTcp>,
     remote: SocketAddr,
     service: Arc<PeerService>,
 ) {
@@ -49,7 +49,7 @@ pub async fn serve(
         return;
     }
     let conn = TunnelConnection::Ws {
-        mux: transport::mux::spawn(tls, MuxRole::Server),
+        mux: transport::mux::spawn(tls, MuxRole::Server, transport::mux::Frames::Peer),
         peer: PeerInfo {
             remote,
             certificates,
