@@ -17,6 +17,7 @@ pub mod http_server;
 pub mod idle;
 pub mod mux;
 pub mod quic;
+pub mod schedule;
 pub mod socket;
 pub mod splice;
 pub mod stream;

@@ -6,22 +6,69 @@
 
 use std::io;
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use quinn::VarInt;
+
+use crate::schedule::{Class, Classifier, CONTROL_PRIORITY};
 
 /// Largest chunk handed up from a receive half at once.
 pub const MAX_CHUNK: usize = 64 * 1024;
 
-/// Priority for streams while they carry control frames.
-pub const CONTROL_PRIORITY: i32 = 1;
-/// Priority for streams carrying data.
-pub const DATA_PRIORITY: i32 = 0;
-
 /// The sending half of a tunnel stream.
 #[derive(Debug)]
 pub enum TunnelSend {
-    Quic(quinn::SendStream),
+    Quic(QuicSend),
     Ws(crate::mux::MuxStream),
+}
+
+/// A QUIC send stream and its scheduling class (see [`crate::schedule`]).
+#[derive(Debug)]
+pub struct QuicSend {
+    stream: quinn::SendStream,
+    classifier: Classifier,
+    /// Sending its open or dial result: [`CONTROL_PRIORITY`], whatever it sends.
+    control: bool,
+}
+
+impl QuicSend {
+    fn new(stream: quinn::SendStream) -> Self {
+        Self {
+            stream,
+            classifier: Classifier::default(),
+            control: false,
+        }
+    }
+
+    /// The quinn stream, to write to directly (report what was written
+    /// with [`QuicSend::sending`]).
+    pub fn stream(&mut self) -> &mut quinn::SendStream {
+        &mut self.stream
+    }
+
+    /// Classifies `bytes` written (or about to be) and applies a changed class.
+    pub fn sending(&mut self, bytes: usize) {
+        let changed = self.classifier.on_send(Instant::now(), bytes);
+        if let (Some(class), false) = (changed, self.control) {
+            let _ = self.stream.set_priority(class.priority());
+        }
+    }
+
+    fn set_control(&mut self, control: bool) {
+        self.control = control;
+        let priority = match (control, self.classifier.class()) {
+            (true, _) => CONTROL_PRIORITY,
+            (false, Some(class)) => class.priority(),
+            (false, None) => Class::Interactive.priority(),
+        };
+        let _ = self.stream.set_priority(priority);
+    }
+
+    /// The priority quinn schedules this stream's data at.
+    pub fn priority(&self) -> Option<i32> {
+        self.stream.priority().ok()
+    }
 }
 
 /// The receiving half of a tunnel stream.
@@ -72,11 +119,14 @@ impl TunnelSend {
     /// Sends a chunk, waiting for flow-control credit.
     pub async fn write_chunk(&mut self, data: Bytes) -> Result<(), StreamError> {
         match self {
-            TunnelSend::Quic(s) => s.write_chunk(data).await.map_err(|e| match e {
-                quinn::WriteError::Stopped(c) => StreamError::Reset(code(c)),
-                quinn::WriteError::ConnectionLost(c) => quic_conn_err(c),
-                other => StreamError::Other(other.to_string()),
-            }),
+            TunnelSend::Quic(s) => {
+                s.sending(data.len());
+                s.stream.write_chunk(data).await.map_err(|e| match e {
+                    quinn::WriteError::Stopped(c) => StreamError::Reset(code(c)),
+                    quinn::WriteError::ConnectionLost(c) => quic_conn_err(c),
+                    other => StreamError::Other(other.to_string()),
+                })
+            }
             TunnelSend::Ws(s) => s.write_all(&data).await,
         }
     }
@@ -90,7 +140,7 @@ impl TunnelSend {
     pub async fn finish(&mut self) {
         match self {
             TunnelSend::Quic(s) => {
-                let _ = s.finish();
+                let _ = s.stream.finish();
             }
             TunnelSend::Ws(s) => s.finish().await,
         }
@@ -101,8 +151,8 @@ impl TunnelSend {
     pub async fn finish_and_wait(&mut self, limit: std::time::Duration) {
         match self {
             TunnelSend::Quic(s) => {
-                let _ = s.finish();
-                let _ = tokio::time::timeout(limit, s.stopped()).await;
+                let _ = s.stream.finish();
+                let _ = tokio::time::timeout(limit, s.stream.stopped()).await;
             }
             // yamux has no delivery acknowledgement; the FIN is queued in order.
             TunnelSend::Ws(s) => {
@@ -111,16 +161,21 @@ impl TunnelSend {
         }
     }
 
-    /// Scheduling priority among this connection's streams (higher first).
-    /// Control frames (open, dial result) go out at [`CONTROL_PRIORITY`] so
-    /// a new dial is never queued behind another stream's bulk data.
-    pub fn set_priority(&self, priority: i32) {
-        match self {
-            TunnelSend::Quic(s) => {
-                let _ = s.set_priority(priority);
-            }
-            // yamux has no priorities; its frames are small and interleaved.
-            TunnelSend::Ws(_) => {}
+    /// From here until [`TunnelSend::data_phase`], this stream's frames go
+    /// out ahead of every data stream ([`crate::schedule`]), so a new dial
+    /// is never queued behind another stream's bulk data.
+    pub fn control_phase(&mut self) {
+        if let TunnelSend::Quic(s) = self {
+            s.set_control(true);
+        }
+    }
+
+    /// Back to data: scheduled by what the stream sends (interactive until
+    /// it sends like a bulk transfer). yamux has no priorities; its queue is
+    /// kept short instead.
+    pub fn data_phase(&mut self) {
+        if let TunnelSend::Quic(s) = self {
+            s.set_control(false);
         }
     }
 
@@ -128,7 +183,7 @@ impl TunnelSend {
     pub fn reset(&mut self, code: u32) {
         match self {
             TunnelSend::Quic(s) => {
-                let _ = s.reset(VarInt::from_u32(code));
+                let _ = s.stream.reset(VarInt::from_u32(code));
             }
             // yamux resets a stream that is dropped while open; both halves
             // are dropped right after a reset.
@@ -231,7 +286,7 @@ impl TunnelConnection {
                     )
                 })?;
                 let (s, r) = opened.map_err(quic_conn_err)?;
-                Ok((TunnelSend::Quic(s), TunnelRecv::Quic(r)))
+                Ok((TunnelSend::Quic(QuicSend::new(s)), TunnelRecv::Quic(r)))
             }
             TunnelConnection::Ws { mux, .. } => {
                 let s = mux.open().await?;
@@ -245,7 +300,7 @@ impl TunnelConnection {
         match self {
             TunnelConnection::Quic(c) => {
                 let (s, r) = c.accept_bi().await.map_err(quic_conn_err)?;
-                Ok((TunnelSend::Quic(s), TunnelRecv::Quic(r)))
+                Ok((TunnelSend::Quic(QuicSend::new(s)), TunnelRecv::Quic(r)))
             }
             TunnelConnection::Ws { mux, .. } => {
                 let s = mux.accept().await?;

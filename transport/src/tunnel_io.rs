@@ -93,7 +93,13 @@ impl AsyncWrite for TunnelIo {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = match &mut this.send {
-            TunnelSend::Quic(s) => AsyncWrite::poll_write(Pin::new(s), cx, buf),
+            TunnelSend::Quic(s) => {
+                let r = AsyncWrite::poll_write(Pin::new(s.stream()), cx, buf);
+                if let Poll::Ready(Ok(n)) = r {
+                    s.sending(n);
+                }
+                r
+            }
             TunnelSend::Ws(s) => s.poll_write(cx, buf),
         };
         if let Poll::Ready(Ok(n)) = r {
@@ -104,14 +110,14 @@ impl AsyncWrite for TunnelIo {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().send {
-            TunnelSend::Quic(s) => AsyncWrite::poll_flush(Pin::new(s), cx),
+            TunnelSend::Quic(s) => AsyncWrite::poll_flush(Pin::new(s.stream()), cx),
             TunnelSend::Ws(s) => s.poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().send {
-            TunnelSend::Quic(s) => AsyncWrite::poll_shutdown(Pin::new(s), cx),
+            TunnelSend::Quic(s) => AsyncWrite::poll_shutdown(Pin::new(s.stream()), cx),
             TunnelSend::Ws(s) => s.poll_shutdown(cx),
         }
     }

@@ -61,7 +61,7 @@ impl EdgeDialer {
     }
 
     async fn carry(&self, target: DialTarget, mut send: TunnelSend, recv: TunnelRecv) {
-        send.set_priority(transport::stream::CONTROL_PRIORITY);
+        send.control_phase();
         let mut tcp = match self.dial(&target).await {
             Ok(tcp) => tcp,
             Err(e) => {
@@ -90,7 +90,7 @@ impl EdgeDialer {
         {
             return;
         }
-        send.set_priority(transport::stream::DATA_PRIORITY);
+        send.data_phase();
         self.metrics.streams_active.inc();
         let to_cloud = self.metrics.bytes_total.with_label_values(&["to_cloud"]);
         let from_cloud = self.metrics.bytes_total.with_label_values(&["from_cloud"]);

@@ -605,7 +605,7 @@ impl Dialer {
         // its dial instead of finishing a connection nobody will use.
         let mut pending = PendingStream(Some(halves));
         let (send, recv) = pending.halves();
-        send.set_priority(transport::stream::CONTROL_PRIORITY);
+        send.control_phase();
         let open = Message::Open(OpenStream {
             stream_id,
             target: target.clone(),
@@ -628,8 +628,8 @@ impl Dialer {
         let target_s = target.to_string();
         match answer {
             Ok(Message::DialResult(DialResult::Connected)) => {
-                let (send, recv) = pending.complete();
-                send.set_priority(transport::stream::DATA_PRIORITY);
+                let (mut send, recv) = pending.complete();
+                send.data_phase();
                 let gauge = self
                     .metrics
                     .streams_active
