@@ -12,6 +12,7 @@
 mod client_cert;
 mod filters;
 mod forward;
+mod gunzip;
 mod health;
 pub mod metrics;
 mod probe_schedule;
