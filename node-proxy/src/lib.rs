@@ -30,6 +30,8 @@ mod watch_pump;
 #[cfg(test)]
 mod filter_tests;
 #[cfg(test)]
+mod gunzip_tests;
+#[cfg(test)]
 mod test_hub;
 #[cfg(test)]
 mod upgrade_tests;
