@@ -47,6 +47,9 @@ pub struct Gunzip {
     inner: GzDecoder<Vec<u8>>,
     decoded: u64,
     limit: u64,
+    /// Whether any compressed byte arrived (an empty body is an empty body,
+    /// as Go's client reads it, not a truncated stream).
+    received: bool,
 }
 
 impl Gunzip {
@@ -56,6 +59,7 @@ impl Gunzip {
             inner: GzDecoder::new(Vec::new()),
             decoded: 0,
             limit,
+            received: false,
         }
     }
 
@@ -64,6 +68,7 @@ impl Gunzip {
     /// bytes keep each answer small; larger ones are decoded step by step,
     /// the limit checked after each.
     pub fn push(&mut self, input: &[u8]) -> Result<Bytes, GunzipError> {
+        self.received |= !input.is_empty();
         let mut out = Vec::new();
         for step in input.chunks(INPUT_STEP) {
             self.inner.write_all(step).map_err(GunzipError::Corrupt)?;
@@ -74,8 +79,12 @@ impl Gunzip {
     }
 
     /// Ends the stream: the rest of the output, or an error if the stream
-    /// was truncated or its trailer (CRC-32, length) does not match.
+    /// was truncated or its trailer (CRC-32, length) does not match. A body
+    /// without any byte is empty, not truncated.
     pub fn finish(mut self) -> Result<Bytes, GunzipError> {
+        if !self.received {
+            return Ok(Bytes::new());
+        }
         self.inner.try_finish().map_err(GunzipError::Corrupt)?;
         let mut out = Vec::new();
         self.take_output(&mut out)?;
@@ -267,6 +276,10 @@ mod tests {
             );
         }
         assert!(decode_in_pieces(&gzip(b""), 3, 0).unwrap().is_empty());
+        assert!(
+            decode_in_pieces(b"", 3, 0).unwrap().is_empty(),
+            "an empty body"
+        );
     }
 
     #[test]
