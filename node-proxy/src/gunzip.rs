@@ -19,6 +19,7 @@ use bytes::{Buf, Bytes};
 use flate2::write::GzDecoder;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{HeaderMap, CONTENT_ENCODING, CONTENT_LENGTH};
+use prometheus::IntCounter;
 
 /// Most bytes one gzip response may decode to: four times the largest body
 /// the cache records (`MAX_RECORDED_BODY`, 64 MiB), which bodies up to that
@@ -141,22 +142,37 @@ pub fn strip_encoding_headers(headers: &mut HeaderMap) {
     headers.remove(CONTENT_LENGTH);
 }
 
+/// Where a [`GunzipBody`] counts the bytes it received and produced.
+#[derive(Clone)]
+pub struct GzipCounters {
+    pub compressed: IntCounter,
+    pub decoded: IntCounter,
+}
+
 /// A response body decoded as it streams.
 pub struct GunzipBody<B> {
     inner: B,
     decoder: Option<Gunzip>,
     /// Compressed bytes received but not decoded yet.
     pending: Bytes,
+    counters: GzipCounters,
 }
 
 impl<B> GunzipBody<B> {
     /// Decodes `inner`, refusing more than `limit` decoded bytes.
-    pub fn new(inner: B, limit: u64) -> Self {
+    pub fn new(inner: B, limit: u64, counters: GzipCounters) -> Self {
         Self {
             inner,
             decoder: Some(Gunzip::new(limit)),
             pending: Bytes::new(),
+            counters,
         }
+    }
+
+    /// A decoded frame, counted.
+    fn decoded(&self, out: Bytes) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.counters.decoded.inc_by(out.len() as u64);
+        Poll::Ready(Some(Ok(Frame::data(out))))
     }
 }
 
@@ -181,7 +197,7 @@ where
                 let step = this.pending.split_to(this.pending.len().min(INPUT_STEP));
                 match decoder.push(&step) {
                     Ok(out) if out.is_empty() => continue,
-                    Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                    Ok(out) => return this.decoded(out),
                     Err(e) => return Poll::Ready(Some(Err(this.fail(e)))),
                 }
             }
@@ -191,6 +207,7 @@ where
                     // Trailers carry nothing the hub forwards; only data is decoded.
                     if let Ok(mut data) = frame.into_data() {
                         this.pending = data.copy_to_bytes(data.remaining());
+                        this.counters.compressed.inc_by(this.pending.len() as u64);
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
@@ -203,7 +220,7 @@ where
                     };
                     return match decoder.finish() {
                         Ok(out) if out.is_empty() => Poll::Ready(None),
-                        Ok(out) => Poll::Ready(Some(Ok(Frame::data(out)))),
+                        Ok(out) => this.decoded(out),
                         Err(e) => Poll::Ready(Some(Err(std::io::Error::other(e)))),
                     };
                 }
@@ -341,6 +358,14 @@ mod tests {
         assert!(err.to_string().contains("decompression-bomb limit"));
     }
 
+    fn counters() -> GzipCounters {
+        let c = |name: &str| IntCounter::new(name, "test").unwrap();
+        GzipCounters {
+            compressed: c("compressed"),
+            decoded: c("decoded"),
+        }
+    }
+
     #[tokio::test]
     async fn the_body_streams_decoded_frames_and_ends_with_errors() {
         let plain = list_json(500);
@@ -352,15 +377,22 @@ mod tests {
                 .collect();
             StreamBody::new(futures::stream::iter(chunks))
         };
-        let body = GunzipBody::new(frames(compressed.clone()), MAX_DECODED_BODY);
+        let counted = counters();
+        let body = GunzipBody::new(
+            frames(compressed.clone()),
+            MAX_DECODED_BODY,
+            counted.clone(),
+        );
         assert_eq!(body.collect().await.unwrap().to_bytes(), plain);
+        assert_eq!(counted.compressed.get(), compressed.len() as u64);
+        assert_eq!(counted.decoded.get(), plain.len() as u64);
         let cut = compressed[..compressed.len() / 2].to_vec();
-        let err = GunzipBody::new(frames(cut), MAX_DECODED_BODY)
+        let err = GunzipBody::new(frames(cut), MAX_DECODED_BODY, counters())
             .collect()
             .await
             .unwrap_err();
         assert!(err.to_string().contains("corrupt gzip"), "{err}");
-        let err = GunzipBody::new(frames(compressed), 1000)
+        let err = GunzipBody::new(frames(compressed), 1000, counters())
             .collect()
             .await
             .unwrap_err();

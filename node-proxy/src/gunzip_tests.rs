@@ -120,6 +120,15 @@ async fn gzip_is_decoded_for_cached_clients_and_kept_for_others() {
         assert!(!head.headers.contains_key(CONTENT_ENCODING), "{asked:?}");
         assert_eq!(body.unwrap(), plain, "{asked:?}: decoded JSON");
     }
+    let gzip_bytes = |side: &str| {
+        state
+            .metrics
+            .hub_gzip_bytes
+            .with_label_values(&[side])
+            .get()
+    };
+    assert_eq!(gzip_bytes("decoded"), 2 * plain.len() as u64);
+    assert_eq!(gzip_bytes("compressed"), 2 * gzip(&plain).len() as u64);
     let stored = state
         .cache
         .stored_object("kubelet", ("", "v1", "configmaps"), "ns", "cm-7")

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::filters::Filters;
 use crate::forward::{credentials, requested_upgrade, strip_hop_by_hop, upstream_request};
-use crate::gunzip::{self, Encoding, GunzipBody, MAX_DECODED_BODY};
+use crate::gunzip::{self, Encoding, GunzipBody, GzipCounters, MAX_DECODED_BODY};
 use crate::metrics::HubMetrics;
 use crate::prober::HubHealth;
 use crate::record::{pump_body, CacheFailures, RecordCtx};
@@ -144,6 +144,14 @@ impl Hub {
         }
     }
 
+    fn gzip_counters(&self) -> GzipCounters {
+        let side = |s: &str| self.metrics.hub_gzip_bytes.with_label_values(&[s]);
+        GzipCounters {
+            compressed: side("compressed"),
+            decoded: side("decoded"),
+        }
+    }
+
     fn count(&self, component: &str, info: &RequestInfo, result: &str) {
         let verb = format!("{:?}", info.verb).to_lowercase();
         self.metrics
@@ -197,7 +205,8 @@ impl Hub {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         // Cached requests asked for gzip (forward.rs): their bodies are decoded here.
-        let (body, readable) = decoded_body(&mut parts.headers, body, c.recorded());
+        let asked_gzip = c.recorded().then(|| self.gzip_counters());
+        let (body, readable) = decoded_body(&mut parts.headers, body, asked_gzip);
         let recordable = parts.status.is_success() && c.recorded() && readable;
         let recording = match (&c.component, recordable) {
             (Some(component), true) => Some(component.clone()),
@@ -260,18 +269,26 @@ impl Hub {
 }
 
 /// The upstream body as the client gets it, and whether the cache can read
-/// it. Only requests the hub asked gzip for (`asked_gzip`) are decoded: other
-/// clients' encodings pass through untouched, as they asked for them.
-fn decoded_body(headers: &mut HeaderMap, body: Incoming, asked_gzip: bool) -> (HubBody, bool) {
+/// it. Only requests the hub asked gzip for (`asked_gzip`, counted there) are
+/// decoded: other clients' encodings pass through untouched, as they asked
+/// for them.
+fn decoded_body(
+    headers: &mut HeaderMap,
+    body: Incoming,
+    asked_gzip: Option<GzipCounters>,
+) -> (HubBody, bool) {
     let plain = |body: Incoming| body.map_err(std::io::Error::other).boxed();
-    if !asked_gzip {
+    let Some(counters) = asked_gzip else {
         return (plain(body), true);
-    }
+    };
     match gunzip::encoding(headers) {
         Encoding::Identity => (plain(body), true),
         Encoding::Gzip => {
             gunzip::strip_encoding_headers(headers);
-            (GunzipBody::new(body, MAX_DECODED_BODY).boxed(), true)
+            (
+                GunzipBody::new(body, MAX_DECODED_BODY, counters).boxed(),
+                true,
+            )
         }
         Encoding::Other(other) => {
             tracing::warn!(encoding = %other,
