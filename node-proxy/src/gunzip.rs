@@ -300,6 +300,28 @@ mod tests {
     }
 
     #[test]
+    fn output_comes_as_input_arrives_not_at_the_end() {
+        // A watch gzipped with a flush after each event (as a streaming
+        // compressor does) must reach the client event by event.
+        let mut e = GzEncoder::new(Vec::new(), Compression::fast());
+        e.write_all(b"{\"type\":\"ADDED\"}\n").unwrap();
+        e.flush().unwrap();
+        let first_len = e.get_ref().len();
+        e.write_all(b"{\"type\":\"MODIFIED\"}\n").unwrap();
+        let all = e.finish().unwrap();
+        let mut d = Gunzip::new(MAX_DECODED_BODY);
+        assert_eq!(
+            d.push(&all[..first_len]).unwrap(),
+            &b"{\"type\":\"ADDED\"}\n"[..]
+        );
+        assert_eq!(
+            d.push(&all[first_len..]).unwrap(),
+            &b"{\"type\":\"MODIFIED\"}\n"[..]
+        );
+        assert!(d.finish().unwrap().is_empty());
+    }
+
+    #[test]
     fn corrupt_and_truncated_streams_are_errors() {
         let compressed = gzip(&list_json(200));
         let mut flipped = compressed.clone();
