@@ -1,10 +1,12 @@
 //! Node proxy online: answers byte-identical to the apiserver's, watch events
-//! as sent, credentials and `Accept` as the cache needs, `..` refused.
+//! as sent, credentials and `Accept` as the cache needs, `..` refused; large
+//! lists cross the link gzipped and are decoded for the client and the cache.
 
 use std::time::Duration;
 
-use integration::hub::{get_counting_with, pod, HubEnv, HubOptions, KUBELET};
-use integration::k8s::Res;
+use integration::hub::{get_counting_with, item_names, pod, HubEnv, HubOptions, KUBELET};
+use integration::k8s::{Res, DEFAULT_GZIP_THRESHOLD_BYTES};
+use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -160,4 +162,100 @@ async fn bearer_tokens_pass_through_without_the_node_certificate() {
     assert_eq!(node.authorization, None);
     // (This apiserver does not ask for certificates; the node certificate is
     // checked in get_and_list_are_byte_identical_to_upstream, where it must.)
+}
+
+/// The items of a list, keyed by name, without `kind`/`apiVersion` (cached items
+/// carry them, apiserver list items do not).
+fn items_by_name(list: &Value) -> Vec<(String, Value)> {
+    let mut items: Vec<(String, Value)> = list["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|i| {
+                    let mut i = i.clone();
+                    if let Some(o) = i.as_object_mut() {
+                        o.remove("kind");
+                        o.remove("apiVersion");
+                    }
+                    (i["metadata"]["name"].to_string(), i)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    items
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_lists_cross_the_link_gzipped_and_are_cached_as_json() {
+    let env = HubEnv::start(Default::default()).await.unwrap();
+    env.wait_reachable(true, LIMIT).await.unwrap();
+    let pods = Res::pods();
+    for i in 0..500 {
+        env.api.upsert(
+            &pods,
+            pod(
+                "default",
+                &format!("pod-{i:03}"),
+                &[("app", "web"), ("tier", "front")],
+                "edge-1",
+                "Running",
+            ),
+        );
+    }
+    let path = "/api/v1/pods?fieldSelector=spec.nodeName%3Dedge-1";
+    let oracle = env.direct("oracle/1.0");
+    let plain = oracle.get(path).await.unwrap();
+    assert!(
+        plain.body.len() > DEFAULT_GZIP_THRESHOLD_BYTES,
+        "the list must be large enough to be compressed: {} bytes",
+        plain.body.len()
+    );
+    let zipped = oracle.with_accept_encoding("gzip").get(path).await.unwrap();
+    assert_eq!(zipped.headers["content-encoding"], "gzip");
+    assert!(
+        zipped.body.len() * 4 < plain.body.len(),
+        "gzip: {} -> {} bytes",
+        plain.body.len(),
+        zipped.body.len()
+    );
+    let gzipped_before = env.api.gzipped_responses();
+    env.api.clear_requests();
+    // kubelet without Accept-Encoding, and as client-go's transport sends it.
+    for client in [env.kubelet(), env.kubelet().with_accept_encoding("gzip")] {
+        let r = client.get(path).await.unwrap();
+        assert_eq!(r.status, 200);
+        assert!(
+            !r.headers.contains_key("content-encoding"),
+            "the hub sends decoded JSON"
+        );
+        assert_eq!(r.body, plain.body, "decoded body differs from upstream's");
+    }
+    assert_eq!(
+        env.api.gzipped_responses(),
+        gzipped_before + 2,
+        "both upstream answers were gzipped"
+    );
+    let seen = env.api.requests();
+    let hub_lists: Vec<_> = seen
+        .iter()
+        .filter(|r| r.path_and_query == path && r.user_agent.as_deref() == Some(KUBELET))
+        .collect();
+    assert_eq!(hub_lists.len(), 2);
+    for r in hub_lists {
+        assert_eq!(r.accept_encoding.as_deref(), Some("gzip"));
+        assert_eq!(r.accept.as_deref(), Some("application/json"));
+    }
+    // The cache recorded the decoded list: offline, the same objects come back.
+    env.relay.cut();
+    env.wait_reachable(false, LIMIT).await.unwrap();
+    let cached = env.kubelet().get(path).await.unwrap();
+    assert_eq!(cached.status, 200);
+    let (cached, upstream) = (cached.json().unwrap(), plain.json().unwrap());
+    assert_eq!(item_names(&cached).len(), 500);
+    assert!(
+        items_by_name(&cached) == items_by_name(&upstream),
+        "the cached objects differ from upstream's"
+    );
 }

@@ -34,8 +34,12 @@ pub fn credentials(headers: &HeaderMap) -> Credentials {
 }
 
 /// The upstream request: origin-form URI, HTTP/1.1, hop-by-hop headers dropped
-/// (the upgrade re-added), and for cached requests plain JSON (`Accept:
-/// application/json`, no compression) so the cache can read what it stores.
+/// (the upgrade re-added). Cached requests ask for JSON (`Accept:
+/// application/json`: the cache reads JSON, and decoding Kubernetes protobuf
+/// would need the whole generated schema) compressed with gzip
+/// (`Accept-Encoding: gzip`; the hub decodes it, `gunzip.rs`), whatever the
+/// client asked. Uncached requests keep the client's `Accept` (protobuf goes
+/// through as is) and `Accept-Encoding`.
 pub fn upstream_request(
     mut parts: Parts,
     body: UpstreamBody,
@@ -54,7 +58,9 @@ pub fn upstream_request(
         parts
             .headers
             .insert(ACCEPT, HeaderValue::from_static("application/json"));
-        parts.headers.remove(ACCEPT_ENCODING);
+        parts
+            .headers
+            .insert(ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
     }
     let mut req = Request::builder()
         .method(parts.method)
@@ -83,29 +89,33 @@ mod tests {
     }
 
     #[test]
-    fn cached_requests_ask_for_plain_json() {
-        let p = parts(&[
-            ("accept", "application/vnd.kubernetes.protobuf"),
-            ("accept-encoding", "gzip"),
-            ("user-agent", "kubelet/v1.30"),
-        ]);
-        let r = upstream_request(p, empty(), "/api/v1/pods?watch=1", true).unwrap();
-        assert_eq!(r.uri(), "/api/v1/pods?watch=1");
-        assert_eq!(r.headers()[ACCEPT], "application/json");
-        assert!(!r.headers().contains_key(ACCEPT_ENCODING));
-        assert_eq!(r.headers()["user-agent"], "kubelet/v1.30");
+    fn cached_requests_ask_for_gzip_json() {
+        for client_encoding in [None, Some("br"), Some("gzip, deflate")] {
+            let mut h = vec![
+                ("accept", "application/vnd.kubernetes.protobuf"),
+                ("user-agent", "kubelet/v1.30"),
+            ];
+            h.extend(client_encoding.map(|e| ("accept-encoding", e)));
+            let r = upstream_request(parts(&h), empty(), "/api/v1/pods?watch=1", true).unwrap();
+            assert_eq!(r.uri(), "/api/v1/pods?watch=1");
+            assert_eq!(r.headers()[ACCEPT], "application/json");
+            assert_eq!(r.headers()[ACCEPT_ENCODING], "gzip", "{client_encoding:?}");
+            assert_eq!(r.headers()["user-agent"], "kubelet/v1.30");
+        }
     }
 
     #[test]
     fn uncached_requests_keep_their_headers_minus_hop_by_hop() {
         let p = parts(&[
             ("accept", "application/vnd.kubernetes.protobuf"),
+            ("accept-encoding", "br"),
             ("connection", "keep-alive, x-private"),
             ("x-private", "1"),
             ("keep-alive", "timeout=5"),
         ]);
         let r = upstream_request(p, empty(), "/api", false).unwrap();
         assert_eq!(r.headers()[ACCEPT], "application/vnd.kubernetes.protobuf");
+        assert_eq!(r.headers()[ACCEPT_ENCODING], "br");
         for h in ["connection", "x-private", "keep-alive"] {
             assert!(!r.headers().contains_key(h), "{h} forwarded");
         }

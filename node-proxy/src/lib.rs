@@ -12,6 +12,7 @@
 mod client_cert;
 mod filters;
 mod forward;
+mod gunzip;
 mod health;
 pub mod metrics;
 mod probe_schedule;
@@ -28,6 +29,8 @@ mod watch_pump;
 
 #[cfg(test)]
 mod filter_tests;
+#[cfg(test)]
+mod gunzip_tests;
 #[cfg(test)]
 mod test_hub;
 #[cfg(test)]

@@ -28,6 +28,9 @@ pub struct HubMetrics {
     pub cache_resets: IntCounterVec,
     /// 1 for the current offline reason, 0 for the others.
     pub hub_offline: IntGaugeVec,
+    /// Bytes of the apiserver's gzip responses, `side` compressed (as they
+    /// crossed the link) or decoded (what the cache and the client got).
+    pub hub_gzip_bytes: IntCounterVec,
 }
 
 impl HubMetrics {
@@ -86,6 +89,17 @@ impl HubMetrics {
         for reason in OfflineReason::ALL {
             hub_offline.with_label_values(&[reason.label()]);
         }
+        let hub_gzip_bytes = IntCounterVec::new(
+            Opts::new(
+                "tunnel_agent_hub_gzip_bytes_total",
+                "Node proxy: bytes of gzip responses from the apiserver; side: compressed (as received), decoded (as recorded and sent).",
+            ),
+            &["side"],
+        )?;
+        for side in ["compressed", "decoded"] {
+            hub_gzip_bytes.with_label_values(&[side]);
+        }
+        registry.register(Box::new(hub_gzip_bytes.clone()))?;
         registry.register(Box::new(hub_offline.clone()))?;
         registry.register(Box::new(cache_resets.clone()))?;
         registry.register(Box::new(cache_bytes.clone()))?;
@@ -103,6 +117,7 @@ impl HubMetrics {
             cache_refused_writes,
             cache_resets,
             hub_offline,
+            hub_gzip_bytes,
         })
     }
 }

@@ -8,13 +8,12 @@ use std::sync::{Arc, Mutex};
 use autonomy_cache::{AutonomyCache, RequestInfo};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::sync::watch;
 
 use crate::filters::ResponseFilter;
 use crate::health::Reachability;
 use crate::metrics::HubMetrics;
-use crate::respond::{send_data, BodySender};
+use crate::respond::{send_data, BodySender, HubBody};
 
 /// Bodies larger than this are passed through but not cached.
 pub const MAX_RECORDED_BODY: usize = 64 << 20;
@@ -76,7 +75,7 @@ pub(crate) enum Stop {
 /// once recorded; one too large to record is passed through unfiltered.
 /// Ends the client's response with an error if the upstream fails or the
 /// cloud goes offline mid-body.
-pub async fn pump_body(upstream: Incoming, mut tx: BodySender, mut ctx: RecordCtx) {
+pub async fn pump_body(upstream: HubBody, mut tx: BodySender, mut ctx: RecordCtx) {
     let mut body = upstream;
     let mut kept = Some(BytesMut::new());
     let mut held: Option<Bytes> = None;

@@ -8,13 +8,14 @@ use autonomy_cache::{AutonomyCache, ComponentRule, OfflineAnswer, RequestInfo, V
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, USER_AGENT};
+use hyper::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE, USER_AGENT};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::filters::Filters;
 use crate::forward::{credentials, requested_upgrade, strip_hop_by_hop, upstream_request};
+use crate::gunzip::{self, Encoding, GunzipBody, GzipCounters, MAX_DECODED_BODY};
 use crate::metrics::HubMetrics;
 use crate::prober::HubHealth;
 use crate::record::{pump_body, CacheFailures, RecordCtx};
@@ -143,6 +144,14 @@ impl Hub {
         }
     }
 
+    fn gzip_counters(&self) -> GzipCounters {
+        let side = |s: &str| self.metrics.hub_gzip_bytes.with_label_values(&[s]);
+        GzipCounters {
+            compressed: side("compressed"),
+            decoded: side("decoded"),
+        }
+    }
+
     fn count(&self, component: &str, info: &RequestInfo, result: &str) {
         let verb = format!("{:?}", info.verb).to_lowercase();
         self.metrics
@@ -194,7 +203,12 @@ impl Hub {
             }
         }
         let (mut parts, body) = resp.into_parts();
-        let recording = match (&c.component, parts.status.is_success() && c.recorded()) {
+        strip_hop_by_hop(&mut parts.headers);
+        // Cached requests asked for gzip (forward.rs): their bodies are decoded here.
+        let asked_gzip = c.recorded().then(|| self.gzip_counters());
+        let (body, readable) = decoded_body(&mut parts.headers, body, asked_gzip);
+        let recordable = parts.status.is_success() && c.recorded() && readable;
+        let recording = match (&c.component, recordable) {
             (Some(component), true) => Some(component.clone()),
             _ => None,
         };
@@ -206,9 +220,7 @@ impl Hub {
             };
             self.count(component, &c.info, result);
         }
-        strip_hop_by_hop(&mut parts.headers);
         let Some(component) = recording else {
-            let body = body.map_err(std::io::Error::other).boxed();
             return Response::from_parts(parts, body);
         };
         let filter = self.filters.for_request(&component, &c.info);
@@ -252,6 +264,36 @@ impl Hub {
                 "ServiceUnavailable",
                 &format!("the apiserver did not answer: {reason}"),
             ),
+        }
+    }
+}
+
+/// The upstream body as the client gets it, and whether the cache can read
+/// it. Only requests the hub asked gzip for (`asked_gzip`, counted there) are
+/// decoded: other clients' encodings pass through untouched, as they asked
+/// for them.
+fn decoded_body(
+    headers: &mut HeaderMap,
+    body: Incoming,
+    asked_gzip: Option<GzipCounters>,
+) -> (HubBody, bool) {
+    let plain = |body: Incoming| body.map_err(std::io::Error::other).boxed();
+    let Some(counters) = asked_gzip else {
+        return (plain(body), true);
+    };
+    match gunzip::encoding(headers) {
+        Encoding::Identity => (plain(body), true),
+        Encoding::Gzip => {
+            gunzip::strip_encoding_headers(headers);
+            (
+                GunzipBody::new(body, MAX_DECODED_BODY, counters).boxed(),
+                true,
+            )
+        }
+        Encoding::Other(other) => {
+            tracing::warn!(encoding = %other,
+                "the apiserver answered a cached request in an encoding the hub did not ask for: passed through, not cached");
+            (plain(body), false)
         }
     }
 }

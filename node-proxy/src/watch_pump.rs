@@ -9,11 +9,10 @@ use std::sync::Arc;
 use autonomy_cache::WatchDecoder;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::record::{abort, CacheFailures, RecordCtx, Stop};
-use crate::respond::{send_data, BodySender};
+use crate::respond::{send_data, BodySender, HubBody};
 
 /// Watch events larger than this end the watch (the client re-watches).
 pub const MAX_WATCH_EVENT: usize = 16 << 20;
@@ -33,7 +32,7 @@ enum Queued {
 }
 
 /// Streams a watch; ends cleanly (so the client re-watches) when the cloud goes offline.
-pub async fn pump_watch(upstream: Incoming, mut tx: BodySender, mut ctx: RecordCtx) {
+pub async fn pump_watch(upstream: HubBody, mut tx: BodySender, mut ctx: RecordCtx) {
     let (queue_tx, mut queue) = mpsc::unbounded_channel::<Queued>();
     let budget = Arc::new(Semaphore::new(MAX_QUEUED_BYTES));
     let reader = tokio::spawn(read_events(
@@ -105,7 +104,7 @@ pub async fn pump_watch(upstream: Incoming, mut tx: BodySender, mut ctx: RecordC
 /// Reads the upstream body and queues whole event lines, waiting for budget
 /// when the recorder is behind (backpressure reaches the apiserver).
 async fn read_events(
-    mut body: Incoming,
+    mut body: HubBody,
     queue: mpsc::UnboundedSender<Queued>,
     budget: Arc<Semaphore>,
     failures: CacheFailures,
@@ -117,7 +116,7 @@ async fn read_events(
 }
 
 async fn decode_into(
-    body: &mut Incoming,
+    body: &mut HubBody,
     queue: &mpsc::UnboundedSender<Queued>,
     budget: &Arc<Semaphore>,
     failures: &CacheFailures,

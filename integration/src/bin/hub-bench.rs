@@ -5,6 +5,7 @@
 //! cargo build --release -p tunnel-server -p tunnel-agent -p integration
 //! target/release/hub-bench [--pods 1000] [--lists 200] [--gets 1000]
 //! target/release/hub-bench --idle-wire-seconds 60   # root: idle bytes per node
+//! target/release/hub-bench --kubelet-wire-seconds 120 # root: a kubelet's bytes per node
 //! ```
 //!
 //! `--idle-wire-seconds` instead measures what an idle node with
@@ -12,11 +13,18 @@
 //! health probes), counted by iptables on the server's UDP port, with the
 //! old settings (2 s keep-alive, a probe every 500 ms) and the defaults.
 //!
+//! `--kubelet-wire-seconds` runs a kubelet-like node (its pods listed and
+//! watched, lease renewals, status patches) through the node proxy with
+//! `--apiserver tunnel` and counts its bytes on the wire the same way, with
+//! the apiserver's gzip on and off (`integration::bench::kubelet_wire`).
+//!
 //! Prints a Markdown table on stdout; progress goes to stderr.
 
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use integration::bench::kubelet_load::Cadence;
+use integration::bench::kubelet_wire;
 use integration::bench::udp_wire::UdpWireCounter;
 use integration::hub::{pod, HubEnv, HubOptions};
 use integration::k8s::{ApiClient, Res};
@@ -36,6 +44,12 @@ struct Args {
     /// Instead: measure an idle node's wire bytes for this many seconds per setting.
     #[arg(long, default_value_t = 0)]
     idle_wire_seconds: u64,
+    /// Instead: measure a kubelet-like node's wire bytes, this many steady seconds per setting.
+    #[arg(long, default_value_t = 0)]
+    kubelet_wire_seconds: u64,
+    /// Pods on the kubelet-like node (--kubelet-wire-seconds).
+    #[arg(long, default_value_t = 100)]
+    node_pods: usize,
 }
 
 /// p50 and p99 of `samples`, in milliseconds.
@@ -72,6 +86,13 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.idle_wire_seconds > 0 {
         return idle_wire(Duration::from_secs(args.idle_wire_seconds)).await;
+    }
+    if args.kubelet_wire_seconds > 0 {
+        return kubelet_wire(
+            args.node_pods,
+            Duration::from_secs(args.kubelet_wire_seconds),
+        )
+        .await;
     }
     let env = HubEnv::start(HubOptions::default()).await?;
     env.wait_reachable(true, Duration::from_secs(30)).await?;
@@ -180,5 +201,17 @@ async fn idle_wire(window: Duration) -> anyhow::Result<()> {
             per_s(wire.from_port.0),
         );
     }
+    Ok(())
+}
+
+/// A kubelet-like node with `--apiserver tunnel`, apiserver gzip off then on.
+async fn kubelet_wire(pods: usize, window: Duration) -> anyhow::Result<()> {
+    let cadence = Cadence::default();
+    let mut runs = Vec::new();
+    for compression in [false, true] {
+        eprintln!("kubelet-like node, apiserver gzip {compression}: {pods} pods");
+        runs.push(kubelet_wire::measure(compression, pods, window, cadence).await?);
+    }
+    print!("{}", kubelet_wire::markdown(&runs, pods, cadence));
     Ok(())
 }

@@ -77,6 +77,8 @@ pub struct ApiClient {
     tls: Option<(TlsConnector, ServerName<'static>)>,
     user_agent: String,
     timeout: Duration,
+    /// Sent as `Accept-Encoding` when set (client-go's transport sends `gzip`).
+    accept_encoding: Option<String>,
 }
 
 impl ApiClient {
@@ -87,6 +89,7 @@ impl ApiClient {
             tls: None,
             user_agent: "integration-test/v0.0.0".into(),
             timeout: Duration::from_secs(10),
+            accept_encoding: None,
         }
     }
 
@@ -135,6 +138,12 @@ impl ApiClient {
     /// Sends this User-Agent (the node proxy keys its cache on it).
     pub fn with_user_agent(mut self, user_agent: &str) -> Self {
         self.user_agent = user_agent.to_owned();
+        self
+    }
+
+    /// Sends `Accept-Encoding: <coding>`; bodies are returned as received (not decoded).
+    pub fn with_accept_encoding(mut self, coding: &str) -> Self {
+        self.accept_encoding = Some(coding.to_owned());
         self
     }
 
@@ -207,6 +216,9 @@ impl ApiClient {
             .header("accept", "application/json");
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
+        }
+        if let Some(coding) = &self.accept_encoding {
+            req = req.header("accept-encoding", coding);
         }
         let bytes = body
             .map(serde_json::to_vec)

@@ -1,6 +1,7 @@
 //! One HTTP request: record it, apply the active fault, route it and answer like
 //! kube-apiserver (objects, lists, Status errors; watches are handed to [`super::watch`]).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use autonomy_cache::strategic_merge::{self, Schema};
@@ -14,6 +15,7 @@ use super::body::ApiBody;
 use super::discovery;
 use super::fault::{FaultAction, MALFORMED_BODY};
 use super::filter::{list_item, ObjectFilter};
+use super::gzip;
 use super::meta::merge_patch;
 use super::paging::{self, ContinueToken};
 use super::resource::Res;
@@ -53,9 +55,31 @@ pub async fn handle(
             return error_response(&ApiError::Injected { code, reason })
         }
     }
-    match route(&shared, req).await {
+    let compressible = shared.compression.load(Ordering::SeqCst)
+        && gzip::wants_gzip(req.headers())
+        && compressible_request(&req);
+    let resp = match route(&shared, req).await {
         Ok(resp) => resp,
         Err(e) => error_response(&e),
+    };
+    if !compressible {
+        return resp;
+    }
+    let (resp, gzipped) = gzip::compress_large(resp);
+    if gzipped {
+        shared.gzipped.fetch_add(1, Ordering::SeqCst);
+    }
+    resp
+}
+
+/// A resource request that is not a watch: kube-apiserver compresses only those (never
+/// watches, discovery or health).
+fn compressible_request(req: &Request<Incoming>) -> bool {
+    match parse_path(req.uri().path()) {
+        Route::Resource(path) => {
+            !path.legacy_watch && !parse_query(req.uri().query().unwrap_or("")).watch
+        }
+        _ => false,
     }
 }
 
@@ -69,6 +93,7 @@ fn recorded(req: &Request<Incoming>, client_cn: Option<String>) -> RecordedReque
             .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned()),
         user_agent: header("user-agent"),
         accept: header("accept"),
+        accept_encoding: header("accept-encoding"),
         authorization: header("authorization"),
         content_type: header("content-type"),
         client_cn,

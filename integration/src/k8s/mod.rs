@@ -32,6 +32,10 @@
 //! whole as from the watch cache); later pages show current objects, not an etcd snapshot,
 //! and a token older than the history gets 410.
 //!
+//! Responses are gzipped as kube-apiserver does (`gzip.rs`): non-watch resource responses over
+//! 128 KiB, only for clients sending `Accept-Encoding: gzip`;
+//! [`FakeApiserver::gzipped_responses`] counts them.
+//!
 //! Not implemented: protobuf and Table output (JSON is always
 //! returned), JSON patch and server-side apply (415), deletecollection (405), HTTP/2 (ALPN
 //! offers only http/1.1), periodic automatic bookmarks (use `emit_bookmark`), waiting for a
@@ -44,6 +48,7 @@ pub mod client;
 mod discovery;
 mod fault;
 mod filter;
+mod gzip;
 mod handler;
 mod meta;
 mod paging;
@@ -60,6 +65,7 @@ mod watch;
 pub use churn::{ChurnEvent, ChurnHandle};
 pub use client::{ApiClient, ApiResponse, ClientError, WatchEvents};
 pub use fault::Fault;
+pub use gzip::DEFAULT_GZIP_THRESHOLD_BYTES;
 pub use relay::LinkRelay;
 pub use resource::Res;
 pub use server::{FakeApiserver, FakeApiserverOptions, RecordedRequest};

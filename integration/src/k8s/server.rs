@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -55,6 +55,8 @@ pub struct RecordedRequest {
     pub user_agent: Option<String>,
     /// `Accept` (the proxy forces JSON for what it caches).
     pub accept: Option<String>,
+    /// `Accept-Encoding` (the proxy asks for gzip for what it caches).
+    pub accept_encoding: Option<String>,
     /// `Authorization` (bearer tokens must pass through the proxy).
     pub authorization: Option<String>,
     /// `Content-Type` of the request body.
@@ -76,6 +78,10 @@ pub(super) struct Shared {
     pub end_watches: watch::Sender<u64>,
     /// Watch streams currently open.
     pub active_watches: AtomicUsize,
+    /// Responses sent gzip-compressed.
+    pub gzipped: AtomicUsize,
+    /// Whether large responses are compressed at all (kube-apiserver's `APIResponseCompression`).
+    pub compression: AtomicBool,
     pub server_address: String,
 }
 
@@ -140,6 +146,8 @@ impl FakeApiserver {
             shutdown: watch::Sender::new(false),
             end_watches: watch::Sender::new(0),
             active_watches: AtomicUsize::new(0),
+            gzipped: AtomicUsize::new(0),
+            compression: AtomicBool::new(true),
             server_address: addr.to_string(),
         });
         tracing::info!(component = "fake-apiserver", %addr, scheme, "serving");
@@ -242,6 +250,18 @@ impl FakeApiserver {
     /// Number of watch streams open right now (e.g. to see a proxy's watch arrive or end).
     pub fn active_watches(&self) -> usize {
         self.shared.active_watches.load(Ordering::SeqCst)
+    }
+
+    /// Number of responses sent gzip-compressed so far (non-watch, over 128 KiB, to clients
+    /// that sent `Accept-Encoding: gzip`).
+    pub fn gzipped_responses(&self) -> usize {
+        self.shared.gzipped.load(Ordering::SeqCst)
+    }
+
+    /// Turns response compression off or on (on by default), as kube-apiserver's
+    /// `--feature-gates=APIResponseCompression=false` does.
+    pub fn set_compression(&self, on: bool) {
+        self.shared.compression.store(on, Ordering::SeqCst);
     }
 
     /// Ends every open watch stream cleanly (like an apiserver restart); clients re-watch.
