@@ -480,6 +480,19 @@ impl Dialer {
             .await
     }
 
+    /// [`Dialer::dial`] with the client's first bytes sent behind the open
+    /// frame (see [`Dialer::dial_via_with_first_bytes`]): the HTTP proxy's
+    /// request on a new edge connection.
+    pub async fn dial_with_first_bytes(
+        &self,
+        target: &DialTarget,
+        frontend: Frontend,
+        first: &[u8],
+    ) -> Result<(EdgeStream, bool), DialFailure> {
+        self.dial_measured(Route::ByTarget, target, frontend, true, first)
+            .await
+    }
+
     async fn dial_routed(
         &self,
         route: Route<'_>,

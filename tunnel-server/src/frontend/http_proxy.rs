@@ -30,9 +30,9 @@ use hyper_util::rt::TokioIo;
 use proto::DialTarget;
 use tokio::net::TcpListener;
 use tracing::Instrument;
-use transport::tunnel_io::TunnelIo;
 
 use super::conn_cap::ConnCap;
+use super::early_http::{EarlyIo, SharedOutcome};
 use super::head_clock::{HeadClock, HeadState};
 use super::FrontendContext;
 use crate::dial::{EdgeStream, Frontend};
@@ -46,7 +46,8 @@ type ProxyBody = BoxBody<Bytes, hyper::Error>;
 /// An HTTP/1.1 connection to an edge service over one tunnel stream.
 struct EdgeHttp {
     target: DialTarget,
-    node: String,
+    /// The node and the dial's failure, once known.
+    outcome: SharedOutcome,
     sender: SendRequest<ProxyBody>,
 }
 
@@ -274,32 +275,20 @@ async fn connect(
     resp
 }
 
-/// Dials `target` and starts an HTTP/1.1 client connection on the stream.
-/// The connection task holds the stream slot until the connection ends.
+/// Starts an HTTP/1.1 client connection to `target` whose tunnel stream is
+/// dialed with its first request ([`EarlyIo`]). The connection task holds
+/// the stream slot until the connection ends.
 async fn dial_edge(
     target: &DialTarget,
     ctx: &FrontendContext,
 ) -> Result<EdgeHttp, Response<ProxyBody>> {
-    let stream = ctx
-        .dialer
-        .dial(target, Frontend::Http)
-        .await
-        .map_err(|e| error(e.http_status(), &e.to_string()))?;
-    let EdgeStream {
-        send,
-        recv,
-        stream_id,
-        node,
-        _active,
-    } = stream;
-    let span = tracing::info_span!("stream", node = %node, stream_id, %target);
-    let io = TunnelIo::with_counter(send, recv, Box::new(ctx.dialer.byte_counter(&node)));
+    let (io, outcome) = EarlyIo::new(ctx.dialer.clone(), target.clone());
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
-        .map_err(|e| error(502, &format!("HTTP to {target} via node {node}: {e}")))?;
+        .map_err(|e| error(502, &format!("HTTP to {target}: {e}")))?;
+    let span = tracing::info_span!("edge_http", %target);
     tokio::spawn(
         async move {
-            let _active = _active;
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "edge HTTP connection ended with error");
             }
@@ -308,7 +297,7 @@ async fn dial_edge(
     );
     Ok(EdgeHttp {
         target: target.clone(),
-        node,
+        outcome,
         sender,
     })
 }
@@ -389,12 +378,19 @@ async fn send_on(
     sender.send_request(req).await
 }
 
+/// The answer for a request that got no response: the dial's own status
+/// when the dial failed, else 502 naming the edge service.
 fn unanswered(edge: &EdgeHttp, e: &hyper::Error) -> Response<ProxyBody> {
+    let outcome = edge.outcome.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((status, message)) = &outcome.failure {
+        return error(*status, message);
+    }
+    let node = outcome.node.as_deref().unwrap_or("?");
     error(
         502,
         &format!(
-            "edge service {} on node {} did not answer: {e}",
-            edge.target, edge.node
+            "edge service {} on node {node} did not answer: {e}",
+            edge.target
         ),
     )
 }

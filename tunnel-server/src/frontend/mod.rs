@@ -9,6 +9,7 @@
 //! the agent's dial succeeded, and then spliced byte for byte.
 
 pub mod conn_cap;
+pub mod early_http;
 pub mod grpc;
 pub mod head_clock;
 pub mod http_proxy;
