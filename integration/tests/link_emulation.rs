@@ -3,9 +3,9 @@
 //! bounds are checked (the emulation guarantees them on any machine); the
 //! upper bounds are generous sanity limits, not speed targets.
 //!
-//! On the same link, the tunnel's `--forward` carries a client's first
-//! bytes with the stream's open: a request on a new connection costs one
-//! round trip over the link, not two. With a 400 ms RTT the two cases are
+//! On the same link, the tunnel's `--forward` and its HTTP proxy carry a
+//! client's first bytes with the stream's open: a request on a new
+//! connection costs one round trip over the link, not two. With a 400 ms RTT the two cases are
 //! 200 ms apart, far more than any scheduling noise.
 //!
 //! Needs root, `ip netns`, iptables (statistic, NFQUEUE) and tc with tbf;
@@ -18,6 +18,7 @@ use integration::netns::{self, NsRuntime};
 use integration::process::bin;
 use integration::weaklink::delay_line::DelayLineProcess;
 use integration::weaklink::link::{EmulatedLink, LinkShape, EDGE_IP};
+use integration::weaklink::measure;
 use integration::weaklink::tunnel::{Transport, TunnelOverLink};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -116,22 +117,41 @@ fn the_link_adds_its_delay_and_caps_its_rate() {
 
 const SLOW_ONE_WAY: Duration = Duration::from_millis(200);
 
+/// The median of five requests, each on a new connection, timed by `one`.
+async fn median_of_five<F, Fut>(one: F) -> anyhow::Result<(Duration, Vec<Duration>)>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut out = Vec::new();
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), one()).await??;
+        out.push(t0.elapsed());
+    }
+    out.sort();
+    Ok((out[out.len() / 2], out))
+}
+
 #[test]
-fn a_forward_request_on_a_new_connection_costs_one_round_trip() {
-    if netns::skip_unless_available("a_forward_request_on_a_new_connection_costs_one_round_trip") {
+fn requests_on_new_connections_cost_one_round_trip() {
+    if netns::skip_unless_available("requests_on_new_connections_cost_one_round_trip") {
         return;
     }
     let ends = Ends::on(8_000_000, SLOW_ONE_WAY, 400_000);
     let (cloud, edge, link) = (&ends.cloud, &ends.edge, &ends.link);
     let any: SocketAddr = "0.0.0.0:0".parse().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let echo = rt
-        .block_on(
-            edge.spawn(async move { integration::bench::services::echo_server_on(any).await }),
-        )
+    let (echo, http) = rt
+        .block_on(edge.spawn(async move {
+            let echo = integration::bench::services::echo_server_on(any).await?;
+            let http = integration::bench::services::http_ok_server_on(any).await?;
+            anyhow::Ok((echo, http))
+        }))
         .unwrap()
-        .expect("echo server");
+        .expect("edge services");
     let echo_on_edge = SocketAddr::new(EDGE_IP.into(), echo.addr.port());
+    let http_on_edge = SocketAddr::new(EDGE_IP.into(), http.port());
     let dir = tempfile::tempdir().unwrap();
     let bin_dir = bin("tunnel-server").parent().unwrap().to_path_buf();
     // The readiness check talks to the server's admin port in the cloud
@@ -143,7 +163,7 @@ fn a_forward_request_on_a_new_connection_costs_one_round_trip() {
                 link,
                 &bin_dir,
                 dir.path(),
-                &[echo_on_edge],
+                &[echo_on_edge, http_on_edge],
                 echo_on_edge,
                 &Transport::Quic {
                     congestion: "loss-tolerant".into(),
@@ -155,32 +175,39 @@ fn a_forward_request_on_a_new_connection_costs_one_round_trip() {
         .expect("start thread")
     })
     .expect("tunnel across the link");
-    let forward = tunnel.forward_echo;
-    let mut samples = rt
+    let (forward, proxy) = (tunnel.forward_echo, tunnel.http_proxy);
+    let ((fwd, fwd_all), (http, http_all)) = rt
         .block_on(cloud.spawn(async move {
-            let mut out = Vec::new();
-            for _ in 0..5 {
-                let t0 = Instant::now();
+            let fwd = median_of_five(|| async {
                 let mut s = TcpStream::connect(forward).await?;
                 s.set_nodelay(true)?;
                 s.write_all(b"k").await?;
                 let mut b = [0u8; 1];
-                tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut b)).await??;
-                assert_eq!(&b, b"k");
-                out.push(t0.elapsed());
-            }
-            anyhow::Ok(out)
+                s.read_exact(&mut b).await?;
+                anyhow::ensure!(&b == b"k", "echo returned {b:?}");
+                Ok(())
+            })
+            .await?;
+            let http = median_of_five(|| async {
+                measure::request_via_http_proxy(proxy, http_on_edge).await?;
+                Ok(())
+            })
+            .await?;
+            anyhow::Ok((fwd, http))
         }))
         .unwrap()
-        .expect("requests through --forward");
-    samples.sort();
-    let median = samples[samples.len() / 2];
+        .expect("requests through --forward and --http-proxy-addr");
     let rtt = 2 * SLOW_ONE_WAY;
-    assert!(
-        median >= rtt && median < rtt + rtt / 2,
-        "a request on a new --forward connection took {median:?} (all: {samples:?}); \
-         one round trip over the link is {rtt:?}, two would be {:?}",
-        2 * rtt
-    );
+    for (what, median, all) in [
+        ("--forward", fwd, fwd_all),
+        ("--http-proxy-addr", http, http_all),
+    ] {
+        assert!(
+            median >= rtt && median < rtt + rtt / 2,
+            "a request on a new {what} connection took {median:?} (all: {all:?}); \
+             one round trip over the link is {rtt:?}, two would be {:?}",
+            2 * rtt
+        );
+    }
     drop(tunnel);
 }

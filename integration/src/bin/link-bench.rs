@@ -169,7 +169,15 @@ fn main() -> anyhow::Result<()> {
         let meter = edge_rt
             .spawn(weaklink::fairness::Meter::start(any))
             .await??;
-        let edge = EdgeServices { sink, echo, meter };
+        let http = edge_rt
+            .spawn(integration::bench::services::http_ok_server_on(any))
+            .await??;
+        let edge = EdgeServices {
+            sink,
+            echo,
+            meter,
+            http,
+        };
         let mut rows = Vec::new();
         for p in &cfg.paths {
             eprintln!(

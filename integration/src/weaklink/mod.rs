@@ -68,6 +68,8 @@ pub struct EdgeServices {
     pub sink: SocketAddr,
     pub echo: SocketAddr,
     pub meter: fairness::Meter,
+    /// [`crate::bench::services::http_ok_server_on`], for the HTTP proxy.
+    pub http: SocketAddr,
 }
 
 /// One path's results; each cell is its own `Result` so one failure does not
@@ -80,6 +82,7 @@ pub struct LinkRow {
     pub echo_under_bulk: anyhow::Result<Millis>,
     pub new_connection: anyhow::Result<Millis>,
     pub via_connect: Option<anyhow::Result<Millis>>,
+    pub via_http_proxy: Option<anyhow::Result<Millis>>,
     pub beside_tcp: anyhow::Result<fairness::Shares>,
     /// Bytes the edge-bound bottleneck sent and dropped, over the whole row.
     pub bottleneck: String,
@@ -117,6 +120,7 @@ pub async fn run_path(
                     on_edge(edge.sink),
                     on_edge(edge.echo),
                     on_edge(edge.meter.addr),
+                    on_edge(edge.http),
                 ],
                 on_edge(edge.echo),
                 t,
@@ -172,6 +176,12 @@ pub async fn run_path(
         Some(_) => Some(measure::request_via_connect(&dialer, cfg.requests).await),
         None => None,
     };
+    let via_http_proxy = match &tunnel {
+        Some(t) => Some(
+            measure::requests_via_http_proxy(t.http_proxy, on_edge(edge.http), cfg.requests).await,
+        ),
+        None => None,
+    };
     let beside_tcp = fairness::beside_tcp(
         &edge.meter,
         &plain_tcp,
@@ -189,6 +199,7 @@ pub async fn run_path(
         echo_under_bulk,
         new_connection,
         via_connect,
+        via_http_proxy,
         beside_tcp,
         bottleneck: format!(
             "before: {before}; after: {}",
@@ -207,7 +218,7 @@ const KEY_INTERVAL: Duration = Duration::from_millis(100);
 /// The results as a Markdown table.
 pub fn markdown(rows: &[LinkRow]) -> String {
     let mut out = String::from(
-        "| path | 1 stream Mbit/s | 4 streams Mbit/s | echo idle p50 / p99 ms | echo under bulk p50 / p99 / max ms | request on a new connection p50 / p99 ms | via CONNECT p50 / p99 ms | beside plain TCP: path / TCP Mbit/s (TCP alone) |\n|---|---|---|---|---|---|---|---|\n",
+        "| path | 1 stream Mbit/s | 4 streams Mbit/s | echo idle p50 / p99 ms | echo under bulk p50 / p99 / max ms | request on a new connection p50 / p99 ms | via CONNECT p50 / p99 ms | HTTP proxy GET, new connection p50 / p99 ms | beside plain TCP: path / TCP Mbit/s (TCP alone) |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     let f = |r: &anyhow::Result<f64>| match r {
         Ok(v) => format!("{v:.1}"),
@@ -223,7 +234,7 @@ pub fn markdown(rows: &[LinkRow]) -> String {
     };
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.label,
             f(&r.one_stream_mbit),
             f(&r.four_streams_mbit),
@@ -231,6 +242,7 @@ pub fn markdown(rows: &[LinkRow]) -> String {
             m3(&r.echo_under_bulk),
             m2(&r.new_connection),
             r.via_connect.as_ref().map_or("n/a".into(), m2),
+            r.via_http_proxy.as_ref().map_or("n/a".into(), m2),
             match &r.beside_tcp {
                 Ok(s) => format!(
                     "{:.1} / {:.1} ({:.1})",

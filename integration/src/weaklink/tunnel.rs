@@ -29,6 +29,8 @@ pub struct TunnelOverLink {
     pub uds: PathBuf,
     /// `--forward` listener (cloud namespace, 127.0.0.1) to the edge echo.
     pub forward_echo: SocketAddr,
+    /// `--http-proxy-addr` (cloud namespace, 127.0.0.1).
+    pub http_proxy: SocketAddr,
 }
 
 /// Time for the agent's first registration; the link's RTT is tiny beside it.
@@ -59,6 +61,7 @@ impl TunnelOverLink {
         let agent_port = free_port();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let forward_echo: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let http_proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let uds = dir.join("proxy.sock");
 
         let mut cmd = in_ns(&link.cloud_ns, &bin_dir.join("tunnel-server"));
@@ -69,6 +72,7 @@ impl TunnelOverLink {
             .arg(format!("--agent-ca={}", p("ca.crt")))
             .arg(format!("--uds={}", uds.display()))
             .arg(format!("--forward={forward_echo}=edge-1/{echo}"))
+            .arg(format!("--http-proxy-addr={http_proxy}"))
             .env("RUST_LOG", rust_log);
         let mut agent_cmd = in_ns(&link.edge_ns, &bin_dir.join("tunnel-agent"));
         agent_cmd
@@ -115,6 +119,7 @@ impl TunnelOverLink {
             agent,
             uds,
             forward_echo,
+            http_proxy,
         })
     }
 
