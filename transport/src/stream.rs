@@ -5,7 +5,6 @@
 //! same. Enum dispatch keeps it allocation-free and easy to follow.
 
 use std::io;
-
 use std::time::Instant;
 
 use bytes::Bytes;
