@@ -21,7 +21,8 @@ pub struct Replicas {
 }
 
 impl Replicas {
-    /// Starts `n` replicas with `extra` flags each (panics: test fixture).
+    /// Starts `n` replicas with `extra` flags each, each with its own Unix
+    /// socket and HTTP proxy (panics: test fixture).
     pub fn start(n: usize, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let pki = Pki::new(dir.path()).expect("certificates");
@@ -46,6 +47,7 @@ impl Replicas {
                     &pki,
                     ServerOptions {
                         uds: true,
+                        http_proxy: true,
                         agent_port: Some(*port),
                         args,
                         ..Default::default()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use integration::process::metric_value;
 use integration::replicas::{connect_echo, grpc_echo, Replicas};
 use integration::services::{echo_server_on, pattern, sha256_hex, source_server_on};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use transport::mux::{MuxRole, PeerInfo};
 use transport::TunnelConnection;
 
@@ -79,7 +79,15 @@ async fn agents_given_every_replica_are_reachable_through_each() {
 async fn a_node_connected_elsewhere_is_reached_through_a_peer() {
     let r = Replicas::start(3, &[]);
     let echo = echo_server_on("127.0.0.21:0").await.unwrap();
-    let _a = r.agent("edge-1", ip(21), &[0, 1], &[echo.to_string()]);
+    let http = integration::bench::services::http_ok_server_on("127.0.0.21:0".parse().unwrap())
+        .await
+        .unwrap();
+    let _a = r.agent(
+        "edge-1",
+        ip(21),
+        &[0, 1],
+        &[echo.to_string(), http.to_string()],
+    );
     r.wait_nodes(0, &["edge-1"], LIMIT).unwrap();
     r.wait_nodes(1, &["edge-1"], LIMIT).unwrap();
     assert!(r.nodes(2).is_empty(), "edge-1 was not given r2");
@@ -142,6 +150,20 @@ async fn a_node_connected_elsewhere_is_reached_through_a_peer() {
         "{grpc_err}"
     );
 
+    // The HTTP proxy, whose request goes with the stream's open locally and
+    // is written right after the open on the peer path: the same answers.
+    let proxy = |i: usize| {
+        r.servers[i]
+            .http_proxy_addr
+            .expect("replicas run the HTTP proxy")
+    };
+    let (status, body) = http_proxy_get(proxy(2), &http.to_string()).await.unwrap();
+    assert_eq!((status, body.ends_with("ok")), (200, true), "{body}");
+    let (local_status, local_body) = http_proxy_get(proxy(0), &refused).await.unwrap();
+    let (peer_status, peer_body) = http_proxy_get(proxy(2), &refused).await.unwrap();
+    assert_eq!(local_status, 403, "{local_body}");
+    assert_eq!(peer_status, local_status, "{peer_body}");
+
     // A node connected nowhere: 503 at once, naming it.
     let started = Instant::now();
     let (status, body) = connect_echo(r.uds(2), "edge-9:10250", b"").await.unwrap();
@@ -166,7 +188,36 @@ async fn a_node_connected_elsewhere_is_reached_through_a_peer() {
             )
         })
         .sum();
-    assert_eq!(ok, 3.0, "{m}");
+    // Two CONNECTs, one gRPC call, one HTTP proxy request.
+    assert_eq!(ok, 4.0, "{m}");
+}
+
+/// `GET http://target/` through the plain-HTTP proxy at `proxy` on a new
+/// connection; the status and the whole answer (the proxy closes after an
+/// error; the test server answers `ok` and waits).
+async fn http_proxy_get(proxy: SocketAddr, target: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(proxy).await?;
+    let req = format!("GET http://{target}/ HTTP/1.1\r\nhost: {target}\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut resp = Vec::new();
+    let mut b = [0u8; 4096];
+    let read = tokio::time::timeout(LIMIT, async {
+        while !resp.ends_with(b"ok") {
+            match s.read(&mut b).await? {
+                0 => break,
+                n => resp.extend_from_slice(&b[..n]),
+            }
+        }
+        anyhow::Ok(())
+    });
+    read.await??;
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no status line in {text:?}"))?;
+    Ok((status, text))
 }
 
 /// A peer-path request, as a replica sends it, with `tls`; returns the answer.
