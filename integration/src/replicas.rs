@@ -24,6 +24,12 @@ impl Replicas {
     /// Starts `n` replicas with `extra` flags each, each with its own Unix
     /// socket and HTTP proxy (panics: test fixture).
     pub fn start(n: usize, extra: &[&str]) -> Self {
+        Self::start_each(n, |_| extra.iter().map(|s| s.to_string()).collect())
+    }
+
+    /// [`Replicas::start`] with flags of their own for each replica
+    /// (`extra(i)` for replica `i`), e.g. a `--forward` on one of them.
+    pub fn start_each(n: usize, extra: impl Fn(usize) -> Vec<String>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let pki = Pki::new(dir.path()).expect("certificates");
         certs::issue_peer_files(dir.path(), Duration::from_secs(3600), false).expect("peer.crt");
@@ -42,7 +48,7 @@ impl Replicas {
                     format!("--peer-key={}", pki.path("peer.key").display()),
                 ];
                 args.extend(peers.iter().cloned());
-                args.extend(extra.iter().map(|s| s.to_string()));
+                args.extend(extra(i));
                 ServerProc::start(
                     &pki,
                     ServerOptions {

@@ -192,6 +192,51 @@ async fn a_node_connected_elsewhere_is_reached_through_a_peer() {
     assert_eq!(ok, 4.0, "{m}");
 }
 
+/// A `--forward` on a replica the node is not connected to: the client's
+/// first bytes, which a local dial sends with the stream's open, are written
+/// right after the open on the peer path; they arrive first, exactly once,
+/// and the rest follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_on_a_replica_without_the_node_goes_through_a_peer() {
+    let echo = echo_server_on("127.0.0.22:0").await.unwrap();
+    let listen: SocketAddr = format!("127.0.0.1:{}", integration::process::free_port())
+        .parse()
+        .unwrap();
+    let r = Replicas::start_each(2, |i| match i {
+        1 => vec![format!("--forward={listen}=edge-2/{echo}")],
+        _ => Vec::new(),
+    });
+    let _a = r.agent("edge-2", ip(22), &[0], &[echo.to_string()]);
+    r.wait_nodes(0, &["edge-2"], LIMIT).unwrap();
+    assert!(r.nodes(1).is_empty(), "edge-2 was not given r1");
+
+    let mut c = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let rest = pattern(64 * 1024, 3);
+    let echoed = tokio::time::timeout(LIMIT, async {
+        c.write_all(b"first bytes").await?;
+        let mut first = [0u8; 11];
+        c.read_exact(&mut first).await?;
+        c.write_all(&rest).await?;
+        let mut back = vec![0u8; rest.len()];
+        c.read_exact(&mut back).await?;
+        anyhow::Ok((first, back))
+    })
+    .await
+    .expect("echo through the forward within the limit")
+    .unwrap();
+    assert_eq!(&echoed.0, b"first bytes");
+    assert_eq!(sha256_hex(&echoed.1), sha256_hex(&rest));
+    let m = r.servers[1].metrics().unwrap();
+    let via_peer = metric_value(
+        &m,
+        &format!(
+            "tunnel_server_peer_dials_total{{peer=\"{}\",result=\"ok\"}}",
+            r.servers[0].agent_addr
+        ),
+    );
+    assert_eq!(via_peer, Some(1.0), "{m}");
+}
+
 /// `GET http://target/` through the plain-HTTP proxy at `proxy` on a new
 /// connection; the status and the whole answer (the proxy closes after an
 /// error; the test server answers `ok` and waits).
