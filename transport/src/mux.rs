@@ -33,7 +33,8 @@ use crate::stream::StreamError;
 /// is slow), not this count.
 pub const MAX_STREAMS: usize = 65_536;
 /// Receive window over all streams. yamux insists on >= 256 KiB per stream;
-/// windows only grow past 256 KiB for streams that are read fast.
+/// at exactly that times [`MAX_STREAMS`] its auto-tuning has no room to grow
+/// into, so every stream's window stays 256 KiB.
 const MAX_CONNECTION_WINDOW: usize = MAX_STREAMS.saturating_mul(256 * 1024);
 /// Largest data frame yamux sends on an agent tunnel. yamux takes frames
 /// from its streams in turn, so this is what a keystroke may wait behind per
@@ -47,8 +48,8 @@ pub enum Frames {
     /// keystrokes beside bulk transfers.
     Edge,
     /// yamux's default (16 KiB): replica peer links on the cloud's own
-    /// network, throughput first (smaller frames cost about a quarter of
-    /// the loopback throughput there).
+    /// network, throughput first (the short send queue costs WebSocket
+    /// tunnels 20–45 % of their loopback throughput; docs/benchmarks.md).
     Peer,
 }
 /// Inbound streams waiting to be accepted before new ones are refused.

@@ -52,6 +52,17 @@ pub const WRITE_BUFFER: usize = 4 * 1024;
 /// (`rustls::ConnectionCommon::set_buffer_limit`); past it a write waits.
 pub const TLS_SEND_BUFFER: usize = 8 * 1024;
 
+/// Keeps an agent tunnel's send queue short below the WebSocket (see "The
+/// send queue"): the kernel's share on `tcp`, rustls's on `tls`. Both ends
+/// call it once TLS is established.
+pub fn keep_send_queue_short<D>(
+    tcp: &mut crate::tunnel_tcp::TunnelTcp,
+    tls: &mut rustls::ConnectionCommon<D>,
+) {
+    tcp.keep_queue_short();
+    tls.set_buffer_limit(Some(TLS_SEND_BUFFER));
+}
+
 /// tungstenite limits for both ends.
 pub fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()

@@ -264,12 +264,10 @@ impl Connector {
             .map_err(|_| ConnectError::ServerName(self.server_host.clone()))?;
         let connector = tokio_rustls::TlsConnector::from(Arc::new(ws_tls));
         let addr = remote.to_string();
-        let mut tcp = transport::tunnel_tcp::TunnelTcp::new(tcp);
-        tcp.keep_queue_short();
+        let tcp = transport::tunnel_tcp::TunnelTcp::new(tcp);
         let mut tls = step("TLS handshake", &addr, t, connector.connect(name, tcp)).await?;
-        tls.get_mut()
-            .1
-            .set_buffer_limit(Some(transport::ws::TLS_SEND_BUFFER));
+        let (tcp, session) = tls.get_mut();
+        transport::ws::keep_send_queue_short(tcp, session);
         let host = if self.server_host.contains(':') {
             format!("[{}]", self.server_host)
         } else {

@@ -123,8 +123,7 @@ async fn upgrade(
     }
     let mut tls = tls;
     let (tcp, session) = tls.get_mut();
-    tcp.keep_queue_short();
-    session.set_buffer_limit(Some(transport::ws::TLS_SEND_BUFFER));
+    transport::ws::keep_send_queue_short(tcp, session);
     let certificates = tls.get_ref().1.peer_certificates().map(<[_]>::to_vec);
     let check_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() == TUNNEL_PATH {
