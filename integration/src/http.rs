@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// Largest body [`read_response`] accepts.
 const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -133,4 +133,14 @@ pub async fn read_head<R: AsyncRead + Unpin>(
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("no status in {head:?}"))?;
     Ok((status, head))
+}
+
+/// `GET http://target/` through the plain-HTTP proxy at `proxy`, on a new
+/// connection: the proxy's answer (the edge service's, or its own error).
+pub async fn get_via_proxy(proxy: SocketAddr, target: &str) -> anyhow::Result<HttpResponse> {
+    let mut s = TcpStream::connect(proxy).await?;
+    s.set_nodelay(true)?;
+    let req = format!("GET http://{target}/ HTTP/1.1\r\nhost: {target}\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    read_response(&mut BufReader::new(s)).await
 }

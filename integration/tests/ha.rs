@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use integration::http::get_via_proxy;
 use integration::process::metric_value;
 use integration::replicas::{connect_echo, grpc_echo, Replicas};
 use integration::services::{echo_server_on, pattern, sha256_hex, source_server_on};
@@ -79,7 +80,7 @@ async fn agents_given_every_replica_are_reachable_through_each() {
 async fn a_node_connected_elsewhere_is_reached_through_a_peer() {
     let r = Replicas::start(3, &[]);
     let echo = echo_server_on("127.0.0.21:0").await.unwrap();
-    let http = integration::bench::services::http_ok_server_on("127.0.0.21:0".parse().unwrap())
+    let http = integration::http::web_server_on("127.0.0.21:0")
         .await
         .unwrap();
     let _a = r.agent(
@@ -157,12 +158,13 @@ async fn a_node_connected_elsewhere_is_reached_through_a_peer() {
             .http_proxy_addr
             .expect("replicas run the HTTP proxy")
     };
-    let (status, body) = http_proxy_get(proxy(2), &http.to_string()).await.unwrap();
-    assert_eq!((status, body.ends_with("ok")), (200, true), "{body}");
-    let (local_status, local_body) = http_proxy_get(proxy(0), &refused).await.unwrap();
-    let (peer_status, peer_body) = http_proxy_get(proxy(2), &refused).await.unwrap();
-    assert_eq!(local_status, 403, "{local_body}");
-    assert_eq!(peer_status, local_status, "{peer_body}");
+    let ok = get_via_proxy(proxy(2), &http.to_string()).await.unwrap();
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert!(ok.text().starts_with("GET / HTTP/1.1"), "{}", ok.text());
+    let local = get_via_proxy(proxy(0), &refused).await.unwrap();
+    let peer = get_via_proxy(proxy(2), &refused).await.unwrap();
+    assert_eq!(local.status, 403, "{}", local.text());
+    assert_eq!(peer.status, local.status, "{}", peer.text());
 
     // A node connected nowhere: 503 at once, naming it.
     let started = Instant::now();
@@ -235,34 +237,6 @@ async fn a_forward_on_a_replica_without_the_node_goes_through_a_peer() {
         ),
     );
     assert_eq!(via_peer, Some(1.0), "{m}");
-}
-
-/// `GET http://target/` through the plain-HTTP proxy at `proxy` on a new
-/// connection; the status and the whole answer (the proxy closes after an
-/// error; the test server answers `ok` and waits).
-async fn http_proxy_get(proxy: SocketAddr, target: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(proxy).await?;
-    let req = format!("GET http://{target}/ HTTP/1.1\r\nhost: {target}\r\n\r\n");
-    s.write_all(req.as_bytes()).await?;
-    let mut resp = Vec::new();
-    let mut b = [0u8; 4096];
-    let read = tokio::time::timeout(LIMIT, async {
-        while !resp.ends_with(b"ok") {
-            match s.read(&mut b).await? {
-                0 => break,
-                n => resp.extend_from_slice(&b[..n]),
-            }
-        }
-        anyhow::Ok(())
-    });
-    read.await??;
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no status line in {text:?}"))?;
-    Ok((status, text))
 }
 
 /// A peer-path request, as a replica sends it, with `tls`; returns the answer.

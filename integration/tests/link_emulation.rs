@@ -145,7 +145,7 @@ fn requests_on_new_connections_cost_one_round_trip() {
     let (echo, http) = rt
         .block_on(edge.spawn(async move {
             let echo = integration::bench::services::echo_server_on(any).await?;
-            let http = integration::bench::services::http_ok_server_on(any).await?;
+            let http = integration::http::web_server_on(&any.to_string()).await?;
             anyhow::Ok((echo, http))
         }))
         .unwrap()

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// Read size of the sink: large, so the sink is never the bottleneck.
 const SINK_READ: usize = 256 * 1024;
@@ -27,42 +27,31 @@ pub async fn sink_server() -> std::io::Result<SocketAddr> {
 
 /// [`sink_server`] on `bind` (the link bench's edge listens on every address).
 pub async fn sink_server_on(bind: SocketAddr) -> std::io::Result<SocketAddr> {
-    serve_each(bind, |mut s| async move {
-        let mut len = [0u8; 8];
-        if s.read_exact(&mut len).await.is_err() {
-            return;
-        }
-        let mut left = u64::from_be_bytes(len);
-        let mut buf = vec![0u8; SINK_READ];
-        while left > 0 {
-            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            match s.read(&mut buf[..want]).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => left -= n as u64,
-            }
-        }
-        if s.write_all(&len).await.is_err() {
-            return;
-        }
-        // Wait for the client's close so the teardown is orderly.
-        let _ = s.read(&mut buf).await;
-    })
-    .await
-}
-
-/// Listens on `bind` and serves each connection (`TCP_NODELAY` set) with
-/// `serve` in its own task; returns the bound address.
-async fn serve_each<F, Fut>(bind: SocketAddr, serve: F) -> std::io::Result<SocketAddr>
-where
-    F: Fn(TcpStream) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
     let l = TcpListener::bind(bind).await?;
     let addr = l.local_addr()?;
     tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let _ = s.set_nodelay(true);
-            tokio::spawn(serve(s));
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = s.set_nodelay(true);
+                let mut len = [0u8; 8];
+                if s.read_exact(&mut len).await.is_err() {
+                    return;
+                }
+                let mut left = u64::from_be_bytes(len);
+                let mut buf = vec![0u8; SINK_READ];
+                while left > 0 {
+                    let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    match s.read(&mut buf[..want]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => left -= n as u64,
+                    }
+                }
+                if s.write_all(&len).await.is_err() {
+                    return;
+                }
+                // Wait for the client's close so the teardown is orderly.
+                let _ = s.read(&mut buf).await;
+            });
         }
     });
     Ok(addr)
@@ -184,26 +173,4 @@ pub async fn edge_tls_server(sink: SocketAddr, echo: SocketAddr) -> anyhow::Resu
         echo_client,
         _certs: dir,
     })
-}
-
-/// The answer of [`http_ok_server_on`].
-pub const HTTP_OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-
-/// A one-answer HTTP/1.1 server on `bind`: reads a request head (no body)
-/// and answers [`HTTP_OK`], then waits for the client to leave. For timing
-/// a request through a proxy, nothing more.
-pub async fn http_ok_server_on(bind: SocketAddr) -> std::io::Result<SocketAddr> {
-    serve_each(bind, |mut s| async move {
-        let mut head = Vec::new();
-        let mut b = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut b).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => head.extend_from_slice(&b[..n]),
-            }
-        }
-        let _ = s.write_all(HTTP_OK).await;
-        let _ = s.read(&mut b).await;
-    })
-    .await
 }

@@ -170,7 +170,7 @@ fn main() -> anyhow::Result<()> {
             .spawn(weaklink::fairness::Meter::start(any))
             .await??;
         let http = edge_rt
-            .spawn(integration::bench::services::http_ok_server_on(any))
+            .spawn(async move { integration::http::web_server_on(&any.to_string()).await })
             .await??;
         let edge = EdgeServices {
             sink,

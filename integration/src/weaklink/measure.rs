@@ -125,36 +125,23 @@ pub async fn request_via_connect(d: &Dialer, n: usize) -> anyhow::Result<Millis>
     Millis::of(out)
 }
 
-/// A GET through the plain-HTTP proxy at `proxy` to `origin` (an
-/// [`crate::bench::services::http_ok_server_on`]) on a new connection: what
-/// a new Prometheus scrape connection costs.
+/// A GET through the plain-HTTP proxy at `proxy` to the web server at
+/// `origin` ([`crate::http::web_server_on`]) on a new connection, answered
+/// 200: what a new Prometheus scrape connection costs.
 pub async fn request_via_http_proxy(
     proxy: SocketAddr,
     origin: SocketAddr,
 ) -> anyhow::Result<Duration> {
     let t0 = Instant::now();
-    let answer = tokio::time::timeout(ECHO_LIMIT, async {
-        let mut s = TcpStream::connect(proxy).await?;
-        s.set_nodelay(true)?;
-        let req = format!("GET http://{origin}/ HTTP/1.1\r\nhost: {origin}\r\n\r\n");
-        s.write_all(req.as_bytes()).await?;
-        let mut resp = Vec::new();
-        let mut b = [0u8; 1024];
-        while !resp.ends_with(b"ok") {
-            let n = s.read(&mut b).await?;
-            if n == 0 {
-                bail!("proxy closed: {}", String::from_utf8_lossy(&resp));
-            }
-            resp.extend_from_slice(&b[..n]);
-        }
-        if !resp.starts_with(b"HTTP/1.1 200") {
-            bail!("proxy answered {}", String::from_utf8_lossy(&resp));
-        }
-        anyhow::Ok(())
-    })
+    let resp = tokio::time::timeout(
+        ECHO_LIMIT,
+        crate::http::get_via_proxy(proxy, &origin.to_string()),
+    )
     .await
-    .context("no answer within 10 s")?;
-    answer?;
+    .context("no answer within 10 s")??;
+    if resp.status != 200 {
+        bail!("proxy answered {}: {}", resp.status, resp.text());
+    }
     Ok(t0.elapsed())
 }
 

@@ -68,7 +68,7 @@ pub struct EdgeServices {
     pub sink: SocketAddr,
     pub echo: SocketAddr,
     pub meter: fairness::Meter,
-    /// [`crate::bench::services::http_ok_server_on`], for the HTTP proxy.
+    /// [`crate::http::web_server_on`], for the HTTP proxy.
     pub http: SocketAddr,
 }
 
