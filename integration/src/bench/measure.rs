@@ -143,10 +143,33 @@ pub struct Latency {
     pub other_cores: f64,
 }
 
-/// Nearest-rank percentile of sorted samples.
-pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
+/// Nearest-rank percentile (`p` in 0..=100) of sorted, non-empty samples.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// p50, p99 and max of a sample, in milliseconds: what every latency table
+/// in docs/benchmarks.md reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Millis {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Millis {
+    /// `None` for an empty sample.
+    pub fn of(mut samples: Vec<Duration>) -> Option<Self> {
+        samples.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let max = *samples.last()?;
+        Some(Self {
+            p50: ms(percentile(&samples, 50.0)),
+            p99: ms(percentile(&samples, 99.0)),
+            max: ms(max),
+        })
+    }
 }
 
 /// `n` sequential new connections, each timed by [`one_echo`].

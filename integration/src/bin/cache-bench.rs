@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use autonomy_cache::{AutonomyCache, CacheConfig, OfflineAnswer, RequestInfo};
 use bytes::Bytes;
 use clap::Parser;
+use integration::bench::measure::percentile;
 use serde_json::{json, Value};
 
 #[derive(Debug, Parser)]
@@ -87,11 +88,6 @@ fn config(dir: &Path, commit_ms: u64) -> CacheConfig {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(index).copied().unwrap_or_default()
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
@@ -120,7 +116,7 @@ fn time_answers(
         }
     }
     times.sort();
-    Ok((percentile(&times, 0.5), percentile(&times, 0.99)))
+    Ok((percentile(&times, 50.0), percentile(&times, 99.0)))
 }
 
 async fn ingest(cache: &AutonomyCache, args: &Args) -> anyhow::Result<f64> {
@@ -231,8 +227,8 @@ async fn main() -> anyhow::Result<()> {
     );
     println!(
         "| offline get | p50 {} / p99 {} |",
-        ms(percentile(&get_times, 0.5)),
-        ms(percentile(&get_times, 0.99))
+        ms(percentile(&get_times, 50.0)),
+        ms(percentile(&get_times, 99.0))
     );
     println!("| reopen of the populated cache | {} |", ms(reopen));
     println!(

@@ -22,9 +22,11 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::Parser;
 use integration::bench::kubelet_load::Cadence;
 use integration::bench::kubelet_wire;
+use integration::bench::measure::Millis;
 use integration::bench::udp_wire::UdpWireCounter;
 use integration::hub::{pod, HubEnv, HubOptions};
 use integration::k8s::{ApiClient, Res};
@@ -52,16 +54,6 @@ struct Args {
     node_pods: usize,
 }
 
-/// p50 and p99 of `samples`, in milliseconds.
-fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
-    samples.sort();
-    let at = |q: f64| {
-        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
-        samples.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    };
-    (at(0.50), at(0.99))
-}
-
 async fn time_requests(
     client: &ApiClient,
     paths: &[String],
@@ -77,8 +69,8 @@ async fn time_requests(
         anyhow::ensure!(r.status == 200, "{path}: status {}", r.status);
         bytes = r.body.len();
     }
-    let (p50, p99) = percentiles(samples);
-    Ok((p50, p99, bytes))
+    let m = Millis::of(samples).context("no requests timed")?;
+    Ok((m.p50, m.p99, bytes))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,7 @@ use anyhow::{bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::sim::{Fleet, Wire};
+use crate::bench::measure::Millis;
 use crate::bench::sys;
 
 /// How often the server's registry is polled while waiting.
@@ -92,26 +93,19 @@ pub struct Dials {
 }
 
 impl Dials {
-    fn from_samples(
-        mut samples: Vec<Duration>,
-        failed: usize,
-        first_error: Option<String>,
-    ) -> Self {
-        samples.sort();
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let pick = |p: f64| {
-            if samples.is_empty() {
-                f64::NAN
-            } else {
-                ms(crate::bench::measure::percentile(&samples, p))
-            }
-        };
+    fn from_samples(samples: Vec<Duration>, failed: usize, first_error: Option<String>) -> Self {
+        let ok = samples.len();
+        let m = Millis::of(samples).unwrap_or(Millis {
+            p50: f64::NAN,
+            p99: f64::NAN,
+            max: f64::NAN,
+        });
         Dials {
-            ok: samples.len(),
+            ok,
             failed,
-            p50_ms: pick(50.0),
-            p99_ms: pick(99.0),
-            max_ms: samples.last().map_or(f64::NAN, |d| ms(*d)),
+            p50_ms: m.p50,
+            p99_ms: m.p99,
+            max_ms: m.max,
             first_error,
         }
     }

@@ -10,29 +10,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::bench::dial::{Dialer, Service};
-use crate::bench::measure::{payload, percentile, send_counted};
+pub use crate::bench::measure::Millis;
+use crate::bench::measure::{payload, send_counted};
 
-/// Percentiles of a sample, milliseconds.
-#[derive(Debug, Clone, Copy)]
-pub struct Millis {
-    pub p50: f64,
-    pub p99: f64,
-    pub max: f64,
-}
-
-impl Millis {
-    fn of(mut samples: Vec<Duration>) -> anyhow::Result<Self> {
-        if samples.is_empty() {
-            bail!("no samples");
-        }
-        samples.sort();
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        Ok(Self {
-            p50: ms(percentile(&samples, 50.0)),
-            p99: ms(percentile(&samples, 99.0)),
-            max: ms(samples[samples.len() - 1]),
-        })
-    }
+/// p50/p99/max of what was measured; an empty sample is an error.
+fn millis(samples: Vec<Duration>) -> anyhow::Result<Millis> {
+    Millis::of(samples).context("no samples")
 }
 
 /// Limit for one echo, so a wedged path fails instead of hanging.
@@ -81,7 +64,7 @@ pub async fn echo_under_bulk(
         tokio::time::sleep(interval).await;
     }
     sender.abort();
-    Millis::of(out)
+    millis(out)
 }
 
 /// Keystroke echo with nothing else on the link: the path's floor.
@@ -92,7 +75,7 @@ pub async fn echo_idle(d: &Dialer, samples: usize, interval: Duration) -> anyhow
         out.push(keystroke(&mut echo).await?);
         tokio::time::sleep(interval).await;
     }
-    Millis::of(out)
+    millis(out)
 }
 
 /// A request on a new TCP connection to `addr` (the `--forward` listener,
@@ -109,7 +92,7 @@ pub async fn request_on_new_connection(addr: SocketAddr, n: usize) -> anyhow::Re
         keystroke(&mut s).await?;
         out.push(t0.elapsed());
     }
-    Millis::of(out)
+    millis(out)
 }
 
 /// The same through the CONNECT front end: dial (CONNECT answered after the
@@ -122,7 +105,7 @@ pub async fn request_via_connect(d: &Dialer, n: usize) -> anyhow::Result<Millis>
         keystroke(&mut c).await?;
         out.push(t0.elapsed());
     }
-    Millis::of(out)
+    millis(out)
 }
 
 /// A GET through the plain-HTTP proxy at `proxy` to the web server at
@@ -155,5 +138,5 @@ pub async fn requests_via_http_proxy(
     for _ in 0..n {
         out.push(request_via_http_proxy(proxy, origin).await?);
     }
-    Millis::of(out)
+    millis(out)
 }
