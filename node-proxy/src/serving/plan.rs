@@ -134,7 +134,7 @@ pub fn check_issued(
 pub fn renew_at(v: Validity, jitter: f64) -> i64 {
     let lifetime = (v.not_after - v.not_before).max(0) as f64;
     let fraction = 0.7 + 0.2 * jitter.clamp(0.0, 1.0);
-    v.not_before + (lifetime * fraction) as i64
+    v.not_before + (lifetime * fraction).round() as i64
 }
 
 /// Wait before the `failures`-th retry of a failed request: 2 s doubling to 60 s.
