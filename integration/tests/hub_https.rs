@@ -3,7 +3,7 @@
 //! sent with the node's certificate), cached answers offline, and the
 //! serving certificate from pre-provisioned files (reloaded) or through the
 //! CertificateSigningRequest API against the fake apiserver's signer
-//! (created, approved here, served, renewed, reused after a restart).
+//! (created, approved here, served, renewed, reused after restarts, offline too).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -275,6 +275,13 @@ async fn csr_issued_certificate_is_served_and_reused_after_restart() {
         1,
         "no new CSR while the stored one is valid"
     );
+
+    // Restarted while the cloud is away: the stored pair is served at once.
+    env.relay.cut();
+    env.kill_agent();
+    env.start_agent().await.unwrap();
+    let offline = wait_leaf(&env, |_| true).await;
+    assert_eq!(offline, leaf, "served from disk after an offline restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
