@@ -13,9 +13,28 @@ use crate::process::{free_port, metric_value, AgentOptions, AgentProc};
 /// User-Agent of a cached component (the hub's default list has kubelet).
 pub const KUBELET: &str = "kubelet/v1.30.0 (linux/amd64) kubernetes/abcdef";
 
+/// The hub's HTTPS listener for pods in a test.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HubHttps {
+    /// `--hub-https-addr=off` (the tests' default: no CSR traffic, no masterservice).
+    #[default]
+    Off,
+    /// On [`HubEnv::https_addr`], certificate through the CSR API.
+    Csr,
+    /// On [`HubEnv::https_addr`], with `--hub-serving-cert/-key` files issued
+    /// by the fake apiserver's CA for that IP ([`HubEnv::serving_files`]).
+    Files,
+}
+
+/// The IP of the HTTPS listener in tests (not the apiserver's 127.0.0.1, so a
+/// certificate check cannot pass on the apiserver's SANs).
+pub const HTTPS_IP: &str = "127.0.0.2";
+
 /// What to start.
 #[derive(Debug, Clone, Default)]
 pub struct HubOptions {
+    /// The HTTPS listener for pods.
+    pub https: HubHttps,
     /// Extra agent flags.
     pub agent_args: Vec<String>,
     /// `--cache-dir` (default: a fresh directory in the test's temp dir).
@@ -27,6 +46,8 @@ pub struct HubOptions {
     pub via_tunnel: bool,
     /// Extra server flags.
     pub server_args: Vec<String>,
+    /// Resource types the fake apiserver knows before the agent starts.
+    pub register: Vec<crate::k8s::Res>,
 }
 
 /// A fake apiserver, the relay in front of it, and a cluster whose agent runs the hub.
@@ -36,6 +57,10 @@ pub struct HubEnv {
     pub api: FakeApiserver,
     /// Where the hub listens.
     pub hub_addr: SocketAddr,
+    /// `--hub-https-addr` (unless [`HubHttps::Off`]).
+    pub https_addr: SocketAddr,
+    /// `--hub-serving-cert`/`--hub-serving-key` with [`HubHttps::Files`].
+    pub serving_files: Option<(PathBuf, PathBuf)>,
     /// `--cache-dir`.
     pub cache_dir: PathBuf,
     agent_args: Vec<String>,
@@ -55,6 +80,9 @@ impl HubEnv {
             ..Default::default()
         })
         .await?;
+        for res in &opts.register {
+            api.register(res);
+        }
         let relay = LinkRelay::start(api.addr()).await?;
         let (cert, key) =
             apiserver_pki.client("hub-client", "system:node:edge-1", Some("system:nodes"))?;
@@ -75,6 +103,21 @@ impl HubEnv {
             format!("--hub-client-key={}", key.display()),
             format!("--cache-dir={}", cache_dir.display()),
         ];
+        let https_addr: SocketAddr = format!("{HTTPS_IP}:{}", free_port()).parse()?;
+        let mut serving_files = None;
+        match opts.https {
+            HubHttps::Off => agent_args.push("--hub-https-addr=off".into()),
+            HubHttps::Csr => agent_args.push(format!("--hub-https-addr={https_addr}")),
+            HubHttps::Files => {
+                let (c, k) = apiserver_pki.serving("hub-serving", &[HTTPS_IP])?;
+                agent_args.extend([
+                    format!("--hub-https-addr={https_addr}"),
+                    format!("--hub-serving-cert={}", c.display()),
+                    format!("--hub-serving-key={}", k.display()),
+                ]);
+                serving_files = Some((c, k));
+            }
+        }
         agent_args.extend(opts.agent_args.iter().cloned());
         let mut copts = ClusterOptions::default();
         if opts.via_tunnel {
@@ -88,6 +131,8 @@ impl HubEnv {
             relay,
             api,
             hub_addr,
+            https_addr,
+            serving_files,
             cache_dir,
             agent_args,
             client_cert: (cert, key),
@@ -129,6 +174,24 @@ impl HubEnv {
             statuses.push(via_hub.status);
         }
         statuses
+    }
+
+    /// The fake apiserver's PKI (its CA plays the cluster CA).
+    pub fn pki(&self) -> &ApiserverPki {
+        &self.apiserver_pki
+    }
+
+    /// A pod's client of the HTTPS listener: trusts only the cluster CA,
+    /// verifies the listener's IP, sends `token` as its bearer token if given.
+    pub fn pod_client(&self, user_agent: &str, token: Option<&str>) -> ApiClient {
+        let client = ApiClient::tls(self.https_addr, &self.apiserver_pki.ca_cert(), None)
+            .and_then(|c| c.with_server_name(HTTPS_IP))
+            .expect("TLS client of the HTTPS listener")
+            .with_user_agent(user_agent);
+        match token {
+            Some(t) => client.with_bearer_token(t),
+            None => client,
+        }
     }
 
     /// The hub as kubelet.

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use integration::hub::{HubEnv, HubOptions};
+use integration::hub::{HubEnv, HubHttps, HubOptions, HTTPS_IP};
 use integration::k8s::Res;
 use serde_json::{json, Value};
 
@@ -38,8 +38,9 @@ fn ips(slice: &Value) -> Vec<&str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_proxy_sees_its_pool_and_kubelet_the_node_proxy() {
+    // masterservice is on by default with a serving HTTPS listener.
     let env = HubEnv::start(HubOptions {
-        agent_args: vec!["--hub-filter-masterservice=true".into()],
+        https: HubHttps::Files,
         ..Default::default()
     })
     .await
@@ -106,8 +107,8 @@ async fn kube_proxy_sees_its_pool_and_kubelet_the_node_proxy() {
 
     let kubernetes = "/api/v1/namespaces/default/services/kubernetes";
     let service = env.kubelet().get(kubernetes).await.unwrap().json().unwrap();
-    assert_eq!(service["spec"]["clusterIP"], "169.254.2.1");
-    assert_eq!(service["spec"]["ports"][0]["port"], 10268);
+    assert_eq!(service["spec"]["clusterIP"], HTTPS_IP);
+    assert_eq!(service["spec"]["ports"][0]["port"], env.https_addr.port());
     let kube_dns = "/api/v1/namespaces/kube-system/services/kube-dns";
     env.assert_gets_match_upstream(&[kube_dns, "/api/v1/nodes/edge-1"])
         .await;

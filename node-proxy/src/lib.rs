@@ -9,7 +9,7 @@
 //! else (listener, forwarding, health and prober, recording into the cache)
 //! is private to this crate.
 
-mod client_cert;
+mod cert_files;
 mod filters;
 mod forward;
 mod gunzip;
@@ -21,6 +21,7 @@ mod record;
 mod respond;
 pub mod run;
 mod server;
+mod serving;
 pub mod settings;
 pub mod status;
 pub mod upstream;

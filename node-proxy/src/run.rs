@@ -1,4 +1,4 @@
-//! Starting the hub: open the cache, set up TLS, bind, probe, serve.
+//! Starting the hub: open the cache, set up TLS, bind (both listeners), probe, serve.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,13 +7,15 @@ use autonomy_cache::{AutonomyCache, CacheConfig, ResetReason};
 use hyper::header::HeaderValue;
 use rustls_pki_types::ServerName;
 
+use crate::cert_files::ReloadingCertFiles;
 use crate::filters::Filters;
 use crate::health::HealthPolicy;
 use crate::metrics::HubMetrics;
 use crate::prober::HubHealth;
 use crate::record::CacheFailures;
 use crate::server::{self, Hub};
-use crate::settings::{ApiserverTarget, HubConfig};
+use crate::serving::{self, IssuedSlot, IssuerCtx, ServingCert};
+use crate::settings::{ApiserverTarget, HubConfig, ServingSource};
 use crate::status::HubStatus;
 use crate::upstream::{UpstreamClient, UpstreamDialer};
 use crate::upstream_tls::{UpstreamTls, UpstreamTlsError};
@@ -32,6 +34,10 @@ pub enum HubStartError {
     Tls(#[from] UpstreamTlsError),
     #[error("--hub-apiserver-server-name {0:?} is not a valid TLS server name")]
     ServerName(String),
+    #[error("--hub-serving-cert: {0}")]
+    ServingCert(String),
+    #[error("HTTPS listener TLS: {0}")]
+    ServingTls(#[from] rustls::Error),
     #[error("binding --hub-addr {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -87,12 +93,20 @@ pub async fn start(
             addr: cfg.listen,
             source,
         })?;
+    let https = match cfg.https_addr {
+        Some(addr) => bind_https(cfg, addr).await?,
+        None => None,
+    };
+    let mut filter_settings = cfg.filters.clone();
+    if https.is_none() && filter_settings.masterservice.take().is_some() {
+        tracing::warn!("--hub-filter-masterservice is off: the HTTPS listener is not serving, and pods must not be pointed at it");
+    }
     tracing::info!(addr = %cfg.listen, upstream = ?cfg.upstream, cache_dir = %cfg.cache_dir.display(),
-        masterservice = ?cfg.filters.masterservice, topology = cfg.filters.topology,
-        pool_label = %cfg.filters.pool_label, "node proxy listening");
+        masterservice = ?filter_settings.masterservice, topology = filter_settings.topology,
+        pool_label = %filter_settings.pool_label, "node proxy listening");
     let stats = tokio::spawn(export_cache_stats(cache.clone(), metrics.clone()));
     status.set_running(health.clone(), cache.clone());
-    let filters = Filters::new(cfg.filters.clone(), cache.clone());
+    let filters = Filters::new(filter_settings, cache.clone());
     let hub = Arc::new(Hub {
         client,
         health: health.clone(),
@@ -103,10 +117,56 @@ pub async fn start(
         metrics,
     });
     let prober = tokio::spawn(health.run_prober(cfg.probe.clone(), liveness));
-    let serving = tokio::spawn(server::serve(listener, hub));
-    Ok(RunningHub {
-        tasks: vec![prober, serving, stats],
-    })
+    let mut tasks = vec![prober, stats];
+    if let Some((https_listener, cert)) = https {
+        let acceptor = tokio_rustls::TlsAcceptor::from(serving::server_config(cert.clone())?);
+        if matches!(*cert, ServingCert::Issued(_)) {
+            if let Some(ip) = cfg.https_addr.map(|a| a.ip()) {
+                tasks.push(tokio::spawn(serving::run_issuer(IssuerCtx {
+                    client: hub.client.clone(),
+                    node: cfg.node_name.clone(),
+                    ip,
+                    dir: cfg.cache_dir.join(serving::SERVING_DIR),
+                    cert,
+                })));
+            }
+        }
+        tasks.push(tokio::spawn(server::serve_https(
+            https_listener,
+            acceptor,
+            hub.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(server::serve(listener, hub)));
+    Ok(RunningHub { tasks })
+}
+
+/// Binds the pods' listener and sets up its certificate. A bind failure
+/// (the address is not on this node) is logged and leaves the listener
+/// off rather than the whole hub; unusable `--hub-serving-cert` files are
+/// an error, as other certificate files are.
+async fn bind_https(
+    cfg: &HubConfig,
+    addr: std::net::SocketAddr,
+) -> Result<Option<(tokio::net::TcpListener, Arc<ServingCert>)>, HubStartError> {
+    let cert = match &cfg.serving {
+        ServingSource::Files { cert, key } => ServingCert::Files(
+            ReloadingCertFiles::new("hub serving certificate", cert, key)
+                .map_err(HubStartError::ServingCert)?,
+        ),
+        ServingSource::Csr => ServingCert::Issued(IssuedSlot::default()),
+    };
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => {
+            tracing::info!(%addr, certificate = ?cfg.serving, "node proxy HTTPS listener for pods");
+            Ok(Some((l, Arc::new(cert))))
+        }
+        Err(e) => {
+            tracing::error!(%addr, error = %e,
+                "binding --hub-https-addr failed: no HTTPS listener for pods (is the address on an interface of this node? see --hub-https-addr in docs/operations.md)");
+            Ok(None)
+        }
+    }
 }
 
 /// Opens the cache; when not even a fresh file can be used the hub runs

@@ -12,6 +12,7 @@ use hyper::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE, USER_AGENT};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use transport::http_server::TlsListener;
 
 use crate::filters::Filters;
 use crate::forward::{credentials, requested_upgrade, strip_hop_by_hop, upstream_request};
@@ -20,7 +21,7 @@ use crate::metrics::HubMetrics;
 use crate::prober::HubHealth;
 use crate::record::{pump_body, CacheFailures, RecordCtx};
 use crate::respond::{self, channel_body, HubBody};
-use crate::upstream::UpstreamClient;
+use crate::upstream::{Credentials, UpstreamClient};
 use crate::watch_pump::pump_watch;
 
 /// Request bodies read for offline answers (lease, node- and pod-status writes) are capped here.
@@ -41,8 +42,21 @@ pub struct Hub {
     pub filters: Filters,
 }
 
+/// Which listener a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// `--hub-addr` (plain HTTP, node-local components): a request without
+    /// `Authorization` goes upstream with the node's certificate.
+    Node,
+    /// `--hub-https-addr` (pods): never with the node's certificate; a
+    /// request without a token goes upstream anonymously, and the apiserver
+    /// answers it as it would answer the pod.
+    Pods,
+}
+
 /// Who asks and what, decided once per request.
 struct Classified {
+    origin: Origin,
     info: RequestInfo,
     /// The cached component, if the User-Agent names one.
     component: Option<String>,
@@ -60,21 +74,55 @@ impl Classified {
     }
 }
 
+/// TLS handshakes on the pods' listener must finish within this time.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Accepts clients until the task is dropped.
 pub async fn serve(listener: TcpListener, hub: Arc<Hub>) {
-    transport::http_server::serve_http1(listener, "hub-addr", HEADER_TIMEOUT, || {
-        let hub = hub.clone();
-        hyper::service::service_fn(move |req| {
-            let hub = hub.clone();
-            async move { Ok::<_, std::convert::Infallible>(hub.handle(req).await) }
-        })
+    transport::http_server::serve_http1(listener, None, "hub-addr", HEADER_TIMEOUT, || {
+        service(hub.clone(), Origin::Node)
     })
     .await
 }
 
+/// Accepts pods over TLS until the task is dropped.
+pub async fn serve_https(listener: TcpListener, tls: tokio_rustls::TlsAcceptor, hub: Arc<Hub>) {
+    let tls = TlsListener {
+        acceptor: tls,
+        handshake_timeout: HANDSHAKE_TIMEOUT,
+    };
+    transport::http_server::serve_http1(
+        listener,
+        Some(tls),
+        "hub-https-addr",
+        HEADER_TIMEOUT,
+        || service(hub.clone(), Origin::Pods),
+    )
+    .await
+}
+
+fn service(
+    hub: Arc<Hub>,
+    origin: Origin,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<HubBody>,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Send {
+    hyper::service::service_fn(move |req| {
+        let hub = hub.clone();
+        async move { Ok::<_, std::convert::Infallible>(hub.handle(req, origin).await) }
+    })
+}
+
 impl Hub {
     /// Answers one request.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<HubBody> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        origin: Origin,
+    ) -> Response<HubBody> {
         let path_and_query = req
             .uri()
             .path_and_query()
@@ -90,7 +138,11 @@ impl Hub {
         };
         let agent = req.headers().get(USER_AGENT).and_then(|v| v.to_str().ok());
         let component = self.components.component(agent);
-        let c = Classified { info, component };
+        let c = Classified {
+            origin,
+            info,
+            component,
+        };
         if self.health.current().forwards() {
             self.forward(req, c, &path_and_query).await
         } else {
@@ -170,7 +222,10 @@ impl Hub {
     ) -> Response<HubBody> {
         let upgrade = requested_upgrade(req.headers()).is_some();
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let creds = credentials(req.headers());
+        let creds = match c.origin {
+            Origin::Node => credentials(req.headers()),
+            Origin::Pods => Credentials::OwnToken,
+        };
         let (parts, body) = req.into_parts();
         let up_req = match upstream_request(parts, body.boxed(), pq, c.recorded()) {
             Ok(r) => r,

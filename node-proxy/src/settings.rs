@@ -34,10 +34,14 @@ pub struct HubConfig {
     pub cache_gc_after: Duration,
     /// Upstream health probing.
     pub probe: ProbeSettings,
-    /// `--hub-https-addr`: the HTTPS listener for pods (`None`: `off`). The
-    /// listener itself is not built yet; the masterservice filter points
-    /// kubelet's `default/kubernetes` at this address.
+    /// `--hub-https-addr`: the HTTPS listener for pods (`None`: `off`); the
+    /// masterservice filter points kubelet's `default/kubernetes` at it.
     pub https_addr: Option<SocketAddr>,
+    /// Where the HTTPS listener's certificate comes from.
+    pub serving: ServingSource,
+    /// This node's name (the serving certificate's `system:node:<name>`);
+    /// filled in by the agent.
+    pub node_name: String,
     /// Response filters.
     pub filters: FilterSettings,
 }
@@ -56,6 +60,28 @@ pub struct FilterSettings {
     /// This node's name (its cached Node object holds its pool); empty until
     /// the agent knows it, and then topology fails open.
     pub node_name: String,
+}
+
+/// The HTTPS listener's serving certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServingSource {
+    /// `--hub-serving-cert`/`--hub-serving-key`: used as is, reloaded on change.
+    Files { cert: PathBuf, key: PathBuf },
+    /// Requested through the CertificateSigningRequest API, kept in the cache directory.
+    Csr,
+}
+
+/// `--hub-serving-cert`/`--hub-serving-key`: both (files) or neither (CSR).
+pub fn serving_source(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<ServingSource, HubConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(ServingSource::Files { cert, key }),
+        (None, None) => Ok(ServingSource::Csr),
+        (Some(_), None) => Err(HubConfigError::ServingPair("--hub-serving-key")),
+        (None, Some(_)) => Err(HubConfigError::ServingPair("--hub-serving-cert")),
+    }
 }
 
 /// How the prober checks the upstream (the policy is in `health.rs`).
@@ -105,6 +131,8 @@ pub enum HubConfigError {
     BadHttpsAddr(String),
     #[error("--hub-filter-masterservice needs --hub-https-addr (it is `off`)")]
     MasterServiceWithoutHttps,
+    #[error("--hub-serving-cert and --hub-serving-key go together: {0} is missing")]
+    ServingPair(&'static str),
     #[error("--pool-label {0:?} must be a label key (non-empty, no spaces or `=`)")]
     BadPoolLabel(String),
     #[error("--hub-probe-timeout ({timeout:?}) must be at least 100ms and --hub-probe-interval ({interval:?}) at least 100ms")]
@@ -177,10 +205,11 @@ pub fn server_name(target: &ApiserverTarget, flag: Option<&str>) -> String {
     }
 }
 
-/// The filter settings from their flags; `node_name` is filled in by the agent.
+/// The filter settings from their flags; `node_name` is filled in by the
+/// agent. `masterservice` unset means on when there is an HTTPS listener.
 pub fn filter_settings(
     https_addr: Option<SocketAddr>,
-    masterservice: bool,
+    masterservice: Option<bool>,
     topology: bool,
     pool_label: &str,
 ) -> Result<FilterSettings, HubConfigError> {
@@ -189,9 +218,9 @@ pub fn filter_settings(
         return Err(HubConfigError::BadPoolLabel(pool_label.to_string()));
     }
     let masterservice = match (masterservice, https_addr) {
-        (false, _) => None,
-        (true, Some(addr)) => Some(addr),
-        (true, None) => return Err(HubConfigError::MasterServiceWithoutHttps),
+        (Some(false), _) | (None, None) => None,
+        (Some(true) | None, Some(addr)) => Some(addr),
+        (Some(true), None) => return Err(HubConfigError::MasterServiceWithoutHttps),
     };
     Ok(FilterSettings {
         masterservice,
@@ -277,17 +306,44 @@ mod tests {
     #[test]
     fn filter_flags() {
         let https = Some("169.254.2.1:10268".parse().unwrap());
-        let on = filter_settings(https, true, true, "topology.kubernetes.io/zone").unwrap();
+        let on = filter_settings(https, Some(true), true, "topology.kubernetes.io/zone").unwrap();
         assert_eq!(on.masterservice, https);
         assert!(on.topology);
-        let off = filter_settings(https, false, false, "pool").unwrap();
+        let default = filter_settings(https, None, true, "pool").unwrap();
+        assert_eq!(
+            default.masterservice, https,
+            "on by default with a listener"
+        );
+        let no_listener = filter_settings(None, None, true, "pool").unwrap();
+        assert_eq!(
+            no_listener.masterservice, None,
+            "off by default without one"
+        );
+        let off = filter_settings(https, Some(false), false, "pool").unwrap();
         assert_eq!((off.masterservice, off.topology), (None, false));
         assert_eq!(
-            filter_settings(None, true, true, "pool"),
+            filter_settings(None, Some(true), true, "pool"),
             Err(HubConfigError::MasterServiceWithoutHttps)
         );
-        assert!(filter_settings(None, false, true, "").is_err());
-        assert!(filter_settings(None, false, true, "a=b").is_err());
+        assert!(filter_settings(None, None, true, "").is_err());
+        assert!(filter_settings(None, None, true, "a=b").is_err());
+    }
+
+    #[test]
+    fn serving_files_come_in_pairs() {
+        let p = |s: &str| Some(PathBuf::from(s));
+        assert_eq!(serving_source(None, None), Ok(ServingSource::Csr));
+        assert_eq!(
+            serving_source(p("c"), p("k")),
+            Ok(ServingSource::Files {
+                cert: "c".into(),
+                key: "k".into()
+            })
+        );
+        let e = serving_source(p("c"), None).unwrap_err().to_string();
+        assert!(e.contains("--hub-serving-key is missing"), "{e}");
+        let e = serving_source(None, p("k")).unwrap_err().to_string();
+        assert!(e.contains("--hub-serving-cert is missing"), "{e}");
     }
 
     #[test]

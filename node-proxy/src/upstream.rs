@@ -78,7 +78,8 @@ impl UpstreamDialer for DirectDialer {
 pub enum Credentials {
     /// The request has no `Authorization`: present the hub client certificate.
     NodeCertificate,
-    /// The request carries its own token: present no certificate.
+    /// The request carries its own token, or comes from a pod (HTTPS
+    /// listener) without one: present no certificate.
     OwnToken,
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use rustls::{ClientConfig, RootCertStore};
 
-use crate::client_cert::ReloadingClientCert;
+use crate::cert_files::ReloadingCertFiles;
 
 /// The TLS side of the upstream could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +35,7 @@ pub struct UpstreamTls {
 
 impl UpstreamTls {
     /// Loads the CA (or the system roots) and the client certificate (which
-    /// is re-read whenever its files change, see [`ReloadingClientCert`]).
+    /// is re-read whenever its files change, see [`ReloadingCertFiles`]).
     pub fn load(
         ca: Option<&Path>,
         client_cert: &Path,
@@ -48,7 +48,7 @@ impl UpstreamTls {
             })?,
             None => system_roots()?,
         };
-        let client = ReloadingClientCert::new(client_cert, client_key)
+        let client = ReloadingCertFiles::new("hub client certificate", client_cert, client_key)
             .map_err(UpstreamTlsError::ClientCert)?;
         let builder = || {
             ClientConfig::builder_with_provider(certs::provider())

@@ -2,8 +2,8 @@
 //!
 //! [`accept_backoff`] keeps a failing `accept` (out of file descriptors)
 //! from spinning; [`serve_http1`] is the one HTTP/1.1 server setup (header
-//! timeout, upgrades) behind the server's `--http-proxy-addr` and the
-//! agent's node proxy.
+//! timeout, upgrades, optionally behind TLS) behind the server's
+//! `--http-proxy-addr` and the agent's node proxy (both its listeners).
 
 use std::error::Error as StdError;
 use std::time::Duration;
@@ -21,12 +21,26 @@ pub async fn accept_backoff(listener: &str, e: &std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
+/// TLS in front of [`serve_http1`]'s connections.
+#[derive(Clone)]
+pub struct TlsListener {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// A handshake not done by then is dropped.
+    pub handshake_timeout: Duration,
+}
+
+/// Bytes of one accepted connection, TLS or not.
+trait ConnIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> ConnIo for T {}
+
 /// Serves HTTP/1.1 with upgrades on every connection `listener` accepts,
-/// until the task is dropped. `new_service` is called once per connection
-/// (for per-connection state); a client must send each request head within
-/// `header_timeout`, also between keep-alive requests.
+/// until the task is dropped; with `tls`, each connection first completes
+/// its handshake (failures logged at debug). `new_service` is called once
+/// per connection (for per-connection state); a client must send each
+/// request head within `header_timeout`, also between keep-alive requests.
 pub async fn serve_http1<F, S, B>(
     listener: TcpListener,
+    tls: Option<TlsListener>,
     name: &'static str,
     header_timeout: Duration,
     mut new_service: F,
@@ -49,11 +63,29 @@ pub async fn serve_http1<F, S, B>(
         };
         let _ = sock.set_nodelay(true);
         let svc = new_service();
+        let tls = tls.clone();
         tokio::spawn(async move {
+            let io: Box<dyn ConnIo> = match tls {
+                None => Box::new(sock),
+                Some(tls) => {
+                    let handshake = tls.acceptor.accept(sock);
+                    match tokio::time::timeout(tls.handshake_timeout, handshake).await {
+                        Ok(Ok(stream)) => Box::new(stream),
+                        Ok(Err(e)) => {
+                            tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(listener = name, %peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(sock), svc)
+                .serve_connection(TokioIo::new(io), svc)
                 .with_upgrades();
             if let Err(e) = conn.await {
                 tracing::debug!(listener = name, %peer, error = %e, "HTTP connection ended with an error");

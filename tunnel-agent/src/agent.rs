@@ -152,6 +152,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunningAgent> {
         HubSetting::On(hub_cfg) => {
             let mut hub_cfg = hub_cfg.clone();
             hub_cfg.filters.node_name = node_name.clone();
+            hub_cfg.node_name = node_name.clone();
             let hub_cfg = &hub_cfg;
             let dialer = hub_dialer(hub_cfg, &link);
             // A hub that cannot start must not take the tunnel down with it.

@@ -89,16 +89,26 @@ pub struct Cli {
     /// Node proxy listener for kubelet and friends (plain HTTP; `off` disables it).
     #[arg(long, default_value = "127.0.0.1:10261", value_name = "ADDR|off")]
     pub hub_addr: String,
-    /// HTTPS node-proxy listener for pods (`off`: none). The listener is not
-    /// served yet (issue 17 item 2); --hub-filter-masterservice points kubelet's
-    /// `default/kubernetes` Service at this address.
+    /// HTTPS node-proxy listener for pods (`off`: none): their service-account
+    /// tokens pass through; --hub-filter-masterservice points kubelet's
+    /// `default/kubernetes` Service at this address. The address must be on
+    /// an interface of the node.
     #[arg(long, default_value = "169.254.2.1:10268", value_name = "ADDR|off")]
     pub hub_https_addr: String,
+    /// Serving certificate of --hub-https-addr (with --hub-serving-key),
+    /// reloaded when it changes; without both, one is requested through the
+    /// CertificateSigningRequest API (signer kubernetes.io/kubelet-serving).
+    #[arg(long, value_name = "FILE")]
+    pub hub_serving_cert: Option<PathBuf>,
+    /// Key of --hub-serving-cert.
+    #[arg(long, value_name = "FILE")]
+    pub hub_serving_key: Option<PathBuf>,
     /// Show kubelet the `default/kubernetes` Service, Endpoints and EndpointSlice
-    /// at --hub-https-addr, so pods' in-cluster config leads to the node proxy.
-    /// Off by default until the HTTPS listener exists.
-    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub hub_filter_masterservice: bool,
+    /// at --hub-https-addr, so pods' in-cluster config leads to the node proxy
+    /// (default: true unless --hub-https-addr is off; turned off at run time
+    /// when the HTTPS listener cannot bind).
+    #[arg(long, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub hub_filter_masterservice: Option<bool>,
     /// kube-proxy and CoreDNS see only this pool's endpoints of Services
     /// labelled `edgetunnel.io/topology=pool`.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
@@ -286,6 +296,7 @@ fn hub_setting(c: &Cli) -> Result<HubSetting, ConfigError> {
     settings::check_probe(&probe)?;
     let https_addr = settings::parse_listen(&c.hub_https_addr)
         .map_err(|_| HubConfigError::BadHttpsAddr(c.hub_https_addr.clone()))?;
+    let serving = settings::serving_source(c.hub_serving_cert.clone(), c.hub_serving_key.clone())?;
     let filters = settings::filter_settings(
         https_addr,
         c.hub_filter_masterservice,
@@ -316,6 +327,8 @@ fn hub_setting(c: &Cli) -> Result<HubSetting, ConfigError> {
         cache_gc_after: c.cache_gc_after,
         probe,
         https_addr,
+        serving,
+        node_name: String::new(),
         filters,
     })))
 }
@@ -428,9 +441,11 @@ mod tests {
         let https: std::net::SocketAddr = "169.254.2.1:10268".parse().unwrap();
         assert_eq!(h.https_addr, Some(https));
         assert_eq!(
-            h.filters.masterservice, None,
-            "off until the HTTPS listener exists"
+            h.filters.masterservice,
+            Some(https),
+            "on by default, pointing at the HTTPS listener"
         );
+        assert_eq!(h.serving, settings::ServingSource::Csr);
         assert!(h.filters.topology);
         assert_eq!(h.filters.pool_label, "topology.kubernetes.io/zone");
         a.extend(["--hub-addr", "off"]);
@@ -473,6 +488,19 @@ mod tests {
         filters.extend(["--hub-https-addr", "off"]);
         let e = parse(&filters).unwrap_err();
         assert!(e.contains("--hub-filter-masterservice"), "{e}");
+        let mut no_https = a.clone();
+        no_https.extend(["--hub-https-addr", "off"]);
+        let HubSetting::On(h) = parse(&no_https).unwrap().hub else {
+            panic!("hub should run");
+        };
+        assert_eq!(
+            h.filters.masterservice, None,
+            "the default follows the listener"
+        );
+        let mut half = a.clone();
+        half.extend(["--hub-serving-cert", "s.crt"]);
+        let e = parse(&half).unwrap_err();
+        assert!(e.contains("--hub-serving-key"), "{e}");
         for (flag, value) in [
             ("--hub-https-addr", "localhost:1"),
             ("--pool-label", "a b"),

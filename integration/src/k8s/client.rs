@@ -79,6 +79,8 @@ pub struct ApiClient {
     timeout: Duration,
     /// Sent as `Accept-Encoding` when set (client-go's transport sends `gzip`).
     accept_encoding: Option<String>,
+    /// Sent as `Authorization: Bearer <token>` when set (a pod's service-account token).
+    bearer_token: Option<String>,
 }
 
 impl ApiClient {
@@ -90,6 +92,7 @@ impl ApiClient {
             user_agent: "integration-test/v0.0.0".into(),
             timeout: Duration::from_secs(10),
             accept_encoding: None,
+            bearer_token: None,
         }
     }
 
@@ -144,6 +147,12 @@ impl ApiClient {
     /// Sends `Accept-Encoding: <coding>`; bodies are returned as received (not decoded).
     pub fn with_accept_encoding(mut self, coding: &str) -> Self {
         self.accept_encoding = Some(coding.to_owned());
+        self
+    }
+
+    /// Sends `Authorization: Bearer <token>`, as a pod with in-cluster config does.
+    pub fn with_bearer_token(mut self, token: &str) -> Self {
+        self.bearer_token = Some(token.to_owned());
         self
     }
 
@@ -219,6 +228,9 @@ impl ApiClient {
         }
         if let Some(coding) = &self.accept_encoding {
             req = req.header("accept-encoding", coding);
+        }
+        if let Some(token) = &self.bearer_token {
+            req = req.header("authorization", format!("Bearer {token}"));
         }
         let bytes = body
             .map(serde_json::to_vec)

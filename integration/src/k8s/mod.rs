@@ -57,6 +57,7 @@ mod resource;
 mod route;
 pub mod selector;
 mod server;
+pub mod signer;
 mod status;
 mod store;
 mod tls;

@@ -247,6 +247,23 @@ impl FakeApiserver {
         )
     }
 
+    /// Starts a `kubernetes.io/kubelet-serving` signer (see [`super::signer`])
+    /// with this CA and certificate lifetime; it stops when the handle is dropped.
+    pub fn spawn_signer(
+        &self,
+        ca_cert_pem: &str,
+        ca_key_pem: &str,
+        lifetime: Duration,
+    ) -> Result<super::signer::SignerHandle, super::signer::SignerError> {
+        super::signer::spawn(
+            &self.runtime,
+            self.shared.clone(),
+            ca_cert_pem,
+            ca_key_pem,
+            lifetime,
+        )
+    }
+
     /// Number of watch streams open right now (e.g. to see a proxy's watch arrive or end).
     pub fn active_watches(&self) -> usize {
         self.shared.active_watches.load(Ordering::SeqCst)

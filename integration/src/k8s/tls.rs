@@ -19,9 +19,12 @@ pub struct ServerTls {
     pub cert: PathBuf,
     /// PEM (PKCS#8) private key of `cert`.
     pub key: PathBuf,
-    /// When set, clients must present a certificate signed by this CA (PEM); its CN is
-    /// recorded in [`super::RecordedRequest::client_cn`].
+    /// When set, client certificates are verified against this CA (PEM); the CN of one
+    /// presented is recorded in [`super::RecordedRequest::client_cn`].
     pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: clients must present a certificate (else one is optional, as
+    /// kube-apiserver, which also takes bearer tokens, makes it).
+    pub client_cert_required: bool,
 }
 
 /// Why the TLS material could not be created or loaded.
@@ -100,12 +103,19 @@ impl ApiserverPki {
         self.dir.join("ca.crt")
     }
 
-    /// Server TLS settings; with `require_client_cert` clients must present a cert of this CA.
+    /// The CA's private key (PEM), for a signer playing the cluster CA.
+    pub fn ca_key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
+    }
+
+    /// Server TLS settings; client certificates of this CA are verified (their CN
+    /// recorded), and with `require_client_cert` clients must present one.
     pub fn server_tls(&self, require_client_cert: bool) -> ServerTls {
         ServerTls {
             cert: self.dir.join("apiserver.crt"),
             key: self.dir.join("apiserver.key"),
-            client_ca: require_client_cert.then(|| self.ca_cert()),
+            client_ca: Some(self.ca_cert()),
+            client_cert_required: require_client_cert,
         }
     }
 
@@ -123,6 +133,23 @@ impl ApiserverPki {
             cn,
             org,
             ExtendedKeyUsagePurpose::ClientAuth,
+        )
+    }
+
+    /// Issues a serving certificate for `sans` (IPs or DNS names) as
+    /// `<file_stem>.crt`/`.key`, replacing earlier files of that name; returns (cert, key).
+    pub fn serving(
+        &self,
+        file_stem: &str,
+        sans: &[&str],
+    ) -> Result<(PathBuf, PathBuf), TlsSetupError> {
+        let sans = sans.iter().map(|s| (*s).to_owned()).collect();
+        self.issue(
+            file_stem,
+            sans,
+            "hub-serving",
+            None,
+            ExtendedKeyUsagePurpose::ServerAuth,
         )
     }
 
@@ -177,13 +204,15 @@ pub fn server_config(tls: &ServerTls) -> Result<Arc<ServerConfig>, TlsSetupError
     let builder = match &tls.client_ca {
         Some(ca) => {
             let roots = certs::load_root_store(ca)?;
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), certs::provider())
-                    .build()
-                    .map_err(|e| TlsSetupError::Config {
-                        what: "client certificate verifier",
-                        reason: e.to_string(),
-                    })?;
+            let mut verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), certs::provider());
+            if !tls.client_cert_required {
+                verifier = verifier.allow_unauthenticated();
+            }
+            let verifier = verifier.build().map_err(|e| TlsSetupError::Config {
+                what: "client certificate verifier",
+                reason: e.to_string(),
+            })?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),

@@ -1,25 +1,32 @@
-//! The hub's client certificate, re-read from disk when its files change.
+//! Certificate and key files re-read from disk when they change: the hub's
+//! client certificate, and a pre-provisioned serving certificate of the
+//! HTTPS listener (`--hub-serving-cert`).
 //!
 //! By default the hub presents the agent's own certificate, which the agent
 //! renews over the tunnel at 2/3 of its lifetime (and kubelet rotates its own
-//! when `--hub-client-cert` points there). A certificate loaded once at
-//! startup would expire under a long-running hub; instead every new upstream
-//! TLS handshake checks the files' modification times (one `stat` each,
-//! connections are pooled) and loads the new pair when they changed. A pair
-//! that does not load (half-written, mismatched) keeps the previous one in
-//! use and is logged.
+//! when `--hub-client-cert` points there); an operator's tooling (cert-manager,
+//! a script) replaces serving files in place. A certificate loaded once at
+//! startup would expire under a long-running hub; instead every new TLS
+//! handshake checks the files' modification times (one `stat` each) and
+//! loads the new pair when they changed. A pair that does not load
+//! (half-written, mismatched) keeps the previous one in use and is logged.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use rustls::client::ResolvesClientCert;
+use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::SignatureScheme;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-/// Resolves the hub's client certificate from `cert`/`key`, reloading on change.
+/// Resolves a certificate from `cert`/`key`, reloading on change; as a
+/// client certificate (upstream) or a server certificate (HTTPS listener).
 #[derive(Debug)]
-pub struct ReloadingClientCert {
+pub struct ReloadingCertFiles {
+    /// What the pair is, for logs ("hub client certificate").
+    what: &'static str,
     cert: PathBuf,
     key: PathBuf,
     current: Mutex<Loaded>,
@@ -38,27 +45,37 @@ fn modified(p: &Path) -> Option<SystemTime> {
 fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
     let chain = certs::load_cert_chain(cert).map_err(|e| e.to_string())?;
     let der = certs::load_private_key(key).map_err(|e| e.to_string())?;
-    let signing = certs::provider()
-        .key_provider
-        .load_private_key(der)
-        .map_err(|e| format!("{}: {e}", key.display()))?;
-    let pair = CertifiedKey::new(chain, signing);
-    pair.keys_match().map_err(|e| {
+    certified_key(chain, der).map_err(|e| {
         format!(
-            "{} does not belong to {}: {e}",
+            "{} does not belong to {} or is unusable: {e}",
             key.display(),
             cert.display()
         )
-    })?;
+    })
+}
+
+/// A rustls signing identity from a chain and its key, refusing a key that
+/// does not belong to the leaf.
+pub fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<CertifiedKey>, String> {
+    let signing = certs::provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| e.to_string())?;
+    let pair = CertifiedKey::new(chain, signing);
+    pair.keys_match().map_err(|e| e.to_string())?;
     Ok(Arc::new(pair))
 }
 
-impl ReloadingClientCert {
+impl ReloadingCertFiles {
     /// Loads the pair now; fails (naming the file) if it is unusable at startup.
-    pub fn new(cert: &Path, key: &Path) -> Result<Self, String> {
+    pub fn new(what: &'static str, cert: &Path, key: &Path) -> Result<Self, String> {
         let stamp = (modified(cert), modified(key));
         let loaded = load(cert, key)?;
         Ok(Self {
+            what,
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
             current: Mutex::new(Loaded { stamp, key: loaded }),
@@ -72,13 +89,13 @@ impl ReloadingClientCert {
         if stamp != cur.stamp {
             match load(&self.cert, &self.key) {
                 Ok(k) => {
-                    tracing::info!(cert = %self.cert.display(), "hub client certificate changed on disk; using the new one");
+                    tracing::info!(cert = %self.cert.display(), what = self.what, "certificate changed on disk; using the new one");
                     cur.key = k;
                     cur.stamp = stamp;
                 }
                 // Keep the stamp: a half-written pair is retried next time.
                 Err(e) => {
-                    tracing::warn!(error = %e, "hub client certificate changed but does not load; keeping the previous one")
+                    tracing::warn!(error = %e, what = self.what, "certificate changed on disk but does not load; keeping the previous one")
                 }
             }
         }
@@ -86,7 +103,13 @@ impl ReloadingClientCert {
     }
 }
 
-impl ResolvesClientCert for ReloadingClientCert {
+impl ResolvesServerCert for ReloadingCertFiles {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl ResolvesClientCert for ReloadingCertFiles {
     fn resolve(
         &self,
         _root_hint_subjects: &[&[u8]],
@@ -122,7 +145,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         certs::init_cluster(dir.path(), "localhost", &[], false).unwrap();
         let (cert, key) = issue(dir.path(), "edge-a");
-        let r = ReloadingClientCert::new(&cert, &key).unwrap();
+        let r = ReloadingCertFiles::new("test pair", &cert, &key).unwrap();
         let first = leaf(&r.current());
         assert_eq!(
             leaf(&r.current()),
