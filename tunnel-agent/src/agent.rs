@@ -154,6 +154,14 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<RunningAgent> {
             hub_cfg.filters.node_name = node_name.clone();
             hub_cfg.node_name = node_name.clone();
             let hub_cfg = &hub_cfg;
+            if let (Some(name), Some(addr)) = (&cfg.hub_interface, hub_cfg.https_addr) {
+                // Without the address the HTTPS listener cannot bind, and
+                // the hub runs without it (masterservice off), as it does
+                // when the address is missing for any other reason.
+                if let Err(err) = crate::hub_interface::ensure(name, addr.ip()) {
+                    tracing::error!(error = %err, "HTTPS listener address not set up");
+                }
+            }
             let dialer = hub_dialer(hub_cfg, &link);
             // A hub that cannot start must not take the tunnel down with it.
             match node_proxy::run::start(hub_cfg, dialer, metrics.hub.clone(), &hub_status).await {

@@ -103,6 +103,11 @@ pub struct Cli {
     /// Key of --hub-serving-cert.
     #[arg(long, value_name = "FILE")]
     pub hub_serving_key: Option<PathBuf>,
+    /// Create a dummy interface NAME holding --hub-https-addr's address
+    /// (/32 or /128) before listening, as YurtHub does; idempotent; needs
+    /// CAP_NET_ADMIN.
+    #[arg(long, value_name = "NAME")]
+    pub hub_interface: Option<String>,
     /// Show kubelet the `default/kubernetes` Service, Endpoints and EndpointSlice
     /// at --hub-https-addr, so pods' in-cluster config leads to the node proxy
     /// (default: true unless --hub-https-addr is off; turned off at run time
@@ -201,6 +206,8 @@ pub struct AgentConfig {
     pub quic_probe_interval: Duration,
     /// The node proxy, or why it is off.
     pub hub: HubSetting,
+    /// `--hub-interface`: the dummy interface to hold the HTTPS listener's address.
+    pub hub_interface: Option<String>,
 }
 
 /// A required flag is missing or a value is unusable.
@@ -220,6 +227,12 @@ pub enum ConfigError {
     KeepaliveTooLong { keepalive: Duration, idle: Duration },
     #[error(transparent)]
     Hub(#[from] HubConfigError),
+    #[error(transparent)]
+    HubInterface(#[from] crate::hub_interface::HubInterfaceError),
+    #[error(
+        "--hub-interface needs the HTTPS listener (--apiserver set and --hub-https-addr not `off`)"
+    )]
+    HubInterfaceWithoutListener,
 }
 
 impl TryFrom<Cli> for AgentConfig {
@@ -252,8 +265,19 @@ impl TryFrom<Cli> for AgentConfig {
             });
         }
         let hub = hub_setting(&c)?;
+        let hub_interface = match c.hub_interface.clone() {
+            None => None,
+            Some(name) => {
+                crate::hub_interface::check_name(&name)?;
+                match &hub {
+                    HubSetting::On(h) if h.https_addr.is_some() => Some(name),
+                    _ => return Err(ConfigError::HubInterfaceWithoutListener),
+                }
+            }
+        };
         Ok(AgentConfig {
             hub,
+            hub_interface,
             server_host: host,
             server_port: port,
             servers,
@@ -408,6 +432,31 @@ mod tests {
         let mut a = BASE.to_vec();
         a.extend(["--allow", "10.0.0.1"]);
         assert!(parse(&a).unwrap_err().contains("invalid --allow"));
+    }
+
+    #[test]
+    fn hub_interface_needs_a_valid_name_and_the_https_listener() {
+        let mut a = BASE.to_vec();
+        a.extend(["--apiserver", "https://10.0.0.1:6443"]);
+        let mut named = a.clone();
+        named.extend(["--hub-interface", "edgehub0"]);
+        assert_eq!(
+            parse(&named).unwrap().hub_interface.as_deref(),
+            Some("edgehub0")
+        );
+        let mut bad = a.clone();
+        bad.extend(["--hub-interface", "a/b"]);
+        assert!(parse(&bad).unwrap_err().contains("--hub-interface \"a/b\""));
+        let mut off = named.clone();
+        off.extend(["--hub-https-addr", "off"]);
+        assert!(parse(&off)
+            .unwrap_err()
+            .contains("needs the HTTPS listener"));
+        let mut no_hub = BASE.to_vec();
+        no_hub.extend(["--hub-interface", "edgehub0"]);
+        assert!(parse(&no_hub)
+            .unwrap_err()
+            .contains("needs the HTTPS listener"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod config;
 pub mod connector;
 pub mod edge;
 pub mod enroll;
+pub mod hub_interface;
 pub mod key_pair;
 pub mod link;
 pub mod metrics;
