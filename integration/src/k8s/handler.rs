@@ -217,8 +217,11 @@ async fn resource(
             require_json(&content_type)?;
             let body = read_json(req).await?;
             let obj = shared.mutate(|s| {
-                let stored = s.get(&res, ns, name).ok_or_else(|| not_found(&res, name))?;
-                let next = checked_write(&res, sub, name, &stored, body)?;
+                // A missing object: `update` answers (404, or 400 for a renamed body).
+                let next = match s.get(&res, ns, name) {
+                    Some(stored) => checked_write(&res, sub, name, &stored, body)?,
+                    None => body,
+                };
                 s.update(&res, ns, name, next, status_only)
             })?;
             Ok(json_response(StatusCode::OK, &obj))
