@@ -40,6 +40,15 @@ pub fn common_name(cert: &CertificateDer<'_>) -> Result<Option<String>, CertErro
     single_common_name(&parse(cert)?)
 }
 
+/// The subject's organizations (O), in order: the groups kube-apiserver gives the holder.
+pub fn organizations(cert: &CertificateDer<'_>) -> Result<Vec<String>, CertError> {
+    Ok(parse(cert)?
+        .subject()
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_owned))
+        .collect())
+}
+
 /// True when `cert` is an agent (kubelet-style node) certificate: subject
 /// `O=system:nodes` or a CN starting with `system:node:`, whatever CA signed it.
 ///

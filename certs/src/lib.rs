@@ -25,7 +25,7 @@ pub use csr::{agent_key_request, AgentKeyRequest};
 pub use error::CertError;
 pub use identity::{
     agent_identity, common_name, is_agent_certificate, is_peer_certificate, not_after_unix,
-    not_before_unix,
+    not_before_unix, organizations,
 };
 pub use issue::{CertificateAuthority, IssuedCert};
 pub use load::{load_cert_and_key, load_cert_chain, load_private_key, load_root_store};

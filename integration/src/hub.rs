@@ -46,8 +46,9 @@ pub struct HubOptions {
     pub via_tunnel: bool,
     /// Extra server flags.
     pub server_args: Vec<String>,
-    /// Resource types the fake apiserver knows before the agent starts.
-    pub register: Vec<crate::k8s::Res>,
+    /// The server approves the hub's serving-certificate CSRs
+    /// (`--approve-hub-csrs` for [`HTTPS_IP`], with a kubeconfig for the fake).
+    pub server_approves_csrs: bool,
 }
 
 /// A fake apiserver, the relay in front of it, and a cluster whose agent runs the hub.
@@ -80,9 +81,6 @@ impl HubEnv {
             ..Default::default()
         })
         .await?;
-        for res in &opts.register {
-            api.register(res);
-        }
         let relay = LinkRelay::start(api.addr()).await?;
         let (cert, key) =
             apiserver_pki.client("hub-client", "system:node:edge-1", Some("system:nodes"))?;
@@ -124,6 +122,14 @@ impl HubEnv {
             copts = copts.server_args(&[&format!("--apiserver={}", relay.addr())]);
         }
         copts.server.args.extend(opts.server_args.iter().cloned());
+        if opts.server_approves_csrs {
+            let kubeconfig = apiserver_pki.kubeconfig(&api.url(), "tunnel-server", None)?;
+            copts.server.args.extend([
+                "--approve-hub-csrs".to_string(),
+                format!("--hub-csr-ips={HTTPS_IP}"),
+                format!("--kubeconfig={}", kubeconfig.display()),
+            ]);
+        }
         copts.agent.args = agent_args.clone();
         let cluster = tokio::task::spawn_blocking(move || Cluster::start(copts)).await?;
         let env = Self {

@@ -29,6 +29,9 @@ pub enum CheckConfigError {
     /// `--token-dir` is not a directory.
     #[error("--token-dir {0}: not a directory")]
     TokenDir(String),
+    /// `--kubeconfig` cannot be read or names no cluster.
+    #[error(transparent)]
+    Kubeconfig(#[from] controllers::ClientError),
     /// `--peer-cert` is not a peer certificate (`certs peer` writes one).
     #[error("--peer-cert {0}: not a peer certificate (O=edgetunnel:replicas); create one with `tunnel-server certs peer`")]
     NotPeerCertificate(String),
@@ -132,6 +135,28 @@ pub fn check(cfg: &ServerConfig, now: UnixTime) -> Result<String, CheckConfigErr
     }
     if let Some(r) = &cfg.revocation_file {
         let _ = writeln!(out, "revocations from {}", r.display());
+    }
+    let c = &cfg.controllers;
+    if c.any() {
+        let api = match &c.kubeconfig {
+            Some(path) => format!(
+                "{} (kubeconfig {})",
+                controllers::client::check_kubeconfig(path)?,
+                path.display()
+            ),
+            None => "in-cluster configuration".to_owned(),
+        };
+        if c.autonomy {
+            let _ = writeln!(out, "autonomy controller: tolerations of pods on nodes annotated edgetunnel.io/autonomy-duration, via {api}");
+        }
+        if let Some(ips) = &c.hub_csr_ips {
+            let ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
+            let _ = writeln!(
+                out,
+                "hub CSR approver: kubelet-serving CSRs of nodes for IP SANs {}, via {api}",
+                ips.join(", ")
+            );
+        }
     }
     Ok(out)
 }

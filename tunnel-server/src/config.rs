@@ -141,6 +141,69 @@ pub struct RunArgs {
     pub hardening: HardeningArgs,
     #[command(flatten)]
     pub replicas: ReplicaArgs,
+    #[command(flatten)]
+    pub controllers: ControllerArgs,
+}
+
+/// Flags of the Kubernetes controllers the server can run (docs/operations.md, "Pods on
+/// autonomous nodes are not evicted" and "Approving the hub's serving certificates").
+#[derive(Debug, Args, Clone)]
+pub struct ControllerArgs {
+    /// Give pods on nodes annotated edgetunnel.io/autonomy-duration tolerations of that
+    /// duration for the unreachable and not-ready taints, so they are not evicted offline.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL",
+        num_args = 0..=1, default_missing_value = "true")]
+    pub autonomy_controller: bool,
+    /// Approve the kubelet-serving CSRs agents make for their HTTPS node-proxy listener
+    /// (node identity, IP SANs in --hub-csr-ips, serving usages; nothing else).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL",
+        num_args = 0..=1, default_missing_value = "true")]
+    pub approve_hub_csrs: bool,
+    /// The IP SANs a hub serving CSR may ask for: the agents' --hub-https-addr addresses
+    /// (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "169.254.2.1",
+        value_name = "IP,..."
+    )]
+    pub hub_csr_ips: Vec<IpAddr>,
+    /// kubeconfig the controllers reach kube-apiserver with (default: the pod's
+    /// in-cluster service account).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// The validated [`ControllerArgs`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ControllerConfig {
+    pub autonomy: bool,
+    /// Set with `--approve-hub-csrs`: the IP SANs approved.
+    pub hub_csr_ips: Option<Vec<IpAddr>>,
+    /// `None`: in-cluster configuration.
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl ControllerConfig {
+    /// Whether any controller runs (and so a kube client is needed).
+    pub fn any(&self) -> bool {
+        self.autonomy || self.hub_csr_ips.is_some()
+    }
+}
+
+impl TryFrom<ControllerArgs> for ControllerConfig {
+    type Error = ConfigError;
+
+    fn try_from(a: ControllerArgs) -> Result<Self, Self::Error> {
+        if a.approve_hub_csrs && a.hub_csr_ips.is_empty() {
+            return Err(ConfigError::Missing("hub-csr-ips"));
+        }
+        Ok(Self {
+            autonomy: a.autonomy_controller,
+            hub_csr_ips: a.approve_hub_csrs.then_some(a.hub_csr_ips),
+            kubeconfig: a.kubeconfig,
+        })
+    }
 }
 
 /// Flags of a server running as one of several replicas (docs/operations.md,
@@ -420,6 +483,7 @@ pub struct ServerConfig {
     pub passthrough: PassthroughConfig,
     pub hardening: Hardening,
     pub replicas: ReplicaConfig,
+    pub controllers: ControllerConfig,
 }
 
 /// Highest `--max-streams-per-node`: agents grant 25,000 concurrent QUIC
@@ -530,6 +594,7 @@ impl TryFrom<RunArgs> for ServerConfig {
             passthrough: a.passthrough.try_into()?,
             hardening,
             replicas: a.replicas.try_into()?,
+            controllers: a.controllers.try_into()?,
         })
     }
 }
@@ -739,6 +804,35 @@ mod tests {
             parse(&a).unwrap_err(),
             "--max-connections-per-listener must be greater than 0"
         );
+    }
+
+    #[test]
+    fn controller_flags() {
+        let c = parse(BASE).unwrap().controllers;
+        assert_eq!(c, ControllerConfig::default());
+        assert!(!c.any());
+        let mut a = BASE.to_vec();
+        a.extend([
+            "--autonomy-controller",
+            "--approve-hub-csrs=true",
+            "--kubeconfig=/etc/k.conf",
+        ]);
+        let c = parse(&a).unwrap().controllers;
+        assert!(c.autonomy && c.any());
+        assert_eq!(c.hub_csr_ips, Some(vec!["169.254.2.1".parse().unwrap()]));
+        assert_eq!(c.kubeconfig, Some(PathBuf::from("/etc/k.conf")));
+        let mut a = BASE.to_vec();
+        a.extend([
+            "--approve-hub-csrs",
+            "--hub-csr-ips=169.254.2.1,fd00::1",
+            "--autonomy-controller=false",
+        ]);
+        let c = parse(&a).unwrap().controllers;
+        assert!(!c.autonomy);
+        assert_eq!(c.hub_csr_ips.map(|v| v.len()), Some(2));
+        let mut a = BASE.to_vec();
+        a.push("--hub-csr-ips=not-an-ip");
+        assert!(parse(&a).unwrap_err().contains("not-an-ip"));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Agents dial in ([`agents`]) and are kept in the [`registry`]; front ends
 //! ([`frontend`]) turn apiserver requests into dials ([`dial`]) through the
 //! right agent; [`forward`] carries fixed cloud ports to edge services; [`services`]
-//! serves the streams agents open towards the cloud. [`server`] wires it together from a [`config::ServerConfig`].
+//! serves the streams agents open towards the cloud; [`kube_controllers`] starts the
+//! Kubernetes controllers of the `controllers` crate. [`server`] wires it together from a [`config::ServerConfig`].
 
 pub mod admin;
 pub mod agents;
@@ -20,6 +21,7 @@ pub mod frontend;
 pub mod handshake;
 pub mod handshake_gate;
 pub mod hosts_file;
+pub mod kube_controllers;
 pub mod log_limit;
 pub mod metrics;
 pub mod peers;

@@ -389,6 +389,11 @@ impl ServerMetrics {
         })
     }
 
+    /// The registry `/metrics` renders, for metrics defined elsewhere (the controllers').
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Turns the per-node series on or off (on by default) and bounds how
     /// many nodes have them at once.
     pub fn with_per_node(mut self, on: bool, max_nodes: usize) -> Self {

@@ -130,6 +130,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         None => Default::default(),
     }));
     let mut tasks = JoinSet::new();
+    crate::kube_controllers::start(&cfg.controllers, &metrics, &mut tasks).await?;
 
     // Shared by every listener, so a reloaded --tls-cert reaches all of them.
     let server_cert = server_tls.cert.clone();

@@ -83,6 +83,15 @@ pub fn resource_list(resources: &[Res], group: &str, version: &str) -> Option<Va
             "kind": r.kind,
             "verbs": ["get", "patch", "update"],
         }));
+        for sub in r.extra_subresources() {
+            entries.push(json!({
+                "name": format!("{}/{sub}", r.resource),
+                "singularName": "",
+                "namespaced": r.namespaced,
+                "kind": r.kind,
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
     }
     if entries.is_empty() {
         return None;
@@ -107,9 +116,12 @@ mod tests {
             .as_array()
             .map(|g| g.iter().filter_map(|g| g["name"].as_str()).collect())
             .unwrap_or_default();
-        assert_eq!(names, ["coordination.k8s.io", "example.com"]);
         assert_eq!(
-            doc["groups"][1]["preferredVersion"]["groupVersion"],
+            names,
+            ["coordination.k8s.io", "certificates.k8s.io", "example.com"]
+        );
+        assert_eq!(
+            doc["groups"][2]["preferredVersion"]["groupVersion"],
             "example.com/v1"
         );
     }
@@ -122,5 +134,10 @@ mod tests {
             .as_array()
             .is_some_and(|r| r.iter().any(|r| r["name"] == "pods/status")));
         assert!(resource_list(&Res::defaults(), "apps", "v1").is_none());
+        let certs =
+            resource_list(&Res::defaults(), "certificates.k8s.io", "v1").unwrap_or_default();
+        assert!(certs["resources"].as_array().is_some_and(|r| r
+            .iter()
+            .any(|r| r["name"] == "certificatesigningrequests/approval")));
     }
 }

@@ -18,9 +18,10 @@ use super::filter::{list_item, ObjectFilter};
 use super::gzip;
 use super::meta::merge_patch;
 use super::paging::{self, ContinueToken};
+use super::pod_update;
 use super::resource::Res;
 use super::route::{parse_path, parse_query, Query, ResourcePath, Route};
-use super::server::{lock, RecordedRequest, Shared};
+use super::server::{lock, AnsweredRequest, ClientIdentity, RecordedRequest, Shared};
 use super::status::ApiError;
 use super::store::parse_rv;
 use super::watch;
@@ -34,9 +35,25 @@ const MAX_DRAINED: usize = 16 * 1024 * 1024;
 pub async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
-    client_cn: Option<String>,
+    identity: ClientIdentity,
 ) -> Response<ApiBody> {
-    shared.record(recorded(&req, client_cn));
+    let request = recorded(&req, &identity);
+    let (method, path_and_query) = (request.method.clone(), request.path_and_query.clone());
+    shared.record(request);
+    let resp = answer(&shared, req, identity).await;
+    shared.record_answer(AnsweredRequest {
+        method,
+        path_and_query,
+        status: resp.status().as_u16(),
+    });
+    resp
+}
+
+async fn answer(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    identity: ClientIdentity,
+) -> Response<ApiBody> {
     let path = req.uri().path().to_owned();
     match shared.fault().action_for(&path) {
         FaultAction::Serve => {}
@@ -58,7 +75,7 @@ pub async fn handle(
     let compressible = shared.compression.load(Ordering::SeqCst)
         && gzip::wants_gzip(req.headers())
         && compressible_request(&req);
-    let resp = match route(&shared, req).await {
+    let resp = match route(shared, req, &identity).await {
         Ok(resp) => resp,
         Err(e) => error_response(&e),
     };
@@ -83,7 +100,7 @@ fn compressible_request(req: &Request<Incoming>) -> bool {
     }
 }
 
-fn recorded(req: &Request<Incoming>, client_cn: Option<String>) -> RecordedRequest {
+fn recorded(req: &Request<Incoming>, identity: &ClientIdentity) -> RecordedRequest {
     let header = |name: &str| header_str(req.headers(), name);
     RecordedRequest {
         method: req.method().to_string(),
@@ -96,7 +113,8 @@ fn recorded(req: &Request<Incoming>, client_cn: Option<String>) -> RecordedReque
         accept_encoding: header("accept-encoding"),
         authorization: header("authorization"),
         content_type: header("content-type"),
-        client_cn,
+        client_cn: identity.cn.clone(),
+        client_orgs: identity.orgs.clone(),
     }
 }
 
@@ -110,6 +128,7 @@ fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
 async fn route(
     shared: &Arc<Shared>,
     req: Request<Incoming>,
+    identity: &ClientIdentity,
 ) -> Result<Response<ApiBody>, ApiError> {
     let route = parse_path(req.uri().path());
     let query = parse_query(req.uri().query().unwrap_or(""));
@@ -136,7 +155,7 @@ async fn route(
                 .ok_or(ApiError::UnknownPath)?;
             Ok(json_response(StatusCode::OK, &doc))
         }
-        Route::Resource(path) => resource(shared, req, path, query).await,
+        Route::Resource(path) => resource(shared, req, path, query, identity).await,
         Route::Unknown => Err(ApiError::UnknownPath),
     }
 }
@@ -147,7 +166,10 @@ fn resolve(shared: &Shared, path: &ResourcePath) -> Result<Res, ApiError> {
         .lookup(&path.group, &path.version, &path.resource)
         .ok_or(ApiError::UnknownPath)?;
     let bad_scope = !res.namespaced && path.namespace.is_some();
-    let bad_sub = path.subresource.as_deref().is_some_and(|s| s != "status");
+    let bad_sub = path
+        .subresource
+        .as_deref()
+        .is_some_and(|s| s != "status" && !res.extra_subresources().contains(&s));
     if bad_scope || bad_sub || (path.subresource.is_some() && path.legacy_watch) {
         return Err(ApiError::UnknownPath);
     }
@@ -159,10 +181,12 @@ async fn resource(
     req: Request<Incoming>,
     path: ResourcePath,
     query: Query,
+    identity: &ClientIdentity,
 ) -> Result<Response<ApiBody>, ApiError> {
     let res = resolve(shared, &path)?;
     let ns = path.namespace.as_deref();
-    let status_only = path.subresource.is_some();
+    let sub = path.subresource.as_deref();
+    let status_only = sub == Some("status");
     let method = req.method().clone();
     let content_type = header_str(req.headers(), "content-type").unwrap_or_default();
     match (method, path.name.as_deref()) {
@@ -178,18 +202,28 @@ async fn resource(
             Ok(json_response(StatusCode::OK, &obj))
         }
         (Method::GET, None) => list(shared, &res, ns, &query),
-        (Method::POST, None) if status_only => Err(ApiError::MethodNotAllowed),
+        (Method::POST, None) if sub.is_some() => Err(ApiError::MethodNotAllowed),
         (Method::POST, None) if res.namespaced && ns.is_none() => Err(ApiError::MethodNotAllowed),
         (Method::POST, None) => {
             require_json(&content_type)?;
-            let body = read_json(req).await?;
+            let mut body = read_json(req).await?;
+            if res == Res::certificate_signing_requests() {
+                set_requester(&mut body, identity);
+            }
             let obj = shared.mutate(|s| s.create(&res, ns, body))?;
             Ok(json_response(StatusCode::CREATED, &obj))
         }
         (Method::PUT, Some(name)) => {
             require_json(&content_type)?;
             let body = read_json(req).await?;
-            let obj = shared.mutate(|s| s.update(&res, ns, name, body, status_only))?;
+            let obj = shared.mutate(|s| {
+                // A missing object: `update` answers (404, or 400 for a renamed body).
+                let next = match s.get(&res, ns, name) {
+                    Some(stored) => checked_write(&res, sub, name, &stored, body)?,
+                    None => body,
+                };
+                s.update(&res, ns, name, next, status_only)
+            })?;
             Ok(json_response(StatusCode::OK, &obj))
         }
         (Method::PATCH, Some(name)) => {
@@ -211,6 +245,7 @@ async fn resource(
                     merge_patch(&mut next, &patch);
                     next
                 };
+                let next = checked_write(&res, sub, name, &stored, next)?;
                 s.update(&res, ns, name, next, status_only)
             })?;
             Ok(json_response(StatusCode::OK, &obj))
@@ -223,6 +258,71 @@ async fn resource(
         }
         _ => Err(ApiError::MethodNotAllowed),
     }
+}
+
+/// What a PUT or PATCH (already applied) writes, after the checks of its subresource:
+/// `approval` takes only `status.conditions`; a pod update is validated as
+/// kube-apiserver's `ValidatePodUpdate` does (after the resourceVersion precondition,
+/// which [`super::store::Store::update`] checks).
+fn checked_write(
+    res: &Res,
+    sub: Option<&str>,
+    name: &str,
+    stored: &Value,
+    next: Value,
+) -> Result<Value, ApiError> {
+    let rv = |v: &Value| {
+        v.get("metadata")
+            .and_then(|m| m.get("resourceVersion"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    match sub {
+        Some("approval") => {
+            let mut out = stored.clone();
+            if let Some(body_rv) = rv(&next).filter(|r| !r.is_empty()) {
+                out["metadata"]["resourceVersion"] = Value::String(body_rv);
+            }
+            let conditions = next
+                .get("status")
+                .and_then(|s| s.get("conditions"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            if !out.get("status").is_some_and(Value::is_object) {
+                out["status"] = json!({});
+            }
+            out["status"]["conditions"] = conditions;
+            Ok(out)
+        }
+        None if *res == Res::pods() => {
+            let stale = rv(&next).is_some_and(|r| !r.is_empty() && Some(&r) != rv(stored).as_ref());
+            if !stale {
+                pod_update::validate(name, stored, &next)?;
+            }
+            Ok(next)
+        }
+        _ => Ok(next),
+    }
+}
+
+/// `spec.username` and `spec.groups` of a new CSR: who created it, as the x509
+/// authenticator sees the client certificate (whatever the body claims).
+fn set_requester(body: &mut Value, identity: &ClientIdentity) {
+    let (user, mut groups) = match &identity.cn {
+        Some(cn) => (cn.clone(), identity.orgs.clone()),
+        None => (
+            "system:anonymous".to_owned(),
+            vec!["system:unauthenticated".to_owned()],
+        ),
+    };
+    if identity.cn.is_some() {
+        groups.push("system:authenticated".to_owned());
+    }
+    if !body.get("spec").is_some_and(Value::is_object) {
+        body["spec"] = json!({});
+    }
+    body["spec"]["username"] = json!(user);
+    body["spec"]["groups"] = json!(groups);
 }
 
 /// 415 for a body that is not JSON (e.g. kubectl's and kubelet's protobuf), so client-go

@@ -36,6 +36,17 @@
 //! 128 KiB, only for clients sending `Accept-Encoding: gzip`;
 //! [`FakeApiserver::gzipped_responses`] counts them.
 //!
+//! Pod updates (PUT/PATCH without subresource) are validated as kube-apiserver's
+//! `ValidatePodUpdate` does for `spec` ([`pod_update`]): only images, activeDeadlineSeconds,
+//! terminationGracePeriodSeconds and added tolerations (or changed tolerationSeconds) may
+//! change; anything else is 422 Invalid. Tests bind pods (set `spec.nodeName`) through
+//! [`FakeApiserver::upsert`], which is not validated.
+//!
+//! CertificateSigningRequests (`certificates.k8s.io/v1`, cluster-scoped): create sets
+//! `spec.username`/`spec.groups` from the client certificate's CN/O (as the x509
+//! authenticator does); the `approval` subresource takes only `status.conditions`, `status`
+//! only `status`. No signer runs here (a test starts one).
+//!
 //! Not implemented: protobuf and Table output (JSON is always
 //! returned), JSON patch and server-side apply (415), deletecollection (405), HTTP/2 (ALPN
 //! offers only http/1.1), periodic automatic bookmarks (use `emit_bookmark`), waiting for a
@@ -52,6 +63,7 @@ mod gzip;
 mod handler;
 mod meta;
 mod paging;
+pub mod pod_update;
 mod relay;
 mod resource;
 mod route;
@@ -69,6 +81,8 @@ pub use fault::Fault;
 pub use gzip::DEFAULT_GZIP_THRESHOLD_BYTES;
 pub use relay::LinkRelay;
 pub use resource::Res;
-pub use server::{FakeApiserver, FakeApiserverOptions, RecordedRequest};
+pub use server::{
+    AnsweredRequest, ClientIdentity, FakeApiserver, FakeApiserverOptions, RecordedRequest,
+};
 pub use status::ApiError;
 pub use tls::{ApiserverPki, ServerTls, TlsSetupError};

@@ -44,6 +44,27 @@ impl Res {
         Self::new("coordination.k8s.io", "v1", "leases", "Lease", true)
     }
 
+    /// `certificates.k8s.io/v1` certificatesigningrequests (cluster-scoped), with the
+    /// `approval` and `status` subresources.
+    pub fn certificate_signing_requests() -> Self {
+        Self::new(
+            "certificates.k8s.io",
+            "v1",
+            "certificatesigningrequests",
+            "CertificateSigningRequest",
+            false,
+        )
+    }
+
+    /// Subresources besides `status` this type serves.
+    pub fn extra_subresources(&self) -> &'static [&'static str] {
+        if *self == Self::certificate_signing_requests() {
+            &["approval"]
+        } else {
+            &[]
+        }
+    }
+
     /// Core `v1` configmaps.
     pub fn configmaps() -> Self {
         Self::new("", "v1", "configmaps", "ConfigMap", true)
@@ -73,6 +94,7 @@ impl Res {
             Self::configmaps(),
             Self::events(),
             Self::leases(),
+            Self::certificate_signing_requests(),
             Self::widgets(),
         ]
     }

@@ -63,6 +63,25 @@ pub struct RecordedRequest {
     pub content_type: Option<String>,
     /// Common name of the verified client certificate, if one was presented.
     pub client_cn: Option<String>,
+    /// Organizations (O) of that certificate: the groups kube-apiserver would give it.
+    pub client_orgs: Vec<String>,
+}
+
+/// A request's method, path and the status it was answered with (watches: the status of
+/// the stream's start), for assertions such as "no write was refused".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnsweredRequest {
+    pub method: String,
+    pub path_and_query: String,
+    pub status: u16,
+}
+
+/// Who sent a request, from its verified client certificate (kube-apiserver's x509
+/// authenticator: CN is the user name, each O a group).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub cn: Option<String>,
+    pub orgs: Vec<String>,
 }
 
 /// State shared by the connection tasks, watch streams, churners and the test.
@@ -72,6 +91,7 @@ pub(super) struct Shared {
     pub changed: watch::Sender<u64>,
     pub fault: Mutex<FaultSet>,
     pub requests: Mutex<VecDeque<RecordedRequest>>,
+    pub answered: Mutex<VecDeque<AnsweredRequest>>,
     /// Set to true when the server is dropped: streams and connections end.
     pub shutdown: watch::Sender<bool>,
     /// Bumped by `end_watches`: every open watch stream ends.
@@ -105,6 +125,15 @@ impl Shared {
     /// The faults in force.
     pub fn fault(&self) -> FaultSet {
         lock(&self.fault).clone()
+    }
+
+    /// Appends to the bounded log of answers.
+    pub fn record_answer(&self, answer: AnsweredRequest) {
+        let mut log = lock(&self.answered);
+        if log.len() >= REQUEST_LOG {
+            log.pop_front();
+        }
+        log.push_back(answer);
     }
 
     /// Appends to the bounded request log.
@@ -143,6 +172,7 @@ impl FakeApiserver {
             changed: watch::Sender::new(0),
             fault: Mutex::new(FaultSet::default()),
             requests: Mutex::new(VecDeque::new()),
+            answered: Mutex::new(VecDeque::new()),
             shutdown: watch::Sender::new(false),
             end_watches: watch::Sender::new(0),
             active_watches: AtomicUsize::new(0),
@@ -298,6 +328,11 @@ impl FakeApiserver {
         lock(&self.shared.fault).add(fault);
     }
 
+    /// The answers given (the last 10,000), oldest first: method, path and status.
+    pub fn answered(&self) -> Vec<AnsweredRequest> {
+        lock(&self.shared.answered).iter().cloned().collect()
+    }
+
     /// The last (up to 10,000) requests received, oldest first.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.shared.requests).iter().cloned().collect()
@@ -339,7 +374,7 @@ async fn serve_connection(
 ) {
     let mut shutdown = shared.shutdown.subscribe();
     match tls {
-        None => serve_http(tcp, None, shared, &mut shutdown).await,
+        None => serve_http(tcp, ClientIdentity::default(), shared, &mut shutdown).await,
         Some(acceptor) => {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
@@ -349,20 +384,25 @@ async fn serve_connection(
                 }
                 Err(_) => return,
             };
-            let cn = stream
+            let leaf = stream
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(|cert| certs::common_name(cert).ok().flatten());
-            serve_http(stream, cn, shared, &mut shutdown).await
+                .and_then(|chain| chain.first());
+            let identity = ClientIdentity {
+                cn: leaf.and_then(|cert| certs::common_name(cert).ok().flatten()),
+                orgs: leaf
+                    .and_then(|cert| certs::organizations(cert).ok())
+                    .unwrap_or_default(),
+            };
+            serve_http(stream, identity, shared, &mut shutdown).await
         }
     }
 }
 
 async fn serve_http<S>(
     io: S,
-    client_cn: Option<String>,
+    identity: ClientIdentity,
     shared: Arc<Shared>,
     shutdown: &mut watch::Receiver<bool>,
 ) where
@@ -370,8 +410,8 @@ async fn serve_http<S>(
 {
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
-        let client_cn = client_cn.clone();
-        async move { Ok::<_, Infallible>(handler::handle(shared, req, client_cn).await) }
+        let identity = identity.clone();
+        async move { Ok::<_, Infallible>(handler::handle(shared, req, identity).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())

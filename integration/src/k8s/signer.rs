@@ -26,17 +26,6 @@ pub const KUBELET_SERVING: &str = "kubernetes.io/kubelet-serving";
 /// How often the store is scanned.
 const SCAN_INTERVAL: Duration = Duration::from_millis(100);
 
-/// The CertificateSigningRequest type (cluster-scoped).
-pub fn csr_resource() -> Res {
-    Res::new(
-        "certificates.k8s.io",
-        "v1",
-        "certificatesigningrequests",
-        "CertificateSigningRequest",
-        false,
-    )
-}
-
 /// A running signer; stops when dropped.
 pub struct SignerHandle {
     task: JoinHandle<()>,
@@ -67,7 +56,7 @@ pub(super) fn spawn(
     let key = KeyPair::from_pem(ca_key_pem).map_err(SignerError::Key)?;
     let issuer = Issuer::from_ca_cert_pem(ca_cert_pem, key).map_err(SignerError::Cert)?;
     let task = runtime.spawn(async move {
-        let res = csr_resource();
+        let res = Res::certificate_signing_requests();
         loop {
             tokio::time::sleep(SCAN_INTERVAL).await;
             let pending: Vec<Value> = {

@@ -41,6 +41,13 @@ pub enum ApiError {
     /// 504 for a list at a resourceVersion the server has not reached yet.
     #[error("Too large resource version: {requested}, current: {current}")]
     TooLargeResourceVersion { requested: u64, current: u64 },
+    /// 422 for an object the validation refuses (e.g. a pod update changing more than it may).
+    #[error("{kind} \"{name}\" is invalid: {}", FieldError::join(causes))]
+    Invalid {
+        kind: String,
+        name: String,
+        causes: Vec<FieldError>,
+    },
     /// Any code and reason a test injects with `Fault::Status`.
     #[error("injected failure: {reason}")]
     Injected { code: u16, reason: String },
@@ -58,6 +65,7 @@ impl ApiError {
             Self::TooLarge { .. } => 413,
             Self::UnsupportedMediaType => 415,
             Self::TooLargeResourceVersion { .. } => 504,
+            Self::Invalid { .. } => 422,
             Self::Injected { code, .. } => *code,
         }
     }
@@ -76,6 +84,7 @@ impl ApiError {
             Self::TooLarge { .. } => "RequestEntityTooLarge".into(),
             Self::UnsupportedMediaType => "UnsupportedMediaType".into(),
             Self::TooLargeResourceVersion { .. } => "Timeout".into(),
+            Self::Invalid { .. } => "Invalid".into(),
             Self::Injected { reason, .. } => reason.clone(),
         }
     }
@@ -96,6 +105,11 @@ impl ApiError {
             | Self::AlreadyExists { resource, name }
             | Self::Conflict { resource, name } => Some(json!({ "name": name, "kind": resource })),
             Self::UnknownPath => Some(json!({})),
+            Self::Invalid { kind, name, causes } => Some(json!({
+                "name": name,
+                "kind": kind,
+                "causes": causes.iter().map(FieldError::to_cause).collect::<Vec<_>>(),
+            })),
             Self::TooLargeResourceVersion { .. } => Some(json!({
                 "causes": [{ "reason": "ResourceVersionTooLarge", "message": "Too large resource version" }],
                 "retryAfterSeconds": 1,
@@ -106,6 +120,69 @@ impl ApiError {
             map.insert("details".into(), details);
         }
         status
+    }
+}
+
+/// One field's validation error, as apimachinery's `field.Error` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field path, e.g. `spec.tolerations[0].effect`.
+    pub field: String,
+    pub kind: FieldErrorKind,
+    pub detail: String,
+}
+
+/// The error types the fake's validation uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldErrorKind {
+    Forbidden,
+    /// With the refused value, printed quoted.
+    Invalid(String),
+    /// With the refused value and the supported ones.
+    Unsupported(String, Vec<String>),
+}
+
+impl FieldError {
+    fn body(&self) -> String {
+        match &self.kind {
+            FieldErrorKind::Forbidden => format!("Forbidden: {}", self.detail),
+            FieldErrorKind::Invalid(v) => format!("Invalid value: {v:?}: {}", self.detail),
+            FieldErrorKind::Unsupported(v, ok) => {
+                let ok: Vec<String> = ok.iter().map(|o| format!("{o:?}")).collect();
+                format!(
+                    "Unsupported value: {v:?}: supported values: {}",
+                    ok.join(", ")
+                )
+            }
+        }
+    }
+
+    /// `field: Type: detail`.
+    pub fn message(&self) -> String {
+        format!("{}: {}", self.field, self.body())
+    }
+
+    fn reason(&self) -> &'static str {
+        match self.kind {
+            FieldErrorKind::Forbidden => "FieldValueForbidden",
+            FieldErrorKind::Invalid(_) => "FieldValueInvalid",
+            FieldErrorKind::Unsupported(..) => "FieldValueNotSupported",
+        }
+    }
+
+    fn to_cause(&self) -> Value {
+        json!({ "reason": self.reason(), "message": self.body(), "field": self.field })
+    }
+
+    /// One error as is, several as `[a, b]` (apimachinery's `ErrorList.ToAggregate`).
+    fn join(errors: &[FieldError]) -> String {
+        match errors {
+            [one] => one.message(),
+            many => {
+                let all: Vec<String> = many.iter().map(FieldError::message).collect();
+                format!("[{}]", all.join(", "))
+            }
+        }
     }
 }
 

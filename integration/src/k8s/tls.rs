@@ -153,6 +153,27 @@ impl ApiserverPki {
         )
     }
 
+    /// Writes a kubeconfig for `server` (the fake's URL) with this CA and a client
+    /// certificate `CN=<cn>[, O=<org>]` issued for it; returns its path.
+    pub fn kubeconfig(
+        &self,
+        server: &str,
+        cn: &str,
+        org: Option<&str>,
+    ) -> Result<PathBuf, TlsSetupError> {
+        let stem = format!("kubeconfig-{}", cn.replace(':', "-"));
+        let (cert, key) = self.client(&stem, cn, org)?;
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {server}\n    certificate-authority: {}\nusers:\n- name: user\n  user:\n    client-certificate: {}\n    client-key: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: user\ncurrent-context: fake\n",
+            self.ca_cert().display(),
+            cert.display(),
+            key.display()
+        );
+        let path = self.dir.join(format!("{stem}.conf"));
+        write(&path, &text)?;
+        Ok(path)
+    }
+
     fn issue(
         &self,
         file_stem: &str,
