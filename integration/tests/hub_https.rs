@@ -3,7 +3,9 @@
 //! sent with the node's certificate), cached answers offline, and the
 //! serving certificate from pre-provisioned files (reloaded) or through the
 //! CertificateSigningRequest API against the fake apiserver's signer
-//! (created, approved here, served, renewed, reused after restarts, offline too).
+//! (created; approved by tunnel-server's `--approve-hub-csrs`, or here where
+//! the test must see the time before approval; served, renewed, reused after
+//! restarts, offline too).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -157,15 +159,6 @@ fn approve(env: &HubEnv, name: &str) {
     env.api.upsert(&Res::certificate_signing_requests(), csr);
 }
 
-/// The approver's part in the renewal test: approves every CSR not yet decided.
-fn approve_new(env: &HubEnv) {
-    for csr in csrs(env) {
-        if csr["status"]["conditions"].is_null() {
-            approve(env, csr["metadata"]["name"].as_str().unwrap());
-        }
-    }
-}
-
 fn csrs(env: &HubEnv) -> Vec<Value> {
     env.api.list(&Res::certificate_signing_requests(), None)
 }
@@ -287,12 +280,19 @@ async fn csr_issued_certificate_is_served_and_reused_after_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csr_certificate_is_renewed_before_expiry() {
-    let env = csr_env().await;
+    // tunnel-server's approver approves both CSRs, the first and the renewal.
+    let env = HubEnv::start(HubOptions {
+        https: HubHttps::Csr,
+        optional_client_cert: true,
+        server_approves_csrs: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let lifetime = Duration::from_secs(30);
     let _signer = signer(&env, lifetime);
     let started = Instant::now();
     let first = loop {
-        approve_new(&env);
         if let Ok(leaf) = served_leaf(&env).await {
             break leaf;
         }
@@ -302,7 +302,6 @@ async fn csr_certificate_is_renewed_before_expiry() {
     let not_after = certs::not_after_unix(&first).unwrap();
     let not_before = certs::not_before_unix(&first).unwrap();
     let renewed = loop {
-        approve_new(&env);
         let leaf = served_leaf(&env).await.unwrap();
         if leaf != first {
             break leaf;
@@ -329,7 +328,12 @@ async fn csr_certificate_is_renewed_before_expiry() {
     );
     assert!(now - not_before >= 20, "renewed at 70-90 %, not at once");
     assert!(certs::not_after_unix(&renewed).unwrap() > not_after);
-    assert_eq!(csrs(&env).len(), 2);
+    let all = csrs(&env);
+    assert_eq!(all.len(), 2);
+    for csr in &all {
+        let reason = &csr["status"]["conditions"][0]["reason"];
+        assert_eq!(reason, "EdgeTunnelHubServing", "approved by the server");
+    }
 }
 
 /// The whole flow with no test standing in: the agent asks, tunnel-server's
