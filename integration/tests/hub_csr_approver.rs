@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use http::Method;
 use integration::k8s::{ApiClient, ApiserverPki, FakeApiserver, FakeApiserverOptions, Res};
 use integration::pki::Pki;
@@ -40,34 +41,12 @@ fn csr(name: &str, signer: &str, pem: &str, usages: &[&str]) -> Value {
         "metadata": {"name": name},
         "spec": {
             "signerName": signer,
-            "request": base64_encode(pem.as_bytes()),
+            "request": base64::engine::general_purpose::STANDARD.encode(pem.as_bytes()),
             "usages": usages,
             // The apiserver sets these from the credentials, whatever the body says.
             "username": "system:node:someone-else",
         },
     })
-}
-
-/// Standard base64 (the API's encoding of `[]byte`), without a dependency for it.
-fn base64_encode(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 fn conditions(api: &FakeApiserver, name: &str) -> Vec<Value> {
