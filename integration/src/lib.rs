@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod client;
 pub mod cluster;
+pub mod controllers;
 pub mod daemon;
 pub mod fleet;
 pub mod grpc;

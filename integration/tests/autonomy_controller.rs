@@ -8,9 +8,9 @@
 use std::time::{Duration, Instant};
 
 use http::Method;
-use integration::k8s::{ApiClient, ApiserverPki, FakeApiserver, FakeApiserverOptions, Res};
-use integration::pki::Pki;
-use integration::process::{metric_value, ServerOptions, ServerProc};
+use integration::controllers::ControllerEnv;
+use integration::k8s::{ApiClient, FakeApiserver, FakeApiserverOptions, Res};
+use integration::process::metric_value;
 use serde_json::{json, Value};
 
 const ANNOTATION: &str = "edgetunnel.io/autonomy-duration";
@@ -107,47 +107,10 @@ async fn converge(api: &FakeApiserver, names: &[&str], wanted: &Seen, limit: Dur
     }
 }
 
-async fn start_server(pki_dir: std::path::PathBuf, kubeconfig: std::path::PathBuf) -> ServerProc {
-    tokio::task::spawn_blocking(move || {
-        let pki = Pki { dir: pki_dir };
-        ServerProc::start(
-            &pki,
-            ServerOptions {
-                args: vec![
-                    "--autonomy-controller".into(),
-                    format!("--kubeconfig={}", kubeconfig.display()),
-                ],
-                ..Default::default()
-            },
-        )
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
-    .unwrap_or_else(|e| panic!("{e}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_on_autonomous_nodes_tolerate_the_outage() {
-    let dir = tempfile::tempdir().unwrap();
-    let api_dir = dir.path().join("api");
-    let pki_dir = dir.path().join("pki");
-    std::fs::create_dir_all(&api_dir).unwrap();
-    std::fs::create_dir_all(&pki_dir).unwrap();
-    let apki = ApiserverPki::generate(&api_dir).unwrap();
-    let api = FakeApiserver::start(FakeApiserverOptions {
-        tls: Some(apki.server_tls(true)),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let kubeconfig = apki
-        .kubeconfig(
-            &api.url(),
-            "system:serviceaccount:edge-system:tunnel-server",
-            None,
-        )
-        .unwrap();
-    Pki::new(&pki_dir).unwrap();
+    let env = ControllerEnv::start().await.unwrap();
+    let api = &env.api;
 
     api.upsert(&Res::nodes(), node("edge-1", Some("24h")));
     api.upsert(&Res::nodes(), node("cloud-1", None));
@@ -156,10 +119,10 @@ async fn pods_on_autonomous_nodes_tolerate_the_outage() {
     api.upsert(&Res::pods(), pod("late", None));
     let cloud_before = api.get(&Res::pods(), Some("apps"), "web-cloud");
 
-    let mut server = start_server(pki_dir.clone(), kubeconfig.clone()).await;
+    let mut server = env.server(&["--autonomy-controller"]).await.unwrap();
     // The initial lists: a pod bound before the controller started is patched too.
     let t = converge(
-        &api,
+        api,
         &["early"],
         &want(Some(86_400), Some("24h")),
         CONVERGE_LIMIT,
@@ -167,25 +130,19 @@ async fn pods_on_autonomous_nodes_tolerate_the_outage() {
     .await;
     println!("pod bound before start patched {t:?} after the server was ready");
     assert_eq!(
-        seen(&api, "late"),
+        seen(api, "late"),
         want(Some(300), None),
         "unbound pods are left alone"
     );
 
     // Binding during the node's outage.
     api.upsert(&Res::pods(), pod("late", Some("edge-1")));
-    let t = converge(
-        &api,
-        &["late"],
-        &want(Some(86_400), Some("24h")),
-        BIND_LIMIT,
-    )
-    .await;
+    let t = converge(api, &["late"], &want(Some(86_400), Some("24h")), BIND_LIMIT).await;
     println!("newly bound pod patched {t:?} after binding (limit {BIND_LIMIT:?})");
 
     api.upsert(&Res::nodes(), node("edge-1", Some("1h")));
     let t = converge(
-        &api,
+        api,
         &["early", "late"],
         &want(Some(3600), Some("1h")),
         CONVERGE_LIMIT,
@@ -200,7 +157,7 @@ async fn pods_on_autonomous_nodes_tolerate_the_outage() {
     let restarted = Instant::now();
     server.restart().unwrap();
     let t = converge(
-        &api,
+        api,
         &["early", "late", "while-down"],
         &want(None, Some("0")),
         CONVERGE_LIMIT,
@@ -213,7 +170,7 @@ async fn pods_on_autonomous_nodes_tolerate_the_outage() {
 
     api.upsert(&Res::nodes(), node("edge-1", None));
     let t = converge(
-        &api,
+        api,
         &["early", "late", "while-down"],
         &want(Some(300), None),
         CONVERGE_LIMIT,

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use http::Method;
-use integration::k8s::{ApiClient, ApiserverPki, FakeApiserver, FakeApiserverOptions, Res};
-use integration::pki::Pki;
-use integration::process::{metric_value, ServerOptions, ServerProc};
+use integration::controllers::ControllerEnv;
+use integration::k8s::{ApiClient, FakeApiserver, Res};
+use integration::process::metric_value;
 use rcgen::{CertificateParams, DnType, KeyPair, SanType};
 use serde_json::{json, Value};
 
@@ -57,41 +57,9 @@ fn conditions(api: &FakeApiserver, name: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_the_hubs_serving_csrs_are_approved() {
-    let dir = tempfile::tempdir().unwrap();
-    let api_dir = dir.path().join("api");
-    let pki_dir = dir.path().join("pki");
-    std::fs::create_dir_all(&api_dir).unwrap();
-    std::fs::create_dir_all(&pki_dir).unwrap();
-    let apki = ApiserverPki::generate(&api_dir).unwrap();
-    let api = FakeApiserver::start(FakeApiserverOptions {
-        tls: Some(apki.server_tls(true)),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let kubeconfig = apki
-        .kubeconfig(
-            &api.url(),
-            "system:serviceaccount:edge-system:tunnel-server",
-            None,
-        )
-        .unwrap();
-    Pki::new(&pki_dir).unwrap();
-    let server = tokio::task::spawn_blocking(move || {
-        ServerProc::start(
-            &Pki { dir: pki_dir },
-            ServerOptions {
-                args: vec![
-                    "--approve-hub-csrs".into(),
-                    format!("--kubeconfig={}", kubeconfig.display()),
-                ],
-                ..Default::default()
-            },
-        )
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let env = ControllerEnv::start().await.unwrap();
+    let server = env.server(&["--approve-hub-csrs"]).await.unwrap();
+    let (api, apki) = (&env.api, &env.apiserver_pki);
 
     // The node's own credentials, as the agent uses them.
     let (cert, key) = apki
@@ -164,7 +132,7 @@ async fn exactly_the_hubs_serving_csrs_are_approved() {
         assert_eq!(body["spec"]["groups"][0], "system:nodes");
     }
     loop {
-        let c = conditions(&api, "hub");
+        let c = conditions(api, "hub");
         if c.iter().any(|c| c["type"] == "Approved") {
             assert_eq!(c[0]["reason"], "EdgeTunnelHubServing");
             assert_eq!(c[0]["status"], "True");
@@ -181,9 +149,9 @@ async fn exactly_the_hubs_serving_csrs_are_approved() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     for (name, ..) in &cases[1..] {
         assert!(
-            conditions(&api, name).is_empty(),
+            conditions(api, name).is_empty(),
             "{name} was decided: {:?}",
-            conditions(&api, name)
+            conditions(api, name)
         );
     }
     let approvals: Vec<_> = api

@@ -178,11 +178,15 @@ async fn wait_csrs(env: &HubEnv, n: usize) -> Vec<Value> {
     }
 }
 
-async fn csr_env() -> HubEnv {
+/// An agent getting its serving certificate through the CSR API; with
+/// `server_approves`, tunnel-server's `--approve-hub-csrs` approves it,
+/// otherwise the test does ([`approve`]).
+async fn csr_env(server_approves: bool) -> HubEnv {
     HubEnv::start(HubOptions {
         https: HubHttps::Csr,
         // Pods' requests go upstream without a certificate.
         optional_client_cert: true,
+        server_approves_csrs: server_approves,
         ..Default::default()
     })
     .await
@@ -198,7 +202,7 @@ fn signer(env: &HubEnv, lifetime: Duration) -> integration::k8s::signer::SignerH
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csr_issued_certificate_is_served_and_reused_after_restart() {
-    let mut env = csr_env().await;
+    let mut env = csr_env(false).await;
     let _signer = signer(&env, Duration::from_secs(3600));
     let created = wait_csrs(&env, 1).await;
     let csr = &created[0];
@@ -281,14 +285,7 @@ async fn csr_issued_certificate_is_served_and_reused_after_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csr_certificate_is_renewed_before_expiry() {
     // tunnel-server's approver approves both CSRs, the first and the renewal.
-    let env = HubEnv::start(HubOptions {
-        https: HubHttps::Csr,
-        optional_client_cert: true,
-        server_approves_csrs: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let env = csr_env(true).await;
     let lifetime = Duration::from_secs(30);
     let _signer = signer(&env, lifetime);
     let started = Instant::now();
@@ -342,14 +339,7 @@ async fn csr_certificate_is_renewed_before_expiry() {
 /// gets the hub's answer over HTTPS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_servers_approver_approves_the_agents_csr_and_pods_connect() {
-    let env = HubEnv::start(HubOptions {
-        https: HubHttps::Csr,
-        optional_client_cert: true,
-        server_approves_csrs: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let env = csr_env(true).await;
     let _signer = signer(&env, Duration::from_secs(3600));
     let started = Instant::now();
     let leaf = wait_leaf(&env, |_| true).await;
