@@ -29,10 +29,6 @@ pub struct TlsListener {
     pub handshake_timeout: Duration,
 }
 
-/// Bytes of one accepted connection, TLS or not.
-trait ConnIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> ConnIo for T {}
-
 /// Serves HTTP/1.1 with upgrades on every connection `listener` accepts,
 /// until the task is dropped; with `tls`, each connection first completes
 /// its handshake (failures logged at debug). `new_service` is called once
@@ -65,31 +61,45 @@ pub async fn serve_http1<F, S, B>(
         let svc = new_service();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let io: Box<dyn ConnIo> = match tls {
-                None => Box::new(sock),
-                Some(tls) => {
-                    let handshake = tls.acceptor.accept(sock);
-                    match tokio::time::timeout(tls.handshake_timeout, handshake).await {
-                        Ok(Ok(stream)) => Box::new(stream),
-                        Ok(Err(e)) => {
-                            tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(listener = name, %peer, "TLS handshake timed out");
-                            return;
-                        }
-                    }
-                }
+            let Some(tls) = tls else {
+                return serve_connection(sock, svc, name, peer, header_timeout).await;
             };
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(io), svc)
-                .with_upgrades();
-            if let Err(e) = conn.await {
-                tracing::debug!(listener = name, %peer, error = %e, "HTTP connection ended with an error");
+            let handshake = tls.acceptor.accept(sock);
+            match tokio::time::timeout(tls.handshake_timeout, handshake).await {
+                Ok(Ok(stream)) => serve_connection(stream, svc, name, peer, header_timeout).await,
+                Ok(Err(e)) => {
+                    tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    tracing::debug!(listener = name, %peer, "TLS handshake timed out");
+                }
             }
         });
+    }
+}
+
+/// One connection's HTTP/1.1 with upgrades, over plain TCP or TLS alike.
+async fn serve_connection<I, S, B>(
+    io: I,
+    svc: S,
+    name: &'static str,
+    peer: std::net::SocketAddr,
+    header_timeout: Duration,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(listener = name, %peer, error = %e, "HTTP connection ended with an error");
     }
 }
