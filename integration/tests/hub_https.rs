@@ -61,6 +61,16 @@ async fn wait_leaf(
     panic!("the wanted certificate was not served within {LIMIT:?}: {last}");
 }
 
+/// A pod with a token gets the apiserver's answer over the HTTPS listener.
+async fn assert_pod_is_answered(env: &HubEnv) {
+    let resp = env
+        .pod_client(OPERATOR, Some(TOKEN))
+        .get("/api/v1/namespaces")
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200, "{:?}", resp.body);
+}
+
 fn first_cert(path: &std::path::Path) -> CertificateDer<'static> {
     certs::load_cert_chain(path).unwrap().remove(0)
 }
@@ -244,12 +254,7 @@ async fn csr_issued_certificate_is_served_and_reused_after_restart() {
     println!("served {:?} after approval", started.elapsed());
     let id = certs::agent_identity(&leaf).unwrap();
     assert_eq!((id.node_name.as_str(), id.node_ips.len()), ("edge-1", 1));
-    let resp = env
-        .pod_client(OPERATOR, Some(TOKEN))
-        .get("/api/v1/namespaces")
-        .await
-        .unwrap();
-    assert_eq!(resp.status, 200);
+    assert_pod_is_answered(&env).await;
 
     let dir = env.cache_dir().join("hub-serving");
     use std::os::unix::fs::PermissionsExt;
@@ -352,10 +357,5 @@ async fn the_servers_approver_approves_the_agents_csr_and_pods_connect() {
     assert_eq!(all[0]["spec"]["username"], "system:node:edge-1");
     let id = certs::agent_identity(&leaf).unwrap();
     assert_eq!(id.node_name, "edge-1");
-    let resp = env
-        .pod_client(OPERATOR, Some(TOKEN))
-        .get("/api/v1/namespaces")
-        .await
-        .unwrap();
-    assert_eq!(resp.status, 200);
+    assert_pod_is_answered(&env).await;
 }

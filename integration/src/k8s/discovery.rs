@@ -76,14 +76,7 @@ pub fn resource_list(resources: &[Res], group: &str, version: &str) -> Option<Va
             "kind": r.kind,
             "verbs": VERBS,
         }));
-        entries.push(json!({
-            "name": format!("{}/status", r.resource),
-            "singularName": "",
-            "namespaced": r.namespaced,
-            "kind": r.kind,
-            "verbs": ["get", "patch", "update"],
-        }));
-        for sub in r.extra_subresources() {
+        for sub in std::iter::once(&"status").chain(r.extra_subresources()) {
             entries.push(json!({
                 "name": format!("{}/{sub}", r.resource),
                 "singularName": "",
