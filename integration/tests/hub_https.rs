@@ -340,8 +340,8 @@ async fn csr_certificate_is_renewed_before_expiry() {
 
 /// The whole flow with no test standing in: the agent asks, tunnel-server's
 /// approver (`--approve-hub-csrs`, kube-rs against the fake) approves, the
-/// fake's signer signs, and a pod-like client trusting only the cluster CA
-/// gets the hub's answer over HTTPS.
+/// fake's signer signs, and pod-like clients trusting only the cluster CA
+/// (ours, and curl) get the hub's answer over HTTPS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_servers_approver_approves_the_agents_csr_and_pods_connect() {
     let env = csr_env(true).await;
@@ -358,4 +358,34 @@ async fn the_servers_approver_approves_the_agents_csr_and_pods_connect() {
     let id = certs::agent_identity(&leaf).unwrap();
     assert_eq!(id.node_name, "edge-1");
     assert_pod_is_answered(&env).await;
+
+    // An independent TLS and HTTP client (curl, OpenSSL or GnuTLS, not
+    // rustls/hyper) with only the cluster CA accepts the issued certificate.
+    let url = format!("https://{}/api/v1/namespaces", env.https_addr);
+    let ca = env.pki().ca_cert();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg("--cacert")
+            .arg(ca)
+            .args(["-H", &format!("Authorization: Bearer {TOKEN}"), &url])
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("curl is installed (.ci/run installs it)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "curl: {stderr}"
+    );
 }
