@@ -47,11 +47,16 @@ pub enum Frames {
     /// [`EDGE_FRAME_SIZE`]: agent tunnels, where weak links carry
     /// keystrokes beside bulk transfers.
     Edge,
-    /// yamux's default (16 KiB): replica peer links on the cloud's own
-    /// network, throughput first (the short send queue costs WebSocket
+    /// [`PEER_FRAME_SIZE`], written in one piece: replica peer links on the
+    /// cloud's own network, throughput first (the short send queue costs WebSocket
     /// tunnels 20–45 % of their loopback throughput; docs/benchmarks.md).
     Peer,
 }
+/// Largest data frame on a replica peer link: what the splice reads from a
+/// front-end socket at once, so one read is one frame.
+const PEER_FRAME_SIZE: usize = 32 * 1024;
+/// Write buffer below yamux on a peer link: one frame and its header.
+const PEER_WRITE_BUFFER: usize = PEER_FRAME_SIZE + 64;
 /// Inbound streams waiting to be accepted before new ones are refused.
 const ACCEPT_BACKLOG: usize = 256;
 
@@ -85,14 +90,31 @@ where
     // window goes first.
     cfg.set_max_connection_receive_window(Some(MAX_CONNECTION_WINDOW))
         .set_max_num_streams(MAX_STREAMS);
-    if frames == Frames::Edge {
-        cfg.set_split_send_size(EDGE_FRAME_SIZE);
-    }
     let mode = match role {
         MuxRole::Client => yamux::Mode::Client,
         MuxRole::Server => yamux::Mode::Server,
     };
-    let mut conn = yamux::Connection::new(io.compat(), cfg, mode);
+    match frames {
+        Frames::Edge => {
+            cfg.set_split_send_size(EDGE_FRAME_SIZE);
+            drive(yamux::Connection::new(io.compat(), cfg, mode))
+        }
+        Frames::Peer => {
+            cfg.set_split_send_size(PEER_FRAME_SIZE);
+            // yamux writes a frame's 12-byte header and its body separately
+            // and flushes after every frame; below TLS each write would be a
+            // record and a syscall of its own. Buffered, a frame is one write.
+            let io = tokio::io::BufWriter::with_capacity(PEER_WRITE_BUFFER, io);
+            drive(yamux::Connection::new(io.compat(), cfg, mode))
+        }
+    }
+}
+
+/// Runs `conn` in its own task: the only place it is polled.
+fn drive<T>(mut conn: yamux::Connection<T>) -> MuxHandle
+where
+    T: futures::AsyncRead + futures::AsyncWrite + Send + Unpin + 'static,
+{
     let (open_tx, mut open_rx) = mpsc::channel::<OpenReply>(64);
     let (in_tx, in_rx) = mpsc::channel(ACCEPT_BACKLOG);
     let (close_tx, mut close_rx) = mpsc::channel::<()>(1);
@@ -447,5 +469,94 @@ mod tests {
         let mut buf = [0u8; 16];
         let n = accepted.read(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"last words");
+    }
+
+    /// Counts the writes that reach the transport under a multiplexer.
+    struct CountingWrites {
+        io: tokio::io::DuplexStream,
+        writes: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl AsyncRead for CountingWrites {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for CountingWrites {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            this.writes.fetch_add(1, Ordering::Relaxed);
+            Pin::new(&mut this.io).poll_write(cx, buf)
+        }
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        }
+    }
+
+    /// Under TLS every write is a record and a syscall: a peer link must hand
+    /// each frame, header and body, to its transport as one write.
+    #[tokio::test]
+    async fn a_peer_link_writes_each_frame_in_one_piece() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let client = spawn(
+            CountingWrites {
+                io: a,
+                writes: writes.clone(),
+            },
+            MuxRole::Client,
+            Frames::Peer,
+        );
+        let server = spawn(b, MuxRole::Server, Frames::Peer);
+        let opened = client.open().await.unwrap();
+        let payload: Vec<u8> = (0..8 * PEER_FRAME_SIZE).map(|i| (i % 251) as u8).collect();
+        let before = writes.load(Ordering::Relaxed);
+        let sending = async {
+            for piece in payload.chunks(PEER_FRAME_SIZE) {
+                opened.write_all(piece).await.unwrap();
+            }
+            opened.finish().await;
+        };
+        let receiving = async {
+            let accepted = server.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match accepted.read(&mut buf).await.unwrap() {
+                    0 => return got,
+                    n => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        };
+        let ((), got) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(sending, receiving)
+        })
+        .await
+        .unwrap();
+        assert!(
+            got == payload,
+            "bytes differ ({} of {})",
+            got.len(),
+            payload.len()
+        );
+        // 8 data frames and a FIN, plus the odd window update or ping:
+        // unbuffered, the headers alone would be 9 more writes.
+        let frame_writes = writes.load(Ordering::Relaxed) - before;
+        assert!(
+            (8..=12).contains(&frame_writes),
+            "{frame_writes} writes for 8 frames"
+        );
     }
 }
