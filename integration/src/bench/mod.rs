@@ -93,7 +93,7 @@ enum Running {
     Rathole(procs::Rathole),
     /// The tunnel with the grpc-go adapter in front (dropped first).
     TunnelGo {
-        _adapter: grpc_go::Adapter,
+        adapter: grpc_go::Adapter,
         tunnel: procs::Tunnel,
     },
 }
@@ -233,7 +233,7 @@ fn start_path(
             (
                 d,
                 Running::TunnelGo {
-                    _adapter: a,
+                    adapter: a,
                     tunnel: t,
                 },
                 "QUIC, TLS 1.3 AES-256-GCM".into(),
@@ -369,6 +369,21 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Vec<Row>> {
                 .await,
             );
             eprintln!("   -> {:?}", row.latency);
+            if let Running::TunnelGo { adapter, .. } = &running {
+                let timer = adapter.timer.clone();
+                let (echo_addr, n) = (echo.addr, cfg.connections);
+                let timed = tokio::task::spawn_blocking(move || timer.run(echo_addr, n))
+                    .await
+                    .context("Go timing task")?;
+                eprintln!("   -> timed in grpc-go: {timed:?}");
+                row.notes.push(match timed {
+                    Ok(t) => format!(
+                        "{n} sequential dials timed inside grpc-go (no adapter hop): p50 {:.0} µs, p99 {:.0} µs",
+                        t.p50_us, t.p99_us
+                    ),
+                    Err(e) => format!("timing dials inside grpc-go failed: {e:#}"),
+                });
+            }
         }
         if has(Phase::Single) {
             eprintln!("   1 stream: {} bytes", cfg.bytes);

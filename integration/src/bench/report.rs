@@ -42,6 +42,8 @@ pub struct Row {
     pub multi: Outcome<Throughput>,
     pub latency: Outcome<Latency>,
     pub idle: Outcome<IdleMemory>,
+    /// Path-specific findings, listed under the tables.
+    pub notes: Vec<String>,
 }
 
 impl Row {
@@ -54,6 +56,7 @@ impl Row {
             multi: Outcome::Skipped,
             latency: Outcome::Skipped,
             idle: Outcome::Skipped,
+            notes: Vec::new(),
         }
     }
 }
@@ -126,6 +129,7 @@ pub fn markdown(rows: &[Row], streams: usize, idle: usize) -> String {
         if let Some(why) = &r.unavailable {
             notes.push(format!("- {}: not run: {why}", r.path));
         }
+        notes.extend(r.notes.iter().map(|n| format!("- {}: {n}", r.path)));
         for (what, o) in [
             ("1 stream", r.single.as_err()),
             ("multi stream", r.multi.as_err()),
