@@ -144,6 +144,21 @@ async fn acceptance(peer: Peer, tls: bool) {
     );
     // 20 MiB each way, checksummed.
     assert_downloaded(&bulk_down, &down);
+    if let Some(m) = bulk_down["data_messages"].as_i64().filter(|m| *m > 0) {
+        eprintln!(
+            "{peer} (tls {tls}): {} bytes downloaded in {m} DATA messages ({} bytes each on average) in {:.3} s",
+            n(&bulk_down, "bytes"),
+            n(&bulk_down, "bytes") / m,
+            bulk_down["secs"].as_f64().unwrap_or(0.0)
+        );
+        // One message per QUIC packet (~1.4 KB) was what the server sent
+        // before it gathered buffered chunks; now they average ~33 KB.
+        assert!(
+            n(&bulk_down, "bytes") / m >= 4096,
+            "DATA messages of {} bytes on average: the edge's bytes are not gathered",
+            n(&bulk_down, "bytes") / m
+        );
+    }
     assert_echoed(&bulk_up, BULK);
     // Failed dials: DIAL_RSP with an error naming the cause, then status OK.
     assert_eq!(n(&unknown, "random"), 5, "{unknown}");

@@ -60,7 +60,7 @@ fn stream_end(e: &StreamError) -> SpliceEnd {
 }
 
 /// What one read from a tunnel stream gives.
-type ChunkResult = Result<Option<Bytes>, StreamError>;
+pub type ChunkResult = Result<Option<Bytes>, StreamError>;
 
 /// Most bytes gathered into one local write.
 const COALESCE_LIMIT: usize = 64 * 1024;
@@ -68,9 +68,11 @@ const COALESCE_LIMIT: usize = 64 * 1024;
 /// Gathers chunks that are already buffered behind `first` (up to
 /// [`COALESCE_LIMIT`]) so the local socket gets one write instead of one per
 /// QUIC packet (~1.4 KB): that per-packet write was the agent's main cost.
-/// Chunks are polled once, never awaited; an end or error met on the way is
-/// returned to be handled after the gathered bytes are written.
-fn coalesce(recv: &mut TunnelRecv, first: Bytes) -> (Bytes, Option<ChunkResult>) {
+/// (The gRPC front end gathers the same way: one DATA message per gathered
+/// run, not per packet.) Chunks are polled once, never awaited; an end or
+/// error met on the way is returned to be handled after the gathered bytes
+/// are written.
+pub fn coalesce(recv: &mut TunnelRecv, first: Bytes) -> (Bytes, Option<ChunkResult>) {
     // yamux reads already copy everything buffered, up to 64 KiB.
     if first.len() >= COALESCE_LIMIT || matches!(recv, TunnelRecv::Ws(_)) {
         return (first, None);

@@ -132,7 +132,7 @@ func modeDownload(e *Endpoint, target string) error {
 		return fmt.Errorf("dial failed: %s", rsp.Error)
 	}
 	h := sha256.New()
-	total := 0
+	total, messages := 0, 0
 	t0 := time.Now()
 	closed := false
 	for !closed {
@@ -147,6 +147,7 @@ func modeDownload(e *Endpoint, target string) error {
 		case Data:
 			h.Write(p.Data)
 			total += len(p.Data)
+			messages++
 		case CloseRsp:
 			closed = p.ConnectID == rsp.ConnectID
 		}
@@ -155,7 +156,7 @@ func modeDownload(e *Endpoint, target string) error {
 	t.Finish()
 	emit(map[string]interface{}{
 		"mode": "download", "bytes": total, "sha256": hex.EncodeToString(h.Sum(nil)),
-		"largest_message": t.Largest, "secs": secs, "code": int(t.Code), "message": t.Message,
+		"data_messages": messages, "largest_message": t.Largest, "secs": secs, "code": int(t.Code), "message": t.Message,
 	})
 	return nil
 }
