@@ -62,6 +62,22 @@ pub(crate) async fn send_counted(
     Ok(())
 }
 
+impl Throughput {
+    /// `total` bytes moved since `t0`, with the CPU used since `cpu0`.
+    fn since(total: u64, t0: Instant, cpu0: &sys::CpuSnapshot, pids: &[u32]) -> Self {
+        let secs = t0.elapsed().as_secs_f64();
+        let cpu = cpu0.since(pids);
+        let gb = total as f64 / 1e9;
+        Throughput {
+            mb_per_s: total as f64 / 1e6 / secs,
+            secs,
+            path_cpu_per_gb: cpu.path / gb,
+            bench_cpu_per_gb: cpu.bench / gb,
+            other_cores: cpu.other_cores,
+        }
+    }
+}
+
 /// `streams` connections to the sink, opened first, then all sending
 /// `total / streams` bytes at once; the clock runs from the first payload
 /// byte until the last sink confirmation. Connection setup is excluded: it
@@ -100,16 +116,40 @@ pub async fn throughput(
     tokio::time::timeout(limit, all)
         .await
         .with_context(|| format!("transfer not done within {limit:?}"))??;
-    let secs = t0.elapsed().as_secs_f64();
-    let cpu = cpu0.since(pids);
-    let gb = total as f64 / 1e9;
-    Ok(Throughput {
-        mb_per_s: total as f64 / 1e6 / secs,
-        secs,
-        path_cpu_per_gb: cpu.path / gb,
-        bench_cpu_per_gb: cpu.bench / gb,
-        other_cores: cpu.other_cores,
-    })
+    Ok(Throughput::since(total, t0, &cpu0, pids))
+}
+
+/// One connection to the sink, which then sends `total` bytes back
+/// ([`services::DOWNLOAD`](super::services::DOWNLOAD)): edge → cloud, the
+/// way `kubectl logs` and `exec` output travel. The clock runs from the
+/// request until the last byte is read. Connection setup is excluded.
+pub async fn download(
+    d: &Dialer,
+    total: u64,
+    pids: &[u32],
+    limit: Duration,
+) -> anyhow::Result<Throughput> {
+    let mut c = d.dial(Service::Sink).await?;
+    let cpu0 = sys::CpuSnapshot::take(pids);
+    let t0 = Instant::now();
+    let receive = async {
+        c.write_all(&(total | super::services::DOWNLOAD).to_be_bytes())
+            .await?;
+        c.flush().await?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0u64;
+        while got < total {
+            match c.read(&mut buf).await? {
+                0 => bail!("the source closed after {got} of {total} bytes"),
+                n => got += n as u64,
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(limit, receive)
+        .await
+        .with_context(|| format!("download not done within {limit:?}"))??;
+    Ok(Throughput::since(total, t0, &cpu0, pids))
 }
 
 /// One new connection: start → connected (CONNECT answered for the tunnel)

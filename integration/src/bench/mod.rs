@@ -65,6 +65,8 @@ pub enum Phase {
     Latency,
     Single,
     Multi,
+    /// One stream edge → cloud (`kubectl logs`), `--bytes` long.
+    Download,
 }
 
 /// What to run.
@@ -395,6 +397,17 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Vec<Row>> {
                 .await,
             );
             eprintln!("   -> {:?}", row.single);
+        }
+        if has(Phase::Download) {
+            eprintln!("   1 stream down: {} bytes", cfg.bytes);
+            row.download = Outcome::from_result(
+                bounded(
+                    cfg.limit,
+                    measure::download(&dialer, cfg.bytes, &pids, cfg.limit),
+                )
+                .await,
+            );
+            eprintln!("   -> {:?}", row.download);
         }
         if has(Phase::Multi) {
             eprintln!("   {} streams: {} bytes in total", cfg.streams, cfg.bytes);

@@ -39,6 +39,8 @@ pub struct Row {
     /// Why the whole path did not run (not installed, failed to start).
     pub unavailable: Option<String>,
     pub single: Outcome<Throughput>,
+    /// One stream edge → cloud.
+    pub download: Outcome<Throughput>,
     pub multi: Outcome<Throughput>,
     pub latency: Outcome<Latency>,
     pub idle: Outcome<IdleMemory>,
@@ -53,6 +55,7 @@ impl Row {
             crypto: crypto.into(),
             unavailable: None,
             single: Outcome::Skipped,
+            download: Outcome::Skipped,
             multi: Outcome::Skipped,
             latency: Outcome::Skipped,
             idle: Outcome::Skipped,
@@ -74,24 +77,25 @@ pub fn markdown(rows: &[Row], streams: usize, idle: usize) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| path | encryption | 1 stream MB/s | {streams} streams MB/s | new conn p50 µs | new conn p99 µs | idle KiB/conn ({idle}) |"
+        "| path | encryption | 1 stream MB/s | 1 stream down MB/s | {streams} streams MB/s | new conn p50 µs | new conn p99 µs | idle KiB/conn ({idle}) |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         if r.unavailable.is_some() {
             let _ = writeln!(
                 s,
-                "| {} | {} | n/a | n/a | n/a | n/a | n/a |",
+                "| {} | {} | n/a | n/a | n/a | n/a | n/a | n/a |",
                 r.path, r.crypto
             );
             continue;
         }
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             r.path,
             r.crypto,
             r.single.cell(|t| f0(t.mb_per_s)),
+            r.download.cell(|t| f0(t.mb_per_s)),
             r.multi.cell(|t| f0(t.mb_per_s)),
             r.latency.cell(|l| f0(l.p50_us)),
             r.latency.cell(|l| f0(l.p99_us)),
@@ -102,16 +106,18 @@ pub fn markdown(rows: &[Row], streams: usize, idle: usize) -> String {
     let _ = writeln!(s, "\nDetails (CPU = user+system seconds per GB delivered; \"path\" = the processes under test, \"bench\" = senders + sink in this process; \"other load\" = CPU used by anything else on the machine during the run, in cores):\n");
     let _ = writeln!(
         s,
-        "| path | 1 stream s | 1 stream CPU path/bench s/GB | {streams} streams CPU path/bench s/GB | other load (cores) 1 / {streams} streams / latency | new conn max µs | RSS before → with idle conns KiB |"
+        "| path | 1 stream s | 1 stream CPU path/bench s/GB | 1 stream down CPU path/bench s/GB | {streams} streams CPU path/bench s/GB | other load (cores) 1 / {streams} streams / latency | new conn max µs | RSS before → with idle conns KiB |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows.iter().filter(|r| r.unavailable.is_none()) {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} / {} / {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} / {} / {} | {} | {} |",
             r.path,
             r.single.cell(|t| format!("{:.2}", t.secs)),
             r.single
+                .cell(|t| format!("{:.2} / {:.2}", t.path_cpu_per_gb, t.bench_cpu_per_gb)),
+            r.download
                 .cell(|t| format!("{:.2} / {:.2}", t.path_cpu_per_gb, t.bench_cpu_per_gb)),
             r.multi
                 .cell(|t| format!("{:.2} / {:.2}", t.path_cpu_per_gb, t.bench_cpu_per_gb)),
@@ -132,6 +138,7 @@ pub fn markdown(rows: &[Row], streams: usize, idle: usize) -> String {
         notes.extend(r.notes.iter().map(|n| format!("- {}: {n}", r.path)));
         for (what, o) in [
             ("1 stream", r.single.as_err()),
+            ("1 stream down", r.download.as_err()),
             ("multi stream", r.multi.as_err()),
             ("latency", r.latency.as_err()),
             ("idle memory", r.idle.as_err()),

@@ -13,9 +13,14 @@ use tokio::net::TcpListener;
 
 /// Read size of the sink: large, so the sink is never the bottleneck.
 const SINK_READ: usize = 256 * 1024;
+/// Flag in the sink's length: send that many bytes to the client instead
+/// (edge → cloud, the direction of `kubectl logs`).
+pub const DOWNLOAD: u64 = 1 << 63;
 
 /// A sink: the client sends an 8-byte big-endian length `n`, then `n` bytes;
 /// the sink reads exactly `n` bytes and answers with the same 8 bytes.
+/// With [`DOWNLOAD`] set in the length the sink is a source instead: it
+/// sends `n` bytes and waits for the client to close.
 ///
 /// The reply is what makes throughput honest: a sender's `write` returns as
 /// soon as bytes sit in a socket or tunnel buffer, so timing writes alone
@@ -39,6 +44,19 @@ pub async fn sink_server_on(bind: SocketAddr) -> std::io::Result<SocketAddr> {
                 }
                 let mut left = u64::from_be_bytes(len);
                 let mut buf = vec![0u8; SINK_READ];
+                if left & DOWNLOAD != 0 {
+                    let data = crate::bench::measure::payload();
+                    let mut left = left & !DOWNLOAD;
+                    while left > 0 {
+                        let n = data.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                        if s.write_all(&data[..n]).await.is_err() {
+                            return;
+                        }
+                        left -= n as u64;
+                    }
+                    let _ = s.read(&mut buf).await;
+                    return;
+                }
                 while left > 0 {
                     let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
                     match s.read(&mut buf[..want]).await {

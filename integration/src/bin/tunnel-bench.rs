@@ -107,7 +107,13 @@ fn main() -> anyhow::Result<()> {
             a.only
         },
         phases: if a.phases.is_empty() {
-            vec![Phase::Memory, Phase::Latency, Phase::Single, Phase::Multi]
+            vec![
+                Phase::Memory,
+                Phase::Latency,
+                Phase::Single,
+                Phase::Download,
+                Phase::Multi,
+            ]
         } else {
             a.phases
         },
