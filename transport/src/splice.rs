@@ -60,7 +60,7 @@ fn stream_end(e: &StreamError) -> SpliceEnd {
 }
 
 /// What one read from a tunnel stream gives.
-pub type ChunkResult = Result<Option<Bytes>, StreamError>;
+type ChunkResult = Result<Option<Bytes>, StreamError>;
 
 /// Most bytes gathered into one local write.
 const COALESCE_LIMIT: usize = 64 * 1024;
@@ -68,11 +68,9 @@ const COALESCE_LIMIT: usize = 64 * 1024;
 /// Gathers chunks that are already buffered behind `first` (up to
 /// [`COALESCE_LIMIT`]) so the local socket gets one write instead of one per
 /// QUIC packet (~1.4 KB): that per-packet write was the agent's main cost.
-/// (The gRPC front end gathers the same way: one DATA message per gathered
-/// run, not per packet.) Chunks are polled once, never awaited; an end or
-/// error met on the way is returned to be handled after the gathered bytes
-/// are written.
-pub fn coalesce(recv: &mut TunnelRecv, first: Bytes) -> (Bytes, Option<ChunkResult>) {
+/// Chunks are polled once, never awaited; an end or error met on the way is
+/// returned to be handled after the gathered bytes are written.
+fn coalesce(recv: &mut TunnelRecv, first: Bytes) -> (Bytes, Option<ChunkResult>) {
     // yamux reads already copy everything buffered, up to 64 KiB.
     if first.len() >= COALESCE_LIMIT || matches!(recv, TunnelRecv::Ws(_)) {
         return (first, None);
@@ -98,6 +96,48 @@ pub fn coalesce(recv: &mut TunnelRecv, first: Bytes) -> (Bytes, Option<ChunkResu
         }
     }
     (gathered.map_or(first, BytesMut::freeze), None)
+}
+
+/// A tunnel receive half read in gathered runs: each read returns the next
+/// chunk together with every chunk already buffered behind it (up to
+/// [`COALESCE_LIMIT`]), and an end or error met while gathering comes with
+/// the read after. The splice writes each run to its local socket at once;
+/// the gRPC front end sends each as one DATA message (one per ~1.4 KB QUIC
+/// packet cost grpc-go, i.e. kube-apiserver, a decode each).
+pub struct Gathering<'a> {
+    recv: &'a mut TunnelRecv,
+    /// What gathering met after the bytes it returned.
+    pending: Option<ChunkResult>,
+}
+
+impl<'a> Gathering<'a> {
+    pub fn new(recv: &'a mut TunnelRecv) -> Self {
+        Self {
+            recv,
+            pending: None,
+        }
+    }
+
+    /// The next run of bytes; `Ok(None)` at the peer's FIN. Cancel-safe: the
+    /// only await is the first chunk's read, and gathering never waits.
+    pub async fn next(&mut self) -> ChunkResult {
+        if let Some(end) = self.pending.take() {
+            return end;
+        }
+        match self.recv.read_chunk().await {
+            Ok(Some(first)) => {
+                let (bytes, end) = coalesce(self.recv, first);
+                self.pending = end;
+                Ok(Some(bytes))
+            }
+            other => other,
+        }
+    }
+
+    /// Stops the receive half (see [`TunnelRecv::stop`]).
+    pub fn stop(&mut self, code: u32) {
+        self.recv.stop(code);
+    }
 }
 
 /// Copies bytes both ways until both directions end or one aborts.
@@ -196,23 +236,17 @@ where
         let mut abort_rx = abort_rx.clone();
         async move {
             let mut total = 0u64;
-            // An end or error met while coalescing, handled next turn.
-            let mut pending: Option<ChunkResult> = None;
+            let mut recv = Gathering::new(&mut recv);
             loop {
-                let chunk = match pending.take() {
-                    Some(c) => c,
-                    None => tokio::select! {
-                        c = recv.read_chunk() => c,
-                        _ = abort_rx.changed() => {
-                            recv.stop(proto::codes::STREAM_CANCELLED);
-                            return total;
-                        }
-                    },
+                let chunk = tokio::select! {
+                    c = recv.next() => c,
+                    _ = abort_rx.changed() => {
+                        recv.stop(proto::codes::STREAM_CANCELLED);
+                        return total;
+                    }
                 };
                 match chunk {
-                    Ok(Some(first)) => {
-                        let (bytes, next) = coalesce(&mut recv, first);
-                        pending = next;
+                    Ok(Some(bytes)) => {
                         let n = bytes.len();
                         let wrote = tokio::select! {
                             w = wr.write_all(&bytes) => w,

@@ -14,8 +14,7 @@ use proto::konnectivity::{self, Packet};
 use proto::DialTarget;
 use tracing::Instrument;
 use transport::idle::IdleClock;
-use transport::splice::Direction;
-use transport::splice::{coalesce, ChunkResult};
+use transport::splice::{Direction, Gathering};
 use transport::stream::MAX_CHUNK;
 use transport::{StreamError, TunnelRecv, TunnelSend};
 
@@ -406,18 +405,16 @@ async fn client_to_edge(
 }
 
 /// Edge → client: tunnel chunks as DATA, each read only once the client's
-/// window has room (h2 queues at most one chunk beyond it). The chunks
-/// already received are gathered into one message (up to 64 KiB): a QUIC
-/// chunk is one packet's payload, and a message per ~1.4 KB cost grpc-go
-/// (kube-apiserver) a decode and a packet each.
+/// window has room (h2 queues at most one chunk beyond it). A message
+/// carries every chunk already received ([`Gathering`]), not one QUIC
+/// packet's worth.
 async fn edge_to_client(
     from_edge: &mut TunnelRecv,
     send: &mut SendStream<Bytes>,
     connect_id: i64,
     counter: &(impl Fn(Direction, usize) + Send + Sync),
 ) -> Down {
-    // An end or error met while gathering, handled after the gathered bytes.
-    let mut pending: Option<ChunkResult> = None;
+    let mut from_edge = Gathering::new(from_edge);
     loop {
         send.reserve_capacity(MAX_CHUNK + 32);
         // poll_capacity only reports increases, so look at what is there first.
@@ -428,22 +425,17 @@ async fn edge_to_client(
                 None => return Down::ClientGone("response stream closed".into()),
             }
         }
-        let chunk = match pending.take() {
-            Some(c) => c,
-            None => tokio::select! {
-                c = from_edge.read_chunk() => c,
-                r = poll_fn(|cx| send.poll_reset(cx)) => {
-                    return Down::ClientGone(match r {
-                        Ok(reason) => format!("client reset the stream ({reason})"),
-                        Err(e) => e.to_string(),
-                    });
-                }
-            },
+        let chunk = tokio::select! {
+            c = from_edge.next() => c,
+            r = poll_fn(|cx| send.poll_reset(cx)) => {
+                return Down::ClientGone(match r {
+                    Ok(reason) => format!("client reset the stream ({reason})"),
+                    Err(e) => e.to_string(),
+                });
+            }
         };
         match chunk {
-            Ok(Some(first)) => {
-                let (mut data, next) = coalesce(from_edge, first);
-                pending = next;
+            Ok(Some(mut data)) => {
                 counter(Direction::FromTunnel, data.len());
                 while !data.is_empty() {
                     let piece = data.split_to(data.len().min(MAX_DATA_PAYLOAD));
